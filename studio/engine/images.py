@@ -1,0 +1,142 @@
+"""Images in and out: PIL ↔ tensors, odd modes, and the A1111 `parameters` PNG chunk."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from .request import GenerationRequest, RequestError
+from .samplers import DISPLAY_NAMES
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Any image file → HxWx3 uint8. Alpha is composited over white; 16-bit and palette modes are converted."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb_array(im)
+    except FileNotFoundError:
+        raise RequestError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise RequestError(f"cannot read image {path}: {exc}") from None
+
+
+def to_rgb_array(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        data = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if data.max() > 255 else 255.0
+        grey = np.clip(np.round(data / peak * 255), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB")).copy()
+    return np.asarray(im.convert("RGB")).copy()
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 → (1, 3, H, W) float32 in [−1, 1] (x = u8/127.5 − 1)."""
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def tensor_to_image(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) in [−1, 1] → HxWx3 uint8 (u8 = round(clamp((x+1)/2)·255))."""
+    x = ((x[0].float().cpu().clamp(-1, 1) + 1) * 127.5).round()
+    return x.to(torch.uint8).permute(1, 2, 0).numpy().copy()
+
+
+def format_parameters(request: GenerationRequest, model_label: str | None = None) -> str:
+    """The AUTOMATIC1111 `parameters` text, so other tools read our PNGs."""
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(f"Negative prompt: {request.negative_prompt}")
+    sampler = DISPLAY_NAMES.get(request.sampler, request.sampler)
+    if request.karras:
+        sampler += " Karras"
+    fields = [
+        ("Steps", request.steps),
+        ("Sampler", sampler),
+        ("CFG scale", _num(request.cfg)),
+        ("Seed", request.seed),
+        ("Size", f"{request.width}x{request.height}"),
+        ("Model", model_label or request.model),
+        ("Eta", _num(request.eta)),
+    ]
+    if request.init_image is not None:
+        fields.append(("Denoising strength", _num(request.strength)))
+    if request.clip_skip != 1:
+        fields.append(("Clip skip", request.clip_skip))
+    if request.mask is not None:
+        fields.append(("Mask blur", _num(request.feather)))
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields))
+    return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+_FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)')
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Parse an A1111 `parameters` text into GenerationRequest settings (unknown fields are ignored)."""
+    lines = text.strip().split("\n")
+    settings: dict[str, Any] = {}
+    last = lines[-1] if lines and re.search(r"(^|, )Steps: ", lines[-1]) else None
+    body = lines[:-1] if last is not None else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    settings["prompt"] = "\n".join(prompt).strip()
+    settings["negative_prompt"] = "\n".join(negative).strip()
+    if last is None:
+        return settings
+    fields = {m.group(1).strip(): m.group(2).strip().strip('"') for m in _FIELD.finditer(last)}
+    sampler_names = {v.lower(): k for k, v in DISPLAY_NAMES.items()}
+    converters = {
+        "Steps": ("steps", int),
+        "CFG scale": ("cfg", float),
+        "Seed": ("seed", int),
+        "Eta": ("eta", float),
+        "Denoising strength": ("strength", float),
+        "Clip skip": ("clip_skip", int),
+        "Mask blur": ("feather", float),
+        "Model": ("model", str),
+    }
+    for key, (name, convert) in converters.items():
+        if key in fields:
+            try:
+                settings[name] = convert(fields[key])
+            except ValueError:
+                pass
+    if "Size" in fields and re.fullmatch(r"\d+x\d+", fields["Size"]):
+        w, h = fields["Size"].split("x")
+        settings["width"], settings["height"] = int(w), int(h)
+    if "Sampler" in fields:
+        name = fields["Sampler"].lower()
+        settings["karras"] = name.endswith(" karras")
+        name = name.removesuffix(" karras")
+        if name in sampler_names:
+            settings["sampler"] = sampler_names[name]
+    return settings
+
+
+def save_png(image: np.ndarray, path: str | Path, parameters: str | None = None) -> None:
+    info = PngImagePlugin.PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    Image.fromarray(image).save(path, format="PNG", pnginfo=info)
+
+
+def read_parameters(path: str | Path) -> str | None:
+    with Image.open(path) as im:
+        return im.info.get("parameters") if isinstance(im.info.get("parameters"), str) else None

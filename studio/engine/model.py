@@ -1,0 +1,175 @@
+"""The latent diffusion model as one module whose state dict has the SD single-file layout.
+
+`LatentDiffusion().state_dict()` keys are exactly those of an original Stable Diffusion checkpoint:
+`model.diffusion_model.*` (UNet), `first_stage_model.*` (VAE), `cond_stage_model.transformer.text_model.*`
+(CLIP text encoder), so a checkpoint loads by name with no mapping table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .schedules import NoiseSchedule, ScheduleConfig
+from .text_encoder import CLIPTextModel, TextEncoderConfig
+from .timeline import LatentPreview
+from .tokenizer import EOS_ID, CLIPTokenizer
+from .unet import UNetConfig, UNetModel
+from .vae import AutoencoderKL, VAEConfig
+
+Prediction = Literal["epsilon", "v"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prediction: Prediction = "epsilon"  # what the UNet outputs: ε (SD1, SD2-base) or v (SD2-768)
+    pad_id: int = EOS_ID  # SD1 pads prompts with <|endoftext|>; SD2 (open_clip) pads with 0
+    default_size: int = 512  # pixels; what the model was trained at
+    latent_rgb: tuple[tuple[float, float, float], ...] | None = None  # fitted preview factors, C rows + bias row
+    name: str = "stable-diffusion"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        raw: dict[str, Any] = json.loads(text)
+        parts = {"unet": UNetConfig, "vae": VAEConfig, "text": TextEncoderConfig, "schedule": ScheduleConfig}
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in parts:
+                kwargs[key] = _dataclass_from_dict(parts[key], value)
+            elif key == "latent_rgb" and value is not None:
+                kwargs[key] = tuple(tuple(row) for row in value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def tiny(cls) -> "ModelConfig":
+        return cls(
+            unet=UNetConfig.tiny(),
+            vae=VAEConfig.tiny(),
+            text=TextEncoderConfig.tiny(),
+            default_size=64,
+            name="tiny-random",
+        )
+
+
+def _dataclass_from_dict(kind: type, values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in dataclasses.fields(kind)}
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+    return kind(**converted)
+
+
+class _UNetHolder(nn.Module):
+    def __init__(self, unet: UNetModel):
+        super().__init__()
+        self.diffusion_model = unet
+
+
+class _TextHolder(nn.Module):
+    def __init__(self, text: CLIPTextModel):
+        super().__init__()
+        self.transformer = text
+
+
+class LatentDiffusion(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = _UNetHolder(UNetModel(config.unet))
+        self.first_stage_model = AutoencoderKL(config.vae)
+        self.cond_stage_model = _TextHolder(CLIPTextModel(config.text))
+        self.schedule = NoiseSchedule(config.schedule)
+        self.tokenizer = CLIPTokenizer()
+        if config.latent_rgb is not None:
+            rows = torch.tensor(config.latent_rgb)
+            self.preview = LatentPreview(rows[:-1], rows[-1])
+        else:
+            self.preview = LatentPreview.default_for(config.vae.z_channels)
+
+    # -- parts ---------------------------------------------------------------------------------------------------
+    @property
+    def unet(self) -> UNetModel:
+        return self.model.diffusion_model
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self.first_stage_model
+
+    @property
+    def text_encoder(self) -> CLIPTextModel:
+        return self.cond_stage_model.transformer
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.vae.z_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.vae.downsample_factor
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE factor times the UNet's own downsampling."""
+        return self.vae.downsample_factor * self.unet.downsample_factor
+
+    @property
+    def is_inpainting(self) -> bool:
+        # 9-channel UNet: noisy latent (4) + mask (1) + masked-image latent (4), engine.md §6.1
+        return self.config.unet.in_channels == 2 * self.latent_channels + 1
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # -- the three conversions a pipeline needs -------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_text(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
+        """Prompts → context (B, 77, D) in the model's dtype."""
+        ids = self.tokenizer(prompts, pad_id=self.config.pad_id, context_length=self.config.text.max_length)
+        tokens = torch.tensor(ids, dtype=torch.long, device=self.device)
+        return self.text_encoder(tokens, skip_layers=max(0, clip_skip - 1))
+
+    @torch.inference_mode()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) in [−1, 1] → scaled latent z_s = scaling_factor·mean (float32)."""
+        posterior = self.vae.encode(image.to(self.device, self.dtype))
+        return posterior.mode().float() * self.config.vae.scaling_factor
+
+    @torch.inference_mode()
+    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """Scaled latent → (1, 3, H, W) in [−1, 1], float32. Half-precision NaN/inf retries in fp32 (A1111)."""
+        z = latent / self.config.vae.scaling_factor
+        image = self.vae.decode(z.to(self.device, self.dtype)).float()
+        if self.dtype != torch.float32 and not torch.isfinite(image).all():
+            vae = self.vae.float()
+            try:
+                image = vae.decode(z.to(self.device, torch.float32))
+            finally:
+                vae.to(self.dtype)
+        if not torch.isfinite(image).all():
+            raise FloatingPointError("the model produced NaN values; try fp32 or another seed")
+        return image
+
+
+def build_tiny_random(seed: int = 0) -> LatentDiffusion:
+    """A tiny model with seeded random weights, built in memory in milliseconds (tests, smoke runs)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LatentDiffusion(ModelConfig.tiny())
+    return model.eval().requires_grad_(False)

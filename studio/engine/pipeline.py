@@ -1,0 +1,211 @@
+"""The engine: turns a GenerationRequest into a stream of Events, keeping every step on a timeline.
+
+One `Engine` lives in one thread (the app's worker, the CLI's main thread) and caches the last model it loaded.
+`Engine.generate` is a generator: each STEP event is the preview point and, through `cancel`, the stop point.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .denoisers import guided_denoiser
+from .devices import resolve_device, resolve_dtype
+from .events import Event, EventKind
+from .images import image_to_tensor, tensor_to_image
+from .loading import ModelLoadError, load_model
+from .model import LatentDiffusion
+from .request import GenerationRequest, RequestError
+from .run import Run
+from .samplers import GRID_END, SAMPLERS
+from .schedules import NoiseLevel, q_sample, sampling_grid
+from .timeline import Timeline, View
+
+ModelLoader = Callable[[str, torch.device, torch.dtype], LatentDiffusion]
+
+
+def validate(request: GenerationRequest) -> None:
+    """Checks that need no model; each failure is one sentence for the user."""
+    if request.sampler not in SAMPLERS:
+        raise RequestError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if not 1 <= request.steps <= 1000:
+        raise RequestError(f"steps must be between 1 and 1000, got {request.steps}")
+    if not math.isfinite(request.cfg) or request.cfg < 0:
+        raise RequestError(f"CFG scale must be a number ≥ 0, got {request.cfg}")
+    if not math.isfinite(request.eta) or request.eta < 0:
+        raise RequestError(f"eta must be ≥ 0, got {request.eta}")
+    if not 0 < request.strength <= 1:
+        raise RequestError(f"strength must be in (0, 1], got {request.strength}")
+    if request.width <= 0 or request.height <= 0:
+        raise RequestError(f"size must be positive, got {request.width}x{request.height}")
+    if request.clip_skip < 1:
+        raise RequestError(f"clip skip must be ≥ 1, got {request.clip_skip}")
+    if not 0 <= request.seed < 2**63:
+        raise RequestError(f"seed must be between 0 and 2^63 − 1, got {request.seed}")
+
+
+def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Generator]:
+    """torch.randn from a CPU generator seeded with `seed`, float32: the same latent on every device and the same
+    as other SD tools that draw on the CPU. The generator goes on to feed ancestral samplers."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32), generator
+
+
+class Engine:
+    def __init__(self, loader: ModelLoader = load_model):
+        self._loader = loader
+        self._loaded: tuple[tuple[str, str, str], LatentDiffusion] | None = None
+
+    # -- models -----------------------------------------------------------------------------------------------------
+    def model(self, spec: str, device: str = "auto", dtype: str = "auto") -> LatentDiffusion:
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        key = (spec, str(torch_device), str(torch_dtype))
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None  # drop the old model before loading the next: one model in memory at a time
+            self._loaded = (key, self._loader(spec, torch_device, torch_dtype))
+        return self._loaded[1]
+
+    # -- generation -------------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        job_id: int = 0,
+        cancel: threading.Event | None = None,
+        parent: Run | None = None,
+        from_step: int = 0,
+    ) -> Iterator[Event]:
+        """Run `request` (or continue `parent` from `from_step` with it), yielding STARTED, STEP…, then FINISHED,
+        CANCELLED or ERROR. Errors are reported as events with one clear message, never raised."""
+        try:
+            yield from self._generate(request, job_id, cancel, parent, from_step)
+        except (RequestError, ModelLoadError, FloatingPointError, ValueError) as exc:
+            yield Event(EventKind.ERROR, job_id, message=str(exc))
+        except torch.cuda.OutOfMemoryError:
+            yield Event(EventKind.ERROR, job_id, message=_oom_message(request))
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                yield Event(EventKind.ERROR, job_id, message=_oom_message(request))
+            else:
+                raise
+
+    def run(self, request: GenerationRequest, **kwargs) -> Run:
+        """Blocking convenience for scripts: the finished (or cancelled) run, or a RequestError."""
+        for event in self.generate(request, **kwargs):
+            if event.kind is EventKind.ERROR:
+                raise RequestError(event.message)
+            if event.run is not None and event.kind in (EventKind.FINISHED, EventKind.CANCELLED):
+                return event.run
+        raise RuntimeError("generation ended without a result")
+
+    def _generate(self, request, job_id, cancel, parent, from_step) -> Iterator[Event]:
+        validate(request)
+        model = self.model(request.model, request.device, request.dtype)
+        factor = model.size_multiple
+        if request.width % factor or request.height % factor:
+            raise RequestError(f"width and height must be multiples of {factor} for this model, got {request.width}x{request.height}")
+        shape = (1, model.latent_channels, request.height // model.downsample_factor, request.width // model.downsample_factor)
+        device = model.device
+
+        with torch.inference_mode():
+            cond = model.encode_text([request.prompt], request.clip_skip)
+            uncond = model.encode_text([request.negative_prompt], request.clip_skip)
+            denoiser = guided_denoiser(model.unet, cond, uncond, request.cfg, model.config.prediction)
+            noise, generator = initial_noise(request.seed, shape)
+            full_grid = sampling_grid(model.schedule, request.steps, karras=request.karras, final=GRID_END[request.sampler])
+
+            if parent is not None:
+                run, x, start, previous_x0 = self._branch_start(
+                    request, parent, from_step, full_grid, generator, denoiser, device
+                )
+            else:
+                run, x = self._fresh_start(request, model, full_grid, noise)
+                start, previous_x0 = 0, None
+            x = x.to(device)
+            sampler = SAMPLERS[request.sampler]
+            stochastic = request.sampler == "ddpm" or (request.eta > 0 and request.sampler in ("ddim", "euler_a"))
+            yield Event(EventKind.STARTED, job_id, step=start, total=run.steps, run=run)
+
+            began = time.perf_counter()
+            rng_state = generator.get_state() if stochastic else None
+            steps = sampler(denoiser, x, run.grid, eta=request.eta, generator=generator, start=start, previous_x0=previous_x0)
+            for step in steps:
+                run.timeline.record(step, rng_state)
+                if not torch.isfinite(step.x_next).all():
+                    raise FloatingPointError("the model produced NaN values; try fp32, another seed or lower CFG")
+                x = step.x_next
+                preview = model.preview.to_rgb(step.x0_pred)
+                done = step.index + 1
+                yield Event(EventKind.STEP, job_id, done, run.steps, time.perf_counter() - began, preview, run)
+                if stochastic:
+                    rng_state = generator.get_state()
+                if cancel is not None and cancel.is_set() and done < run.steps:
+                    run.status = "cancelled"
+                    yield Event(EventKind.CANCELLED, job_id, done, run.steps, time.perf_counter() - began, preview, run)
+                    return
+
+            run.final_latent = x.detach().float().cpu()
+            run.image = tensor_to_image(model.decode_latent(x))
+            run.status = "finished"
+            yield Event(EventKind.FINISHED, job_id, run.steps, run.steps, time.perf_counter() - began, run=run)
+
+    def _fresh_start(self, request, model, grid, noise) -> tuple[Run, torch.Tensor]:
+        if request.init_image is None:
+            return Run(request, grid, Timeline(), kind="txt2img"), noise
+        image = np.asarray(request.init_image)
+        if image.shape[:2] != (request.height, request.width):
+            raise RequestError(
+                f"the init image is {image.shape[1]}x{image.shape[0]} but the request is {request.width}x{request.height}"
+            )
+        # SDEdit: keep the last int(N·s) levels and noise the image latent to the first of them (engine.md §2)
+        steps = len(grid) - 1
+        kept = min(int(steps * request.strength), steps)
+        if kept < 1:
+            raise RequestError(f"strength {request.strength} re-runs no step out of {steps}; raise strength or steps")
+        grid = grid[steps - kept :]
+        z0 = model.encode_image(image_to_tensor(image)).cpu()
+        x = q_sample(z0, noise, grid[0].alpha_cumprod)
+        return Run(request, grid, Timeline(), kind="img2img"), x
+
+    def _branch_start(self, request, parent, k, own_grid, generator, denoiser, device):
+        if not 0 <= k < len(parent.timeline):
+            raise RequestError(f"cannot branch from step {k}: the run has steps 0–{len(parent.timeline) - 1}")
+        at = parent.timeline[k]
+        same_grid = (request.sampler in GRID_END and GRID_END[request.sampler] == GRID_END.get(parent.request.sampler)
+                     and request.steps == parent.request.steps and request.karras == parent.request.karras)
+        if same_grid:
+            grid = list(parent.grid)
+        else:
+            # Map step k's noise level onto the new sampler's schedule: continue with its levels below σ_k.
+            grid = parent.grid[: k + 1] + [lv for lv in own_grid if lv.sigma < at.level.sigma]
+        if request.seed == parent.request.seed and at.rng_state is not None:
+            generator.set_state(at.rng_state)
+        previous_x0 = None
+        if request.sampler == "dpmpp_2m" and k > 0:
+            before = parent.timeline[k - 1]
+            previous_x0 = _x0(denoiser, before.x_t.to(device), before.level)
+        run = Run(request, grid, Timeline(parent.timeline, k), kind=parent.kind, parent=parent, from_step=k)
+        return run, at.x_t.clone(), k, previous_x0
+
+    # -- timeline views ---------------------------------------------------------------------------------------------
+    def decode_step(self, run: Run, index: int, view: View = "x0") -> np.ndarray:
+        """Full VAE decode of one step's x_t or x̂0 (cached on the timeline)."""
+        model = self.model(run.request.model, run.request.device, run.request.dtype)
+        return run.timeline.decoded(index, view, lambda z: tensor_to_image(model.decode_latent(z.to(model.device))))
+
+
+def _x0(denoiser, x_t: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
+    from .samplers import predict_x0
+
+    return predict_x0(x_t, denoiser(x_t, level), level.alpha_cumprod)
+
+
+def _oom_message(request: GenerationRequest) -> str:
+    return (f"out of memory at {request.width}x{request.height}: try a smaller size, fp16, or the CPU; "
+            "nothing was lost")

@@ -1,0 +1,64 @@
+"""What a generation is: a frozen, replayable request. The UI, the CLI and saved runs all speak this."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SamplerName = Literal["ddim", "ddpm", "euler_a", "dpmpp_2m"]
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DtypeName = Literal["auto", "fp32", "fp16", "bf16"]
+InpaintMode = Literal["auto", "blend", "model"]
+MaskFill = Literal["original", "noise", "blur"]
+
+
+class RequestError(ValueError):
+    """A request that cannot run as given; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str = ""
+    negative_prompt: str = ""  # empty: the unconditional embedding of ""
+    model: str = "default"  # "default" (shipped), "tiny-random", or a path to a checkpoint
+    sampler: SamplerName = "ddim"
+    steps: int = 25
+    eta: float = 0.0  # DDIM/DDPM/Euler-a noise scale: 0 deterministic, 1 ancestral (DDPM-like)
+    cfg: float = 7.5  # classifier-free guidance scale s: ε_u + s·(ε_c − ε_u); 1 = no guidance pass
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    karras: bool = False  # Karras σ spacing (Karras et al. 2022 eq. 5) instead of the model's timesteps
+    clip_skip: int = 1  # A1111 convention: 1 = last layer, 2 = penultimate
+    device: DeviceName = "auto"
+    dtype: DtypeName = "auto"
+    # img2img / inpainting; images are HxWxC uint8 arrays (C = 3), masks HxW float32 in [0, 1], 1 = repaint
+    init_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    strength: float = 1.0  # fraction of the schedule re-run over init_image (SDEdit); 1 = from pure noise
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    feather: float = 4.0  # Gaussian mask feather in pixels (A1111's default blur)
+    grow: int = 0  # pixels to dilate the mask by before feathering
+    inpaint_mode: InpaintMode = "auto"
+    only_masked: bool = False
+    padding: int = 32  # context around the mask's bounding box for only_masked (A1111's default)
+    fill: MaskFill = "original"
+    paste_back: bool = True
+
+    def replace(self, **changes: Any) -> "GenerationRequest":
+        return dataclasses.replace(self, **changes)
+
+    def settings(self) -> dict[str, Any]:
+        """The JSON-safe part of the request (images excluded), for saved runs and autosave."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("init_image", "mask")}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], **images: Any) -> "GenerationRequest":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in settings.items() if k in known}, **images)
+
+    def to_json(self) -> str:
+        return json.dumps(self.settings(), sort_keys=True)

@@ -1,0 +1,126 @@
+"""A run: the request, the grid it sampled on, its timeline and its result; saved to one safetensors file."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .request import GenerationRequest, RequestError
+from .schedules import NoiseLevel
+from .timeline import Timeline, TimelineStep
+
+RunStatus = Literal["running", "finished", "cancelled"]
+RUN_FORMAT = "diffusion-studio-run/1"
+
+
+@dataclass(eq=False)
+class Run:
+    request: GenerationRequest
+    grid: list[NoiseLevel]  # steps + 1 levels; timeline[i] sits at grid[i]
+    timeline: Timeline
+    kind: Literal["txt2img", "img2img", "inpaint", "invert"] = "txt2img"
+    status: RunStatus = "running"
+    image: np.ndarray | None = None  # HxWx3 uint8 result
+    final_latent: torch.Tensor | None = None  # float32 CPU, at grid[-1]
+    parent: "Run | None" = None
+    from_step: int = 0  # where this run branched off its parent
+    parent_id: str | None = None  # kept when the parent object itself is not loaded
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def __post_init__(self) -> None:
+        if self.parent is not None:
+            self.parent_id = self.parent.id
+
+    @property
+    def steps(self) -> int:
+        return len(self.grid) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.timeline.nbytes
+
+    def save(self, path: str | Path) -> None:
+        """Write the run (settings, grid, every step including a parent's shared ones, result) to one file."""
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        for step in self.timeline:
+            tensors[f"x_t.{step.index}"] = step.x_t.contiguous()
+            tensors[f"eps.{step.index}"] = step.eps.contiguous()
+            if step.rng_state is not None:
+                tensors[f"rng.{step.index}"] = step.rng_state.contiguous()
+        if self.final_latent is not None:
+            tensors["final_latent"] = self.final_latent.contiguous()
+        if self.image is not None:
+            tensors["image"] = torch.from_numpy(np.ascontiguousarray(self.image))
+        if self.request.init_image is not None:
+            tensors["init_image"] = torch.from_numpy(np.ascontiguousarray(self.request.init_image))
+        if self.request.mask is not None:
+            tensors["mask"] = torch.from_numpy(np.ascontiguousarray(self.request.mask, dtype=np.float32))
+        meta = {
+            "format": RUN_FORMAT,
+            "request": self.request.to_json(),
+            "grid": json.dumps([[lv.timestep, lv.alpha_cumprod] for lv in self.grid]),
+            "kind": self.kind,
+            "status": self.status,
+            "id": self.id,
+            "parent_id": self.parent_id or "",
+            "from_step": str(self.from_step),
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".partial")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)  # never leave a half-written run behind
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Run":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise RequestError(f"run file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise RequestError(f"cannot read run file {path.name}: {exc}") from None
+        if meta.get("format") != RUN_FORMAT:
+            raise RequestError(f"{path.name} is not a Diffusion Studio run file")
+        try:
+            settings = json.loads(meta["request"])
+            grid = [NoiseLevel(float(t), float(a)) for t, a in json.loads(meta["grid"])]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise RequestError(f"{path.name}: damaged run metadata ({exc})") from None
+        images = {}
+        if "init_image" in tensors:
+            images["init_image"] = tensors["init_image"].numpy()
+        if "mask" in tensors:
+            images["mask"] = tensors["mask"].numpy()
+        request = GenerationRequest.from_settings(settings, **images)
+        timeline = Timeline()
+        index = 0
+        while f"x_t.{index}" in tensors:
+            timeline._own.append(
+                TimelineStep(index, grid[index], tensors[f"x_t.{index}"], tensors[f"eps.{index}"], tensors.get(f"rng.{index}"))
+            )
+            index += 1
+        return cls(
+            request=request,
+            grid=grid,
+            timeline=timeline,
+            kind=meta.get("kind", "txt2img"),  # type: ignore[arg-type]
+            status=meta.get("status", "finished"),  # type: ignore[arg-type]
+            image=tensors["image"].numpy() if "image" in tensors else None,
+            final_latent=tensors.get("final_latent"),
+            parent_id=meta.get("parent_id") or None,
+            from_step=int(meta.get("from_step", "0")),
+            id=meta.get("id") or uuid.uuid4().hex[:12],
+        )

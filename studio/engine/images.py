@@ -41,7 +41,7 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 → (1, 3, H, W) float32 in [−1, 1] (x = u8/127.5 − 1)."""
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
 def tensor_to_image(x: torch.Tensor) -> np.ndarray:

@@ -172,4 +172,9 @@ def build_tiny_random(seed: int = 0) -> LatentDiffusion:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LatentDiffusion(ModelConfig.tiny())
+        # LDM zero-initialises the UNet's output conv; a small (not zero) output keeps the random model a gentle,
+        # smooth "denoiser" whose DDIM inversion is well-posed, while prompts still change its output.
+        with torch.no_grad():
+            model.unet.out[2].weight.mul_(0.05)
+            model.unet.out[2].bias.mul_(0.05)
     return model.eval().requires_grad_(False)

@@ -14,7 +14,6 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .denoisers import guided_denoiser
 from .devices import resolve_device, resolve_dtype
 from .events import Event, EventKind
 from .images import image_to_tensor, tensor_to_image
@@ -22,8 +21,9 @@ from .loading import ModelLoadError, load_model
 from .model import LatentDiffusion
 from .request import GenerationRequest, RequestError
 from .run import Run
-from .samplers import GRID_END, SAMPLERS
-from .schedules import NoiseLevel, q_sample, sampling_grid
+from .samplers import GRID_END, SAMPLERS, ddim_inversion, predict_x0
+from .tasks import Plan, check_size
+from .tasks import plan as make_plan
 from .timeline import Timeline, View
 
 ModelLoader = Callable[[str, torch.device, torch.dtype], LatentDiffusion]
@@ -47,13 +47,6 @@ def validate(request: GenerationRequest) -> None:
         raise RequestError(f"clip skip must be ≥ 1, got {request.clip_skip}")
     if not 0 <= request.seed < 2**63:
         raise RequestError(f"seed must be between 0 and 2^63 − 1, got {request.seed}")
-
-
-def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Generator]:
-    """torch.randn from a CPU generator seeded with `seed`, float32: the same latent on every device and the same
-    as other SD tools that draw on the CPU. The generator goes on to feed ancestral samplers."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float32), generator
 
 
 class Engine:
@@ -107,41 +100,30 @@ class Engine:
     def _generate(self, request, job_id, cancel, parent, from_step) -> Iterator[Event]:
         validate(request)
         model = self.model(request.model, request.device, request.dtype)
-        factor = model.size_multiple
-        if request.width % factor or request.height % factor:
-            raise RequestError(f"width and height must be multiples of {factor} for this model, got {request.width}x{request.height}")
-        shape = (1, model.latent_channels, request.height // model.downsample_factor, request.width // model.downsample_factor)
-        device = model.device
-
         with torch.inference_mode():
             cond = model.encode_text([request.prompt], request.clip_skip)
             uncond = model.encode_text([request.negative_prompt], request.clip_skip)
-            denoiser = guided_denoiser(model.unet, cond, uncond, request.cfg, model.config.prediction)
-            noise, generator = initial_noise(request.seed, shape)
-            full_grid = sampling_grid(model.schedule, request.steps, karras=request.karras, final=GRID_END[request.sampler])
-
+            plan, generator = make_plan(model, request, cond, uncond)
             if parent is not None:
-                run, x, start, previous_x0 = self._branch_start(
-                    request, parent, from_step, full_grid, generator, denoiser, device
-                )
+                run, x, previous_x0 = self._branch_start(request, parent, from_step, plan, generator)
             else:
-                run, x = self._fresh_start(request, model, full_grid, noise)
-                start, previous_x0 = 0, None
-            x = x.to(device)
-            sampler = SAMPLERS[request.sampler]
+                run, x, previous_x0 = Run(request, plan.grid, Timeline(), kind=plan.kind), plan.x, None
+            run.preview = model.preview
             stochastic = request.sampler == "ddpm" or (request.eta > 0 and request.sampler in ("ddim", "euler_a"))
+            start = len(run.timeline)
             yield Event(EventKind.STARTED, job_id, step=start, total=run.steps, run=run)
 
             began = time.perf_counter()
             rng_state = generator.get_state() if stochastic else None
-            steps = sampler(denoiser, x, run.grid, eta=request.eta, generator=generator, start=start, previous_x0=previous_x0)
+            sampler = SAMPLERS[request.sampler]
+            steps = sampler(plan.denoiser, x, run.grid, eta=request.eta, generator=generator, start=start, previous_x0=previous_x0)
             for step in steps:
                 run.timeline.record(step, rng_state)
                 if not torch.isfinite(step.x_next).all():
                     raise FloatingPointError("the model produced NaN values; try fp32, another seed or lower CFG")
                 x = step.x_next
-                preview = model.preview.to_rgb(step.x0_pred)
                 done = step.index + 1
+                preview = model.preview.to_rgb(step.x0_pred)
                 yield Event(EventKind.STEP, job_id, done, run.steps, time.perf_counter() - began, preview, run)
                 if stochastic:
                     rng_state = generator.get_state()
@@ -151,59 +133,90 @@ class Engine:
                     return
 
             run.final_latent = x.detach().float().cpu()
-            run.image = tensor_to_image(model.decode_latent(x))
+            run.image = plan.finish(tensor_to_image(model.decode_latent(x)))
             run.status = "finished"
             yield Event(EventKind.FINISHED, job_id, run.steps, run.steps, time.perf_counter() - began, run=run)
 
-    def _fresh_start(self, request, model, grid, noise) -> tuple[Run, torch.Tensor]:
-        if request.init_image is None:
-            return Run(request, grid, Timeline(), kind="txt2img"), noise
-        image = np.asarray(request.init_image)
-        if image.shape[:2] != (request.height, request.width):
-            raise RequestError(
-                f"the init image is {image.shape[1]}x{image.shape[0]} but the request is {request.width}x{request.height}"
-            )
-        # SDEdit: keep the last int(N·s) levels and noise the image latent to the first of them (engine.md §2)
-        steps = len(grid) - 1
-        kept = min(int(steps * request.strength), steps)
-        if kept < 1:
-            raise RequestError(f"strength {request.strength} re-runs no step out of {steps}; raise strength or steps")
-        grid = grid[steps - kept :]
-        z0 = model.encode_image(image_to_tensor(image)).cpu()
-        x = q_sample(z0, noise, grid[0].alpha_cumprod)
-        return Run(request, grid, Timeline(), kind="img2img"), x
-
-    def _branch_start(self, request, parent, k, own_grid, generator, denoiser, device):
+    def _branch_start(self, request: GenerationRequest, parent: Run, k: int, plan: Plan, generator: torch.Generator):
+        """Continue `parent` from its step k with `request`: same x_t, the parent's noise stream if the seed is
+        unchanged, and the new sampler's levels below σ_k if the sampler or step count changed."""
         if not 0 <= k < len(parent.timeline):
             raise RequestError(f"cannot branch from step {k}: the run has steps 0–{len(parent.timeline) - 1}")
         at = parent.timeline[k]
-        same_grid = (request.sampler in GRID_END and GRID_END[request.sampler] == GRID_END.get(parent.request.sampler)
-                     and request.steps == parent.request.steps and request.karras == parent.request.karras)
+        same_grid = (
+            GRID_END[request.sampler] == GRID_END.get(parent.request.sampler)
+            and request.steps == parent.request.steps
+            and request.karras == parent.request.karras
+            and request.strength == parent.request.strength
+        )
         if same_grid:
             grid = list(parent.grid)
         else:
-            # Map step k's noise level onto the new sampler's schedule: continue with its levels below σ_k.
-            grid = parent.grid[: k + 1] + [lv for lv in own_grid if lv.sigma < at.level.sigma]
+            grid = list(parent.grid[: k + 1]) + [lv for lv in plan.grid if lv.sigma < at.level.sigma]
         if request.seed == parent.request.seed and at.rng_state is not None:
             generator.set_state(at.rng_state)
+        device = plan.x.device
         previous_x0 = None
-        if request.sampler == "dpmpp_2m" and k > 0:
+        if request.sampler == "dpmpp_2m" and k > 0:  # the multistep history, recomputed exactly from x_{k-1}
             before = parent.timeline[k - 1]
-            previous_x0 = _x0(denoiser, before.x_t.to(device), before.level)
+            x_before = before.x_t.to(device)
+            previous_x0 = predict_x0(x_before, plan.denoiser(x_before, before.level), before.level.alpha_cumprod)
         run = Run(request, grid, Timeline(parent.timeline, k), kind=parent.kind, parent=parent, from_step=k)
-        return run, at.x_t.clone(), k, previous_x0
+        return run, at.x_t.to(device).clone(), previous_x0
+
+    def invert(self, request: GenerationRequest, *, job_id: int = 0, cancel: threading.Event | None = None) -> Iterator[Event]:
+        """DDIM inversion (η = 0 run backwards, engine.md §3.3) of `request.init_image`, then the forward DDIM pass
+        from the found x_T, recorded as an ordinary run (kind "invert") to branch from."""
+        try:
+            yield from self._invert(request, job_id, cancel)
+        except (RequestError, ModelLoadError, FloatingPointError, ValueError) as exc:
+            yield Event(EventKind.ERROR, job_id, message=str(exc))
+
+    def _invert(self, request, job_id, cancel) -> Iterator[Event]:
+        if request.init_image is None:
+            raise RequestError("inversion needs an image")
+        image = np.asarray(request.init_image)
+        request = request.replace(sampler="ddim", eta=0.0, strength=1.0, width=image.shape[1], height=image.shape[0])
+        validate(request)
+        model = self.model(request.model, request.device, request.dtype)
+        check_size(model, request.width, request.height)
+        with torch.inference_mode():
+            cond = model.encode_text([request.prompt], request.clip_skip)
+            uncond = model.encode_text([request.negative_prompt], request.clip_skip)
+            # the plain text-to-image plan gives the denoiser (9-channel conditioning included) and DDIM's grid
+            plan, _ = make_plan(model, request.replace(init_image=None, mask=None), cond, uncond)
+            denoiser, grid = plan.denoiser, plan.grid
+            x = model.encode_image(image_to_tensor(image)).to(model.device)
+            total = 2 * request.steps
+            began = time.perf_counter()
+            yield Event(EventKind.STARTED, job_id, 0, total)
+            for step in ddim_inversion(denoiser, x, grid):
+                x = step.x_next
+                done = step.index + 1
+                yield Event(EventKind.STEP, job_id, done, total, time.perf_counter() - began, model.preview.to_rgb(step.x0_pred))
+                if cancel is not None and cancel.is_set():
+                    yield Event(EventKind.CANCELLED, job_id, done, total, time.perf_counter() - began)
+                    return
+            run = Run(request, grid, Timeline(), kind="invert", preview=model.preview)
+            for step in SAMPLERS["ddim"](denoiser, x, grid, eta=0.0, generator=None):
+                run.timeline.record(step)
+                x = step.x_next
+                done = request.steps + step.index + 1
+                yield Event(EventKind.STEP, job_id, done, total, time.perf_counter() - began, model.preview.to_rgb(step.x0_pred), run)
+                if cancel is not None and cancel.is_set() and done < total:
+                    run.status = "cancelled"
+                    yield Event(EventKind.CANCELLED, job_id, done, total, time.perf_counter() - began, run=run)
+                    return
+            run.final_latent = x.detach().float().cpu()
+            run.image = tensor_to_image(model.decode_latent(x))
+            run.status = "finished"
+            yield Event(EventKind.FINISHED, job_id, total, total, time.perf_counter() - began, run=run)
 
     # -- timeline views ---------------------------------------------------------------------------------------------
     def decode_step(self, run: Run, index: int, view: View = "x0") -> np.ndarray:
         """Full VAE decode of one step's x_t or x̂0 (cached on the timeline)."""
         model = self.model(run.request.model, run.request.device, run.request.dtype)
         return run.timeline.decoded(index, view, lambda z: tensor_to_image(model.decode_latent(z.to(model.device))))
-
-
-def _x0(denoiser, x_t: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
-    from .samplers import predict_x0
-
-    return predict_x0(x_t, denoiser(x_t, level), level.alpha_cumprod)
 
 
 def _oom_message(request: GenerationRequest) -> str:

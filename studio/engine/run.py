@@ -13,7 +13,7 @@ import torch
 
 from .request import GenerationRequest, RequestError
 from .schedules import NoiseLevel
-from .timeline import Timeline, TimelineStep
+from .timeline import LatentPreview, Timeline, TimelineStep, View
 
 RunStatus = Literal["running", "finished", "cancelled"]
 RUN_FORMAT = "diffusion-studio-run/1"
@@ -32,6 +32,13 @@ class Run:
     from_step: int = 0  # where this run branched off its parent
     parent_id: str | None = None  # kept when the parent object itself is not loaded
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    preview: LatentPreview | None = field(default=None, repr=False)  # the model's latent → RGB map
+
+    def step_image(self, index: int, view: View) -> np.ndarray:
+        """Cheap RGB of one step's x_t, x̂0 or ε̂ at latent resolution (no VAE; safe on the UI thread)."""
+        preview = self.preview or LatentPreview.default_for(self.timeline[index].x_t.shape[1])
+        tensor = self.timeline[index].view(view)
+        return preview.noise_to_rgb(tensor) if view == "eps" else preview.to_rgb(tensor)
 
     def __post_init__(self) -> None:
         if self.parent is not None:
@@ -108,7 +115,7 @@ class Run:
         timeline = Timeline()
         index = 0
         while f"x_t.{index}" in tensors:
-            timeline._own.append(
+            timeline.append(
                 TimelineStep(index, grid[index], tensors[f"x_t.{index}"], tensors[f"eps.{index}"], tensors.get(f"rng.{index}"))
             )
             index += 1

@@ -176,6 +176,19 @@ def dpmpp_2m(denoiser, x, grid, *, eta=0.0, generator=None, start=0, previous_x0
         x = x_next
 
 
+def ddim_inversion(denoiser, x, grid) -> Iterator[Step]:
+    """DDIM inversion (engine.md §3.3): the η = 0 map run upward through `grid` reversed, reusing ε̂(x_cur) for
+    the move to the next, noisier level. Exact when ε̂ does not change along the path; yields one Step per move."""
+    upward = list(grid)[::-1]
+    for j in range(len(upward) - 1):
+        here, there = upward[j], upward[j + 1]
+        eps = denoiser(x, here)
+        x0 = predict_x0(x, eps, here.alpha_cumprod)
+        x_next = there.alpha_cumprod**0.5 * x0 + (1 - there.alpha_cumprod) ** 0.5 * eps  # DDIM eq. 12, reversed
+        yield Step(j, here, there, x, x0, eps, x_next)
+        x = x_next
+
+
 SAMPLERS: dict[str, Sampler] = {
     "ddim": ddim,
     "ddpm": ddpm,

@@ -101,9 +101,6 @@ class Timeline:
 
     def record(self, step: Step, rng_state: torch.Tensor | None = None) -> TimelineStep:
         """Keep `step`; `rng_state` is the noise generator's state when the step began (stochastic samplers)."""
-        expected = len(self)
-        if step.index != expected:
-            raise ValueError(f"timeline expected step {expected}, got {step.index}")
         entry = TimelineStep(
             index=step.index,
             level=step.level,
@@ -111,8 +108,13 @@ class Timeline:
             eps=step.eps_pred.detach().to("cpu", torch.float16, copy=True),
             rng_state=rng_state,
         )
-        self._own.append(entry)
+        self.append(entry)
         return entry
+
+    def append(self, entry: TimelineStep) -> None:
+        if entry.index != len(self):
+            raise ValueError(f"timeline expected step {len(self)}, got {entry.index}")
+        self._own.append(entry)
 
     def __len__(self) -> int:
         return self.from_step + len(self._own)

@@ -172,3 +172,16 @@ def test_stochastic_samplers_draw_fresh_noise_per_seed():
     a = run(ddpm, scaled_denoiser, grid, seed=1)
     b = run(ddpm, scaled_denoiser, grid, seed=2)
     assert not torch.equal(a[-1].x_next, b[-1].x_next)
+
+
+def test_ddim_inversion_is_exact_when_the_noise_prediction_is_constant():
+    """With ε̂ independent of x and t the DDIM ODE map is exactly invertible (engine.md §3.3)."""
+    from studio.engine.samplers import ddim_inversion
+
+    fixed = noise(4)
+    grid = sampling_grid(SD, 10, final="alpha0")
+    x0 = noise(5) * 0.5
+    up = list(ddim_inversion(lambda x, level: fixed, x0, grid))
+    assert [s.next_level.timestep for s in up] == [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+    down = list(ddim(lambda x, level: fixed, up[-1].x_next, grid, eta=0.0))
+    torch.testing.assert_close(down[-1].x_next, x0, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,167 @@
+"""The history of this session's runs: thumbnails in a tree, branches under the run they started from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QAction, QIcon
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QMenu,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .choices import model_label, run_title
+from .images import thumbnail
+from .run_history import RunHistory
+
+THUMB = 56
+_RUN_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+class HistoryPanel(QWidget):
+    invertRequested = Signal()
+    saveRequested = Signal(object)  # Run
+    branchRequested = Signal(object)  # Run
+
+    def __init__(self, history: RunHistory, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("historyPanel")
+        self.history = history
+        self._items: dict[str, QTreeWidgetItem] = {}
+
+        self.tree = QTreeWidget()
+        self.tree.setObjectName("historyList")
+        self.tree.setHeaderHidden(True)
+        self.tree.setColumnCount(1)
+        self.tree.setIconSize(QSize(THUMB, THUMB))
+        self.tree.setIndentation(14)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setAlternatingRowColors(True)
+        self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.tree.customContextMenuRequested.connect(self._context_menu)
+        self.tree.currentItemChanged.connect(self._on_current_item)
+
+        self.invert_button = QPushButton("Invert image…")
+        self.invert_button.setObjectName("invertButton")
+        self.invert_button.setToolTip(
+            "DDIM inversion: find the noise that regenerates the current image with this prompt,\n"
+            "then open it as a run you can scrub and branch from."
+        )
+        self.invert_button.clicked.connect(self.invertRequested)
+        self.clear_button = QPushButton("Clear")
+        self.clear_button.setObjectName("clearHistoryButton")
+        self.clear_button.setToolTip("Forget this session's runs")
+        self.clear_button.clicked.connect(history.clear)
+
+        buttons = QHBoxLayout()
+        buttons.setContentsMargins(0, 0, 0, 0)
+        buttons.addWidget(self.invert_button, 1)
+        buttons.addWidget(self.clear_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.tree, 1)
+        layout.addLayout(buttons)
+
+        history.runAdded.connect(self._add)
+        history.runChanged.connect(self._refresh)
+        history.runRemoved.connect(self._remove)
+        history.cleared.connect(self._clear)
+        history.selectionChanged.connect(self._select)
+
+    # -- model → view ---------------------------------------------------------------------------------------------
+    def item_for(self, run: Any) -> QTreeWidgetItem | None:
+        return self._items.get(run.id)
+
+    def _add(self, run: Any) -> None:
+        item = QTreeWidgetItem()
+        item.setData(0, _RUN_ROLE, run.id)
+        item.setSizeHint(0, QSize(THUMB + 8, THUMB + 8))
+        self._items[run.id] = item
+        parent = self.history.parent_of(run)
+        parent_item = self._items.get(parent.id) if parent is not None else None
+        if parent_item is not None:
+            parent_item.addChild(item)
+            parent_item.setExpanded(True)
+        else:
+            self.tree.insertTopLevelItem(0, item)  # newest first
+        self._refresh(run)
+
+    def _refresh(self, run: Any) -> None:
+        item = self._items.get(run.id)
+        if item is None:
+            return
+        number = self.history.number(run)
+        title = run_title(run, number)
+        if getattr(run, "parent", None) is not None or getattr(run, "parent_id", None):
+            title += f" · from step {run.from_step}"
+        status = {"running": "running…", "cancelled": f"cancelled at step {len(run.timeline)}"}.get(run.status, "")
+        prompt = run.request.prompt.strip().replace("\n", " ") or "(no prompt)"
+        if len(prompt) > 60:
+            prompt = prompt[:57] + "…"
+        second = f"{status} — {prompt}" if status else prompt
+        item.setText(0, f"{title}\n{second}")
+        item.setToolTip(
+            0,
+            f"{title}\nModel: {model_label(run.request.model)}\nPrompt: {run.request.prompt}\n"
+            f"Negative: {run.request.negative_prompt}\nCFG {run.request.cfg:g}, eta {run.request.eta:g}, "
+            f"{run.request.width}×{run.request.height}",
+        )
+        image = run.image if run.image is not None else getattr(run, "_ui_preview", None)
+        item.setIcon(0, QIcon(thumbnail(image, THUMB)))
+
+    def _remove(self, run: Any) -> None:
+        item = self._items.pop(run.id, None)
+        if item is None:
+            return
+        parent = item.parent()
+        if parent is not None:
+            parent.removeChild(item)
+        else:
+            self.tree.takeTopLevelItem(self.tree.indexOfTopLevelItem(item))
+
+    def _clear(self) -> None:
+        self._items.clear()
+        self.tree.clear()
+
+    def _select(self, run: Any) -> None:
+        item = self._items.get(run.id) if run is not None else None
+        if item is not self.tree.currentItem():
+            self.tree.blockSignals(True)
+            self.tree.setCurrentItem(item)
+            self.tree.blockSignals(False)
+        if item is not None:
+            self.tree.scrollToItem(item)
+
+    # -- view → model ---------------------------------------------------------------------------------------------
+    def _on_current_item(self, current: QTreeWidgetItem | None, _previous: QTreeWidgetItem | None) -> None:
+        if current is None:
+            return
+        run = self.history.by_id(current.data(0, _RUN_ROLE))
+        if run is not None:
+            self.history.select(run)
+
+    def _context_menu(self, pos) -> None:
+        item = self.tree.itemAt(pos)
+        if item is None:
+            return
+        run = self.history.by_id(item.data(0, _RUN_ROLE))
+        if run is None:
+            return
+        menu = QMenu(self)
+        save = QAction("Save image…", menu)
+        save.setEnabled(run.image is not None)
+        save.triggered.connect(lambda: self.saveRequested.emit(run))
+        branch = QAction("Branch from the selected step", menu)
+        branch.triggered.connect(lambda: self.branchRequested.emit(run))
+        remove = QAction("Remove from history", menu)
+        remove.triggered.connect(lambda: self.history.remove(run))
+        menu.addActions([save, branch])
+        menu.addSeparator()
+        menu.addAction(remove)
+        menu.popup(self.tree.viewport().mapToGlobal(pos))

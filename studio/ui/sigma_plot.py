@@ -1,0 +1,128 @@
+"""The noise level σ of every step of a run, on a log axis, with the selected step marked (QPainter)."""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPainterPath, QPaintEvent, QPen
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+SIGMA_FLOOR = 1e-3  # the last level of a "clean" grid is σ = 0; clamp it for the log axis
+
+
+class SigmaPlot(QWidget):
+    stepClicked = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("sigmaPlot")
+        self.sigmas: list[float] = []
+        self.done = 0
+        self.current = -1
+        self.setToolTip("Noise level σ per step (log scale). Filled: computed; the line marks the selected step.")
+        self.setMinimumSize(160, 120)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def sizeHint(self) -> QSize:
+        return QSize(240, 200)
+
+    def set_levels(self, sigmas: list[float], done: int) -> None:
+        self.sigmas = [max(SIGMA_FLOOR, float(s)) for s in sigmas]
+        self.done = done
+        self.update()
+
+    def set_current(self, index: int) -> None:
+        self.current = index
+        self.update()
+
+    def _plot_rect(self) -> QRectF:
+        metrics = self.fontMetrics()
+        left = metrics.horizontalAdvance("10.0") + 10
+        return QRectF(left, 8, self.width() - left - 8, self.height() - 16 - metrics.height())
+
+    def _x(self, rect: QRectF, i: int) -> float:
+        n = max(1, len(self.sigmas) - 1)
+        return rect.left() + rect.width() * i / n
+
+    def _y(self, rect: QRectF, sigma: float, lo: float, hi: float) -> float:
+        span = max(1e-9, math.log(hi) - math.log(lo))
+        return rect.bottom() - rect.height() * (math.log(sigma) - math.log(lo)) / span
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        palette = self.palette()
+        painter.fillRect(self.rect(), palette.color(palette.ColorRole.Base))
+        rect = self._plot_rect()
+        text_color = palette.color(palette.ColorRole.WindowText)
+        grid_color = palette.color(palette.ColorRole.Mid)
+        painter.setPen(QPen(grid_color, 1))
+        painter.drawRect(rect)
+        metrics = self.fontMetrics()
+        if not self.sigmas:
+            painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
+            painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, "σ per step")
+            painter.end()
+            return
+        lo, hi = min(self.sigmas), max(self.sigmas)
+        if hi / lo < 1.5:
+            lo, hi = lo / 1.5, hi * 1.5
+        # decade gridlines
+        painter.setPen(QPen(grid_color, 1, Qt.PenStyle.DotLine))
+        for exponent in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+            value = 10.0**exponent
+            if lo <= value <= hi:
+                y = self._y(rect, value, lo, hi)
+                painter.drawLine(QPointF(rect.left(), y), QPointF(rect.right(), y))
+                painter.setPen(text_color)
+                painter.drawText(QRectF(0, y - 8, rect.left() - 4, 16),
+                                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{value:g}")
+                painter.setPen(QPen(grid_color, 1, Qt.PenStyle.DotLine))
+        points = [QPointF(self._x(rect, i), self._y(rect, s, lo, hi)) for i, s in enumerate(self.sigmas)]
+        accent = palette.color(palette.ColorRole.Highlight)
+        path = QPainterPath(points[0])
+        for p in points[1:]:
+            path.lineTo(p)
+        painter.setPen(QPen(grid_color.lighter(130), 1.5, Qt.PenStyle.DashLine))
+        painter.drawPath(path)
+        if self.done > 0:
+            done_path = QPainterPath(points[0])
+            for p in points[1 : self.done]:
+                done_path.lineTo(p)
+            painter.setPen(QPen(accent, 2))
+            painter.drawPath(done_path)
+            painter.setBrush(accent)
+            for p in points[: self.done]:
+                painter.drawEllipse(p, 2, 2)
+        if 0 <= self.current < len(points):
+            p = points[self.current]
+            painter.setPen(QPen(QColor(255, 170, 60), 1.5))
+            painter.drawLine(QPointF(p.x(), rect.top()), QPointF(p.x(), rect.bottom()))
+            painter.setBrush(QColor(255, 170, 60))
+            painter.drawEllipse(p, 4.5, 4.5)
+            label = f"σ = {self.sigmas[self.current]:.3g}"
+            width = metrics.horizontalAdvance(label) + 8
+            x = min(max(rect.left() + 2, p.x() + 6), rect.right() - width - 2)
+            painter.setPen(text_color)
+            painter.drawText(QRectF(x, rect.top() + 2, width, metrics.height()), Qt.AlignmentFlag.AlignLeft, label)
+        painter.setPen(text_color)
+        painter.drawText(QRectF(rect.left(), rect.bottom() + 2, rect.width(), metrics.height()),
+                         Qt.AlignmentFlag.AlignCenter, "step →   (log σ)")
+        painter.end()
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._pick(event.position().x())
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        if event.buttons() & Qt.MouseButton.LeftButton:
+            self._pick(event.position().x())
+
+    def _pick(self, x: float) -> None:
+        if not self.sigmas:
+            return
+        rect = self._plot_rect()
+        n = max(1, len(self.sigmas) - 1)
+        index = round((x - rect.left()) / max(1.0, rect.width()) * n)
+        self.stepClicked.emit(int(max(0, min(len(self.sigmas) - 1, index))))

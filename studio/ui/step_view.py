@@ -1,0 +1,67 @@
+"""One view of a timeline step (x_t, x̂0 or ε̂): a small image scaled up to fill its box, with a caption."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtGui import QImage, QPainter, QPaintEvent, QPen
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from .images import rgb_to_qimage
+
+CAPTION_HEIGHT = 20
+
+
+class StepView(QWidget):
+    def __init__(self, name: str, title: str, tooltip: str = "", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.title = title
+        self.note = ""
+        self.smooth = False
+        self.array: np.ndarray | None = None  # what is shown, HxWx3 uint8 (tests compare these)
+        self._image: QImage | None = None
+        self.setToolTip(tooltip)
+        self.setMinimumSize(120, 120 + CAPTION_HEIGHT)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def sizeHint(self) -> QSize:
+        return QSize(200, 200 + CAPTION_HEIGHT)
+
+    def hasHeightForWidth(self) -> bool:
+        return False
+
+    def set_image(self, image: np.ndarray | None, note: str = "") -> None:
+        self.array = image
+        self._image = rgb_to_qimage(image) if image is not None else None
+        self.note = note
+        self.update()
+
+    def set_smooth(self, smooth: bool) -> None:
+        self.smooth = smooth
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        palette = self.palette()
+        box = QRectF(self.rect()).adjusted(0, 0, 0, -CAPTION_HEIGHT)
+        painter.fillRect(box, palette.color(palette.ColorRole.Dark).darker(130))
+        if self._image is not None and not self._image.isNull():
+            iw, ih = self._image.width(), self._image.height()
+            scale = min(box.width() / iw, box.height() / ih)
+            if not self.smooth and scale >= 1:
+                scale = max(1, int(scale))  # whole-pixel upscaling keeps latent pixels square and crisp
+            w, h = iw * scale, ih * scale
+            target = QRectF(box.x() + (box.width() - w) / 2, box.y() + (box.height() - h) / 2, w, h)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.smooth or scale < 1)
+            painter.drawImage(target, self._image, QRectF(self._image.rect()))
+        else:
+            painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
+            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, "—")
+        painter.setPen(QPen(palette.color(palette.ColorRole.Mid)))
+        painter.drawRect(box.adjusted(0, 0, -1, -1))
+        caption = QRectF(0, box.bottom(), self.width(), CAPTION_HEIGHT)
+        painter.setPen(palette.color(palette.ColorRole.WindowText))
+        text = f"{self.title}  ·  {self.note}" if self.note else self.title
+        painter.drawText(caption, Qt.AlignmentFlag.AlignCenter, text)
+        painter.end()

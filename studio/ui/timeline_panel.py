@@ -1,0 +1,248 @@
+"""The timeline: scrub every step of the selected run — during and after it — and branch from any of them.
+
+Three views of the selected step side by side (the noisy latent x_t, the predicted image x̂0 and the predicted
+noise ε̂), the σ schedule with the step marked, play/pause, full-quality decode and export.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .sigma_plot import SigmaPlot
+from .step_view import StepView
+
+PLAY_INTERVAL_MS = 120
+VIEWS = (
+    ("x_t", "xtView", "x_t (noisy latent)", "The latent the sampler holds before this step"),
+    ("x0", "x0View", "x̂0 (predicted image)", "The image the model predicts from this step (x_t minus its noise)"),
+    ("eps", "epsView", "ε̂ (predicted noise)", "The noise the model sees in x_t at this step"),
+)
+
+
+class TimelinePanel(QWidget):
+    indexChanged = Signal(int)
+    decodeRequested = Signal(object, int)  # run, step index
+    branchRequested = Signal(object, int)
+    exportRequested = Signal(object, str)  # run, "gif" | "png"
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("timelinePanel")
+        self.run: Any = None
+        self._follow = True  # during a run, the slider tracks the newest step until the user moves it
+        self._decoded: dict[tuple[str, int], np.ndarray] = {}
+
+        self.play_button = QToolButton()
+        self.play_button.setObjectName("playButton")
+        self.play_button.setCheckable(True)
+        self.play_button.setText("▶")
+        self.play_button.setToolTip("Play / pause the timeline")
+        self.play_button.toggled.connect(self._toggle_play)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setObjectName("timelineSlider")
+        self.slider.setRange(0, 0)
+        self.slider.setPageStep(5)
+        self.slider.setTickPosition(QSlider.TickPosition.TicksBelow)
+        self.slider.setToolTip("Scrub through the steps (← / → step by one)")
+        self.slider.valueChanged.connect(self._on_slider)
+        self.slider.sliderPressed.connect(self._stop_following)
+        self.step_label = QLabel("No run yet")
+        self.step_label.setObjectName("stepLabel")
+        self.step_label.setMinimumWidth(300)
+        self.step_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.views: dict[str, StepView] = {}
+        for key, name, title, tip in VIEWS:
+            self.views[key] = StepView(name, title, tip)
+        self.plot = SigmaPlot()
+        self.plot.stepClicked.connect(self.set_index)
+
+        self.smooth = QCheckBox("Smooth")
+        self.smooth.setObjectName("smoothViewsCheck")
+        self.smooth.setToolTip("Smooth the upscaled latent previews (off: show latent pixels as squares)")
+        self.smooth.toggled.connect(lambda on: [v.set_smooth(on) for v in self.views.values()])
+        self.decode_button = QPushButton("Decode this step")
+        self.decode_button.setObjectName("decodeStepButton")
+        self.decode_button.setToolTip("Decode this step's x̂0 with the full VAE (exact, slower; cached)")
+        self.decode_button.clicked.connect(lambda: self.run is not None and self.decodeRequested.emit(self.run, self.index()))
+        self.export_button = QPushButton("Export")
+        self.export_button.setObjectName("exportTimelineButton")
+        self.export_button.setToolTip("Export the timeline as an animated GIF or as PNG files")
+        menu = QMenu(self.export_button)
+        menu.addAction("Animated GIF…", lambda: self.run is not None and self.exportRequested.emit(self.run, "gif"))
+        menu.addAction("PNG files…", lambda: self.run is not None and self.exportRequested.emit(self.run, "png"))
+        self.export_button.setMenu(menu)
+        self.branch_button = QPushButton("Branch from here")
+        self.branch_button.setObjectName("branchButton")
+        self.branch_button.setToolTip("Start a new run from this step with the current prompt, sampler, eta and CFG")
+        self.branch_button.clicked.connect(lambda: self.run is not None and self.branchRequested.emit(self.run, self.index()))
+
+        top = QHBoxLayout()
+        top.setSpacing(8)
+        top.addWidget(self.play_button)
+        top.addWidget(self.slider, 1)
+        top.addWidget(self.step_label)
+        views = QHBoxLayout()
+        views.setSpacing(8)
+        for view in self.views.values():
+            views.addWidget(view, 3)
+        views.addWidget(self.plot, 3)
+        actions = QHBoxLayout()
+        actions.addWidget(self.smooth)
+        actions.addStretch(1)
+        actions.addWidget(self.decode_button)
+        actions.addWidget(self.export_button)
+        actions.addWidget(self.branch_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 6, 8, 6)
+        layout.setSpacing(6)
+        layout.addLayout(top)
+        layout.addLayout(views, 1)
+        layout.addLayout(actions)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(PLAY_INTERVAL_MS)
+        self._timer.timeout.connect(self._advance)
+        self._update_enabled()
+
+    # -- the run --------------------------------------------------------------------------------------------------
+    def set_run(self, run: Any, index: int | None = None) -> None:
+        """Show `run` (None clears); `index` defaults to its last step."""
+        self.run = run
+        self._follow = run is not None and run.status == "running"
+        self.play_button.setChecked(False)
+        self._sync_range()
+        last = max(0, self._length() - 1)
+        self.slider.blockSignals(True)
+        self.slider.setValue(last if index is None else max(0, min(index, last)))
+        self.slider.blockSignals(False)
+        self.refresh()
+
+    def run_progressed(self, run: Any) -> None:
+        """A new step of `run` exists; follow it if the user has not grabbed the slider."""
+        if run is not self.run:
+            return
+        at_end = self.slider.value() >= self.slider.maximum()
+        self._sync_range()
+        if self._follow or at_end:
+            self.slider.blockSignals(True)
+            self.slider.setValue(self.slider.maximum())
+            self.slider.blockSignals(False)
+        self.refresh()
+
+    def run_finished(self, run: Any) -> None:
+        if run is self.run:
+            self._follow = False
+            self._sync_range()
+            self.refresh()
+
+    def add_decoded(self, run: Any, index: int, view: str, image: np.ndarray) -> None:
+        self._decoded[(run.id, index, view)] = image
+        if run is self.run and index == self.index():
+            self.refresh()
+
+    def decoded(self, run: Any, index: int, view: str = "x0") -> np.ndarray | None:
+        return self._decoded.get((run.id, index, view)) if run is not None else None
+
+    def _length(self) -> int:
+        return len(self.run.timeline) if self.run is not None else 0
+
+    def _sync_range(self) -> None:
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, max(0, self._length() - 1))
+        self.slider.setTickInterval(max(1, self._length() // 20))
+        self.slider.blockSignals(False)
+        self._update_enabled()
+
+    def _update_enabled(self) -> None:
+        has_steps = self._length() > 0
+        for widget in (self.slider, self.play_button, self.decode_button, self.export_button, self.branch_button):
+            widget.setEnabled(has_steps)
+
+    # -- the selected step ----------------------------------------------------------------------------------------
+    def index(self) -> int:
+        return self.slider.value()
+
+    def set_index(self, index: int) -> None:
+        self._stop_following()
+        self.slider.setValue(index)
+
+    def step_by(self, delta: int) -> None:
+        if self._length():
+            self.set_index(max(0, min(self._length() - 1, self.index() + delta)))
+
+    def _on_slider(self, _value: int) -> None:
+        if self.slider.isSliderDown():
+            self._follow = False
+        self.refresh()
+        self.indexChanged.emit(self.index())
+
+    def _stop_following(self) -> None:
+        self._follow = False
+
+    def refresh(self) -> None:
+        run, n = self.run, self._length()
+        if run is None or n == 0:
+            for view in self.views.values():
+                view.set_image(None)
+            self.plot.set_levels([], 0)
+            self.step_label.setText("No run yet" if run is None else "Waiting for the first step…")
+            return
+        i = min(self.index(), n - 1)
+        for key, view in self.views.items():
+            decoded = self.decoded(run, i, key)
+            view.set_image(decoded if decoded is not None else run.step_image(i, key), "decoded" if decoded is not None else "")
+        levels = run.grid[: run.steps]
+        self.plot.set_levels([lv.sigma for lv in levels], n)
+        self.plot.set_current(i)
+        level = run.timeline[i].level
+        total = run.steps
+        self.step_label.setText(
+            f"Step {i + 1} of {total}   t = {level.timestep:.0f}   σ = {level.sigma:.3g}   ᾱ = {level.alpha_cumprod:.3g}"
+        )
+
+    # -- play -----------------------------------------------------------------------------------------------------
+    def _toggle_play(self, playing: bool) -> None:
+        self.play_button.setText("⏸" if playing else "▶")
+        if playing:
+            self._follow = False
+            if self.index() >= self._length() - 1:
+                self.slider.setValue(0)
+            self._timer.start()
+        else:
+            self._timer.stop()
+
+    def _advance(self) -> None:
+        n = self._length()
+        if n == 0:
+            self.play_button.setChecked(False)
+            return
+        self.slider.setValue((self.index() + 1) % n)
+
+    def stop(self) -> None:
+        self.play_button.setChecked(False)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if event.key() in (Qt.Key.Key_Left, Qt.Key.Key_Right):
+            self.step_by(-1 if event.key() == Qt.Key.Key_Left else 1)
+        elif event.key() == Qt.Key.Key_Space:
+            self.play_button.toggle()
+        else:
+            super().keyPressEvent(event)

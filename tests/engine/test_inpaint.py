@@ -1,0 +1,181 @@
+"""Inpainting on tiny-random: paste-back exactness, feather reach, the one fixed noise tensor, only-masked, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from studio.engine import inpaint
+from studio.engine.model import LatentDiffusion, ModelConfig, build_tiny_random
+from studio.engine.pipeline import Engine
+from studio.engine.request import GenerationRequest, RequestError
+from studio.engine.schedules import q_sample
+from studio.engine.unet import UNetConfig
+
+SIZE = 64
+
+
+def picture(size=SIZE):
+    y, x = np.mgrid[0:size, 0:size]
+    return np.stack([x * 4 % 256, y * 4 % 256, (x + y) * 2 % 256], axis=-1).astype(np.uint8)
+
+
+def square_mask(size=SIZE, lo=24, hi=40):
+    mask = np.zeros((size, size), np.float32)
+    mask[lo:hi, lo:hi] = 1.0
+    return mask
+
+
+BASE = GenerationRequest(prompt="a green star", model="tiny-random", steps=5, width=SIZE, height=SIZE, seed=3,
+                         cfg=2.0, init_image=picture(), mask=square_mask())
+
+
+def tiny_inpainting_model() -> LatentDiffusion:
+    config = ModelConfig.tiny()
+    unet = UNetConfig(**{**config.unet.__dict__, "in_channels": 2 * config.vae.z_channels + 1})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = LatentDiffusion(ModelConfig(unet=unet, vae=config.vae, text=config.text, default_size=64))
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine()
+
+
+@pytest.fixture(scope="module")
+def inpaint_engine():
+    model = tiny_inpainting_model()
+    return Engine(loader=lambda spec, device, dtype: model)
+
+
+def outside(blend):
+    return blend <= 0
+
+
+@pytest.mark.parametrize("mode", ["blend", "model"])
+def test_unmasked_pixels_are_bit_identical_and_the_hole_changes(engine, inpaint_engine, mode):
+    eng = engine if mode == "blend" else inpaint_engine
+    run = eng.run(BASE.replace(inpaint_mode=mode))
+    prepared = inpaint.prepare_mask(BASE.mask, (SIZE, SIZE), BASE.grow, BASE.feather)
+    keep = outside(prepared.blend)
+    assert run.kind == "inpaint"
+    assert np.array_equal(run.image[keep], BASE.init_image[keep])
+    hole = BASE.mask > 0
+    assert np.abs(run.image[hole].astype(int) - BASE.init_image[hole]).mean() > 5
+
+
+def test_auto_mode_picks_the_model_by_its_input_channels(engine, inpaint_engine):
+    assert not engine.model("tiny-random").is_inpainting
+    assert inpaint_engine.model("x").is_inpainting
+    with pytest.raises(RequestError, match="no inpainting UNet"):
+        engine.run(BASE.replace(inpaint_mode="model"))
+
+
+def test_only_masked_keeps_everything_outside_the_mask(engine):
+    big = picture(128)
+    mask = np.zeros((128, 128), np.float32)
+    mask[90:100, 20:34] = 1
+    run = engine.run(BASE.replace(init_image=big, mask=mask, only_masked=True, padding=8))
+    prepared = inpaint.prepare_mask(mask, (128, 128), 0, BASE.feather)
+    keep = outside(prepared.blend)
+    assert run.image.shape == big.shape
+    assert np.array_equal(run.image[keep], big[keep])
+    assert not np.array_equal(run.image[mask > 0], big[mask > 0])
+
+
+def test_feather_only_reaches_its_radius():
+    mask = inpaint.binarise(square_mask())
+    sharp = inpaint.feather_mask(mask, 0)
+    soft = inpaint.feather_mask(mask, 8)
+    changed = sharp != soft
+    ys, xs = np.nonzero(changed)
+    # distance to the square's edge (Chebyshev suffices for an axis-aligned square)
+    inside = (ys >= 24) & (ys < 40) & (xs >= 24) & (xs < 40)
+    d_out = np.maximum(np.maximum(24 - ys, ys - 39), np.maximum(24 - xs, xs - 39))
+    d_in = np.minimum(np.minimum(ys - 24, 39 - ys), np.minimum(xs - 24, 39 - xs)) + 1
+    distance = np.where(inside, d_in, d_out)
+    assert changed.any() and distance.max() <= 8
+
+
+def test_feather_zero_vs_eight_changes_only_pixels_near_the_edge(engine):
+    a = engine.run(BASE.replace(feather=0)).image
+    b = engine.run(BASE.replace(feather=8)).image
+    differs = np.any(a != b, axis=-1)
+    far_outside = inpaint.grow_mask(square_mask(), 8) == 0
+    assert differs.any()
+    assert not differs[far_outside].any()
+
+
+def test_grow_dilates_by_a_disk():
+    mask = np.zeros((21, 21), np.float32)
+    mask[10, 10] = 1
+    grown = inpaint.grow_mask(mask, 3)
+    ys, xs = np.nonzero(grown)
+    assert grown.sum() == 29  # lattice points with x² + y² ≤ 9
+    assert ((ys - 10) ** 2 + (xs - 10) ** 2).max() == 9
+
+
+def test_the_kept_region_is_renoised_with_one_noise_tensor_at_every_step():
+    model = build_tiny_random()
+    seen = []
+    unet = model.unet
+    original_forward = unet.forward
+
+    def spy(x, t, context):
+        seen.append((x[:1].clone(), float(t[0])))
+        return original_forward(x, t, context)
+
+    unet.forward = spy
+    engine = Engine(loader=lambda spec, device, dtype: model)
+    request = BASE.replace(feather=0, sampler="euler_a", eta=1.0)  # an ancestral sampler: the hardest case
+    run = engine.run(request)
+    z0 = model.encode_image(torch.from_numpy(BASE.init_image).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    m_lat = inpaint.latent_mask(inpaint.prepare_mask(BASE.mask, (SIZE, SIZE), 0, 0).blend, z0.shape[2:], z0.device)
+    kept = (m_lat == 0).expand_as(z0)
+    noises = []
+    for (x_in, _), step in zip(seen, run.timeline):
+        a = step.level.alpha_cumprod
+        noises.append(((x_in - a**0.5 * z0) / (1 - a) ** 0.5)[kept])
+    assert len(noises) == 5
+    for n in noises[1:]:
+        torch.testing.assert_close(n, noises[0], atol=2e-4, rtol=1e-4)
+    initial = torch.randn(z0.shape, generator=torch.Generator().manual_seed(BASE.seed))
+    torch.testing.assert_close(noises[0], initial[kept], atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fill", ["original", "noise", "blur"])
+def test_fill_modes_run_and_keep_the_outside(engine, fill):
+    run = engine.run(BASE.replace(fill=fill, strength=0.8, steps=5))
+    keep = outside(inpaint.prepare_mask(BASE.mask, (SIZE, SIZE), 0, BASE.feather).blend)
+    assert np.array_equal(run.image[keep], BASE.init_image[keep])
+
+
+def test_blur_fill_only_touches_the_hole():
+    image = picture()
+    edit = inpaint.binarise(square_mask())
+    filled = inpaint.blur_fill(image, edit)
+    assert np.array_equal(filled[edit == 0], image[edit == 0])
+    assert not np.array_equal(filled[edit == 1], image[edit == 1])
+
+
+def test_full_mask_is_plain_generation_over_the_image(engine):
+    run = engine.run(BASE.replace(mask=np.ones((SIZE, SIZE), np.float32), feather=0))
+    assert run.image.shape == (SIZE, SIZE, 3)
+
+
+def test_bad_masks_are_clear_errors(engine):
+    with pytest.raises(RequestError, match="mask is empty"):
+        engine.run(BASE.replace(mask=np.zeros((SIZE, SIZE), np.float32)))
+    with pytest.raises(RequestError, match="mask is 32x32 but the image is 64x64"):
+        engine.run(BASE.replace(mask=np.ones((32, 32), np.float32)))
+
+
+def test_masked_crop_widens_to_the_output_aspect():
+    edit = np.zeros((100, 200), np.float32)
+    edit[40:50, 100:110] = 1
+    crop = inpaint.masked_crop(edit, padding=5, aspect=2.0)
+    w, h = crop.size
+    assert abs(w / h - 2.0) < 0.1
+    x0, y0, x1, y1 = crop.box
+    assert x0 <= 95 and x1 >= 115 and y0 <= 35 and y1 >= 55

@@ -1,16 +1,28 @@
-"""`studio generate …`: the engine from the command line. Bad input exits non-zero with one clear line."""
+"""`studio generate|invert|train|evaluate …`: the engine from the command line.
+
+Bad input exits non-zero with one clear line on stderr and writes no file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+EXIT_ERROR = 1
 EXIT_USAGE = 2
+
+# CLI option → GenerationRequest field, for options that map one to one.
+REQUEST_OPTIONS = {
+    "prompt": "prompt", "negative": "negative_prompt", "model": "model", "sampler": "sampler", "karras": "karras",
+    "steps": "steps", "eta": "eta", "cfg": "cfg", "seed": "seed", "width": "width", "height": "height",
+    "clip_skip": "clip_skip", "strength": "strength", "device": "device", "dtype": "dtype", "feather": "feather",
+    "grow": "grow", "inpaint_mode": "inpaint_mode", "only_masked": "only_masked", "padding": "padding",
+    "fill": "fill", "paste_back": "paste_back",
+}
 
 
 class CliError(Exception):
@@ -21,28 +33,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studio", description="Diffusion Studio: latent diffusion you can scrub.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gen = sub.add_parser("generate", help="text-to-image, image-to-image, inpainting, branching")
-    gen.add_argument("--prompt", default="", help="what to draw")
-    gen.add_argument("--negative", default="", help="negative prompt (empty: unconditional)")
-    gen.add_argument("--model", default="default", help="default (shipped), tiny-random, or a checkpoint path")
-    gen.add_argument("--sampler", default="ddim", help="ddim, ddpm, euler_a or dpmpp_2m")
-    gen.add_argument("--karras", action="store_true", help="Karras noise levels (DPM++ 2M Karras)")
-    gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--eta", type=float, default=None, help="noise per step: 0 deterministic, 1 ancestral")
-    gen.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--clip-skip", type=int, default=1)
-    gen.add_argument("--init", type=Path, default=None, help="input image for img2img / inpainting")
-    gen.add_argument("--strength", type=float, default=None, help="fraction of the schedule re-run over --init")
-    gen.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    gen.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    gen.add_argument("--out", type=Path, required=True, help="output PNG (or folder with --prompts-file)")
-    gen.add_argument("--timeline", type=Path, default=None, help="write the per-step previews as an animated GIF")
-    gen.add_argument("--save-run", type=Path, default=None, help="save settings + timeline for branching")
-    gen.add_argument("--prompts-file", type=Path, default=None, help="one prompt per line; seeds S, S+1, …")
+    _add_request_options(gen)
+    gen.add_argument("--init", type=Path, help="input image for img2img / inpainting")
+    gen.add_argument("--mask", type=Path, help="inpainting mask (white = repaint; alpha of RGBA counts)")
+    gen.add_argument("--branch", type=Path, metavar="RUN", help="continue a run saved with --save-run")
+    gen.add_argument("--from-step", type=int, default=None, metavar="K", help="step of --branch to continue from")
+    gen.add_argument("--out", type=Path, required=True, help="output PNG (a folder with --prompts-file)")
+    gen.add_argument("--timeline", type=Path, help="write the per-step previews as an animated GIF")
+    gen.add_argument("--save-run", type=Path, metavar="RUN", help="save settings + timeline for branching")
+    gen.add_argument("--prompts-file", type=Path, help="one prompt per line; seeds S, S+1, …")
     gen.add_argument("--quiet", action="store_true", help="no progress line")
+
+    inv = sub.add_parser("invert", help="DDIM-invert an image into a run you can branch from")
+    inv.add_argument("image", type=Path)
+    inv.add_argument("--prompt", default="", help="the prompt that describes the image")
+    inv.add_argument("--model", default="default")
+    inv.add_argument("--steps", type=int, default=50)
+    inv.add_argument("--cfg", type=float, default=1.0, help="guidance while inverting (1 = none, the stable choice)")
+    inv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    inv.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    inv.add_argument("--save-run", type=Path, required=True, metavar="RUN")
+    inv.add_argument("--out", type=Path, help="also write the reconstruction as PNG")
+    inv.add_argument("--quiet", action="store_true")
+
+    try:
+        from .training.cli import add_training_commands
+    except ImportError:  # training tools are optional in a slim install
+        pass
+    else:
+        add_training_commands(sub)
     return parser
+
+
+def _add_request_options(p: argparse.ArgumentParser) -> None:
+    # Every default is None: a plain run takes GenerationRequest's defaults, a branch takes its parent's settings.
+    p.add_argument("--prompt", help="what to draw")
+    p.add_argument("--negative", help="negative prompt (empty: unconditional)")
+    p.add_argument("--model", help="default (shipped), tiny-random, or a checkpoint file / diffusers folder")
+    p.add_argument("--sampler", help="ddim, ddpm, euler_a or dpmpp_2m")
+    p.add_argument("--karras", action="store_const", const=True, help="Karras noise levels (e.g. DPM++ 2M Karras)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--eta", type=float, help="noise per step: 0 deterministic DDIM, 1 DDPM-like")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--clip-skip", type=int)
+    p.add_argument("--strength", type=float, help="fraction of the schedule re-run over --init (SDEdit)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--feather", type=float, help="mask feather in pixels (default 4)")
+    p.add_argument("--grow", type=int, help="grow the mask by this many pixels (default 0)")
+    p.add_argument("--inpaint-mode", choices=["auto", "blend", "model"])
+    p.add_argument("--only-masked", action="store_const", const=True, help="inpaint a crop around the mask")
+    p.add_argument("--padding", type=int, help="context around the mask for --only-masked (default 32)")
+    p.add_argument("--fill", choices=["original", "noise", "blur"], help="what the masked area starts from")
+    p.add_argument("--no-paste-back", dest="paste_back", action="store_const", const=False,
+                   help="keep the decoded pixels outside the mask instead of the original ones")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,107 +99,167 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        if args.command == "generate":
-            return cmd_generate(args)
+        return args.handler(args) if hasattr(args, "handler") else COMMANDS[args.command](args)
     except CliError as exc:
         print(f"studio: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("studio: interrupted", file=sys.stderr)
+        print("\nstudio: interrupted", file=sys.stderr)
         return 130
-    return EXIT_USAGE
 
 
-def _request_from_args(args: argparse.Namespace):
-    from .engine.images import load_rgb
-    from .engine.request import GenerationRequest, RequestError
-
-    init = None
-    if args.init is not None:
-        try:
-            init = load_rgb(args.init)
-        except RequestError as exc:
-            raise CliError(str(exc)) from None
-    eta = args.eta if args.eta is not None else (1.0 if args.sampler in ("ddpm", "euler_a") else 0.0)
-    width, height = args.width, args.height
-    if init is not None:
-        width = width or init.shape[1]
-        height = height or init.shape[0]
-    strength = args.strength if args.strength is not None else (0.75 if init is not None else 1.0)
-    return GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative, model=args.model, sampler=args.sampler,
-        steps=args.steps, eta=eta, cfg=args.cfg, seed=args.seed, width=width or 0, height=height or 0,
-        karras=args.karras, clip_skip=args.clip_skip, device=args.device, dtype=args.dtype,
-        init_image=init, strength=strength,
-    )
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {field: getattr(args, opt) for opt, field in REQUEST_OPTIONS.items() if getattr(args, opt, None) is not None}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine.images import load_mask, load_rgb
     from .engine.pipeline import Engine, validate
-    from .engine.request import RequestError
+    from .engine.request import GenerationRequest, RequestError
+    from .engine.run import Run
 
-    request = _request_from_args(args)
-    engine = Engine()
-    if request.width == 0 or request.height == 0:  # size defaults to what the model was trained at
-        try:
-            size = engine.model(request.model, request.device, request.dtype).config.default_size
-        except (ValueError, RequestError) as exc:
-            raise CliError(str(exc)) from None
-        request = request.replace(width=request.width or size, height=request.height or size)
+    changes = _given(args)
+    parent = None
     try:
+        if args.branch is not None:
+            if args.from_step is None:
+                raise CliError("--branch needs --from-step K")
+            if args.prompts_file is not None:
+                raise CliError("--branch and --prompts-file cannot be combined")
+            parent = Run.load(args.branch)
+            base = parent.request
+        elif args.from_step is not None:
+            raise CliError("--from-step needs --branch RUN")
+        else:
+            base = GenerationRequest()
+            if "eta" not in changes and changes.get("sampler") in ("ddpm", "euler_a"):
+                changes["eta"] = 1.0  # the ancestral samplers' own default
+        if args.init is not None:
+            changes["init_image"] = load_rgb(args.init)
+        if args.mask is not None:
+            if args.init is None and base.init_image is None:
+                raise CliError("--mask needs --init IMG (the image to inpaint)")
+            changes["mask"] = load_mask(args.mask)
+        request = base.replace(**changes)
+        if args.init is not None and "strength" not in changes and args.mask is None:
+            request = request.replace(strength=0.75)  # img2img's customary default
+        engine = Engine()
+        request = _default_size(engine, request, changes)
         validate(request)
     except RequestError as exc:
         raise CliError(str(exc)) from None
 
     if args.prompts_file is not None:
-        try:
-            prompts = [p.strip() for p in args.prompts_file.read_text(encoding="utf-8").splitlines() if p.strip()]
-        except OSError as exc:
-            raise CliError(f"cannot read prompts file {args.prompts_file}: {exc.strerror}") from None
-        if not prompts:
-            raise CliError(f"prompts file {args.prompts_file} has no prompts")
+        prompts = _read_prompts(args.prompts_file)
+        if args.out.suffix:
+            raise CliError(f"with --prompts-file, --out is a folder, got {args.out}")
         args.out.mkdir(parents=True, exist_ok=True)
         for i, prompt in enumerate(prompts):
             _generate_one(engine, request.replace(prompt=prompt, seed=request.seed + i), args, args.out / f"{i:04d}.png")
         return 0
-    _check_writable(args.out)
-    _generate_one(engine, request, args, args.out)
+    _check_output(args.out)
+    _generate_one(engine, request, args, args.out, parent=parent, from_step=args.from_step or 0)
     return 0
 
 
-def _check_writable(path: Path) -> None:
+def _default_size(engine, request, changes: dict[str, Any]):
+    """Size: given, else the init image's (only-masked works at the model's size), else the model's own."""
+    if "width" in changes and "height" in changes:
+        return request
+    image = request.init_image
+    if image is not None and not request.only_masked and "width" not in changes and "height" not in changes:
+        return request.replace(width=image.shape[1], height=image.shape[0])
+    if "width" in changes or "height" in changes:
+        side = changes.get("width") or changes.get("height")
+        return request.replace(width=changes.get("width", side), height=changes.get("height", side))
+    from .engine.loading import ModelLoadError
+
+    try:
+        size = engine.model(request.model, request.device, request.dtype).config.default_size
+    except (ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    return request.replace(width=size, height=size)
+
+
+def _read_prompts(path: Path) -> list[str]:
+    try:
+        prompts = [p.strip() for p in path.read_text(encoding="utf-8").splitlines() if p.strip()]
+    except OSError as exc:
+        raise CliError(f"cannot read prompts file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"prompts file {path} is not UTF-8 text") from None
+    if not prompts:
+        raise CliError(f"prompts file {path} has no prompts")
+    return prompts
+
+
+def _check_output(path: Path) -> None:
     if not path.parent.exists():
         raise CliError(f"output folder does not exist: {path.parent}")
     if path.suffix.lower() != ".png":
         raise CliError(f"output must be a .png file, got {path.name}")
 
 
-def _generate_one(engine, request, args: argparse.Namespace, out: Path) -> None:
-    from .engine.events import EventKind
+def _generate_one(engine, request, args: argparse.Namespace, out: Path, parent=None, from_step: int = 0) -> None:
     from .engine.images import format_parameters, save_png
 
-    previews: list[np.ndarray] = []
-    run = None
-    for event in engine.generate(request):
-        if event.kind is EventKind.ERROR:
-            raise CliError(event.message)
-        if event.kind is EventKind.STEP:
-            if args.timeline is not None and event.preview is not None:
-                previews.append(event.preview)
-            if not args.quiet:
-                _progress(event)
-        if event.kind is EventKind.FINISHED:
-            run = event.run
-    if not args.quiet:
-        print(file=sys.stderr)
-    assert run is not None and run.image is not None
+    run, previews = _consume(engine.generate(request, parent=parent, from_step=from_step), args.quiet)
     save_png(run.image, out, format_parameters(request))
     if args.timeline is not None:
-        write_gif(previews + [run.image], args.timeline, size=(request.width, request.height))
+        write_gif(previews + [run.image], args.timeline, size=(run.image.shape[1], run.image.shape[0]))
     if args.save_run is not None:
         run.save(args.save_run)
     if not args.quiet:
         print(f"wrote {out}", file=sys.stderr)
+
+
+def _consume(events, quiet: bool):
+    from .engine.events import EventKind
+
+    previews: list[np.ndarray] = []
+    run = None
+    for event in events:
+        if event.kind is EventKind.ERROR:
+            if not quiet:
+                print(file=sys.stderr)
+            raise CliError(event.message)
+        if event.kind is EventKind.STEP:
+            if event.preview is not None:
+                previews.append(event.preview)
+            if not quiet:
+                _progress(event)
+        if event.kind is EventKind.FINISHED:
+            run = event.run
+    if not quiet:
+        print(file=sys.stderr)
+    if run is None or run.image is None:
+        raise CliError("the run ended without an image")
+    return run, previews
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    from .engine.images import format_parameters, load_rgb, save_png
+    from .engine.pipeline import Engine
+    from .engine.request import GenerationRequest, RequestError
+
+    if args.out is not None:
+        _check_output(args.out)
+    try:
+        image = load_rgb(args.image)
+    except RequestError as exc:
+        raise CliError(str(exc)) from None
+    request = GenerationRequest(prompt=args.prompt, model=args.model, steps=args.steps, cfg=args.cfg,
+                                device=args.device, dtype=args.dtype, init_image=image)
+    run, _ = _consume(Engine().invert(request), args.quiet)
+    run.save(args.save_run)
+    if args.out is not None:
+        save_png(run.image, args.out, format_parameters(run.request))
+    if not args.quiet:
+        print(f"wrote {args.save_run}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "invert": cmd_invert}
 
 
 def _progress(event) -> None:
@@ -167,7 +274,9 @@ def write_gif(frames: list[np.ndarray], path: Path, size: tuple[int, int], frame
 
     images = [Image.fromarray(f).resize(size, Image.NEAREST) for f in frames]
     durations = [frame_ms] * (len(images) - 1) + [1000]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    tmp = path.with_name(path.name + ".partial")
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,31 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise RequestError(f"cannot read image {path}: {exc}") from None
 
 
+def load_mask(path: str | Path) -> np.ndarray:
+    """A mask file → HxW float32 in [0, 1], 1 (white) = repaint. Modes 1, L, P, RGB, LA/RGBA (the alpha channel
+    is the mask when it is not uniform), 8 or 16 bit."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_mask_array(im)
+    except FileNotFoundError:
+        raise RequestError(f"mask file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise RequestError(f"cannot read mask {path}: {exc}") from None
+
+
+def to_mask_array(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        data = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if data.max() > 255 else 255.0 if data.max() > 1 else 1.0
+        return np.clip(data / peak, 0, 1).astype(np.float32)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+        if alpha.min() != alpha.max():
+            return alpha.astype(np.float32) / 255.0
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
 def to_rgb_array(im: Image.Image) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         data = np.asarray(im, dtype=np.float64)
@@ -131,10 +156,17 @@ def parse_parameters(text: str) -> dict[str, Any]:
 
 
 def save_png(image: np.ndarray, path: str | Path, parameters: str | None = None) -> None:
+    """Write a PNG with the `parameters` chunk; written to a temporary name first, so no partial file remains."""
     info = PngImagePlugin.PngInfo()
     if parameters is not None:
         info.add_text("parameters", parameters)
-    Image.fromarray(image).save(path, format="PNG", pnginfo=info)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_parameters(path: str | Path) -> str | None:

@@ -1,0 +1,140 @@
+"""Crash-safe autosave of the working session: image, mask, result, settings and the runs in history.
+
+Layout under the autosave folder (QStandardPaths.AppDataLocation/autosave unless overridden):
+    current/   what this app instance writes as you work (every file replaced atomically)
+    previous/  the last instance's session, moved aside at start-up until you Restore or Discard it
+Each run is one `runs/<id>.safetensors` (`Run.save`); arrays are .npy so a save costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SESSION = "session.json"
+
+
+def default_folder() -> Path:
+    override = os.environ.get("STUDIO_AUTOSAVE_DIR")
+    if override:
+        return Path(override)
+    from PySide6.QtCore import QStandardPaths
+
+    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
+    return Path(base or Path.home() / ".diffusion-studio") / "autosave"
+
+
+@dataclass
+class Session:
+    folder: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None  # HxW uint8
+    result: np.ndarray | None = None
+    run_ids: list[str] = field(default_factory=list)
+    selected: str | None = None
+
+    def run_paths(self) -> list[Path]:
+        return [p for p in (self.folder / "runs" / f"{rid}.safetensors" for rid in self.run_ids) if p.exists()]
+
+    def summary(self) -> str:
+        parts = []
+        if self.image is not None:
+            parts.append(f"a {self.image.shape[1]}×{self.image.shape[0]} image")
+        if self.mask is not None and self.mask.any():
+            parts.append("its mask")
+        if self.run_ids:
+            parts.append(f"{len(self.run_ids)} run{'s' if len(self.run_ids) != 1 else ''}")
+        if not parts and self.settings.get("prompt"):
+            parts.append("the prompt")
+        return ", ".join(parts) or "settings"
+
+
+class Autosave:
+    def __init__(self, folder: Path | str | None = None):
+        self.root = Path(folder) if folder is not None else default_folder()
+        self.current = self.root / "current"
+        self.previous = self.root / "previous"
+        self._saved_runs: set[str] = set()
+
+    def start(self) -> Session | None:
+        """Move the last instance's session aside and return it when it holds anything worth restoring."""
+        if _has_content(self.current):
+            if self.previous.exists():
+                shutil.rmtree(self.previous, ignore_errors=True)
+            self.current.rename(self.previous)
+        shutil.rmtree(self.current, ignore_errors=True)
+        (self.current / "runs").mkdir(parents=True, exist_ok=True)
+        return read_session(self.previous) if _has_content(self.previous) else None
+
+    def discard_previous(self) -> None:
+        shutil.rmtree(self.previous, ignore_errors=True)
+
+    # -- writing --------------------------------------------------------------------------------------------------
+    def save_state(self, settings: dict[str, Any], image: np.ndarray | None, mask: np.ndarray | None,
+                   result: np.ndarray | None, run_ids: list[str], selected: str | None) -> None:
+        self.current.mkdir(parents=True, exist_ok=True)
+        for name, array in (("image", image), ("mask", mask), ("result", result)):
+            path = self.current / f"{name}.npy"
+            if array is None:
+                path.unlink(missing_ok=True)
+            else:
+                _atomic_npy(path, array)
+        for stale in (self.current / "runs").glob("*.safetensors"):
+            if stale.stem not in run_ids:
+                stale.unlink(missing_ok=True)
+                self._saved_runs.discard(stale.stem)
+        session = {"version": 1, "settings": settings, "runs": run_ids, "selected": selected}
+        _atomic_text(self.current / SESSION, json.dumps(session, indent=1, default=str))
+
+    def save_run(self, run: Any) -> None:
+        """Write a finished or cancelled run once (`Run.save` is itself atomic)."""
+        if run.id in self._saved_runs or run.status == "running":
+            return
+        folder = self.current / "runs"
+        folder.mkdir(parents=True, exist_ok=True)
+        run.save(folder / f"{run.id}.safetensors")
+        self._saved_runs.add(run.id)
+
+
+def read_session(folder: Path) -> Session | None:
+    try:
+        raw = json.loads((folder / SESSION).read_text())
+    except (OSError, ValueError):
+        return None
+    session = Session(folder, settings=dict(raw.get("settings") or {}), run_ids=list(raw.get("runs") or []),
+                      selected=raw.get("selected"))
+    for name in ("image", "mask", "result"):
+        path = folder / f"{name}.npy"
+        if path.exists():
+            try:
+                setattr(session, name, np.load(path, allow_pickle=False))
+            except (OSError, ValueError):
+                pass
+    return session
+
+
+def _has_content(folder: Path) -> bool:
+    if not (folder / SESSION).exists():
+        return False
+    session = read_session(folder)
+    return session is not None and (session.image is not None or session.result is not None or bool(session.run_paths()))
+
+
+def _atomic_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)

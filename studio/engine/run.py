@@ -37,8 +37,8 @@ class Run:
     def step_image(self, index: int, view: View) -> np.ndarray:
         """Cheap RGB of one step's x_t, x̂0 or ε̂ at latent resolution (no VAE; safe on the UI thread)."""
         preview = self.preview or LatentPreview.default_for(self.timeline[index].x_t.shape[1])
-        tensor = self.timeline[index].view(view)
-        return preview.noise_to_rgb(tensor) if view == "eps" else preview.to_rgb(tensor)
+        array = self.timeline[index].view_array(view)
+        return preview.noise_to_rgb(array) if view == "eps" else preview.to_rgb(array)
 
     def __post_init__(self) -> None:
         if self.parent is not None:

@@ -33,6 +33,17 @@ class TimelineStep:
     def x0(self) -> torch.Tensor:
         return predict_x0(self.x_t, self.eps.float(), self.level.alpha_cumprod)
 
+    def view_array(self, which: View) -> np.ndarray:
+        """The same views as numpy arrays, computed without torch's thread pool (cheap on the UI thread)."""
+        x_t = self.x_t.numpy()
+        if which == "x_t":
+            return x_t
+        eps = self.eps.numpy().astype(np.float32)
+        if which == "eps":
+            return eps
+        a = self.level.alpha_cumprod
+        return (x_t - np.float32((1 - a) ** 0.5) * eps) / np.float32(a**0.5)
+
     def view(self, which: View) -> torch.Tensor:
         if which == "x_t":
             return self.x_t
@@ -57,6 +68,8 @@ class LatentPreview:
     def __init__(self, factors: torch.Tensor, bias: torch.Tensor | None = None):
         self.factors = factors.float()  # (C, 3)
         self.bias = torch.zeros(3) if bias is None else bias.float()
+        self._factors = self.factors.numpy().astype(np.float32)
+        self._bias = self.bias.numpy().astype(np.float32)
 
     @classmethod
     def default_for(cls, channels: int) -> "LatentPreview":
@@ -78,16 +91,30 @@ class LatentPreview:
         return cls(solution[:-1].float(), solution[-1].float())
 
     def to_rgb(self, latent: torch.Tensor) -> np.ndarray:
-        """(1, C, h, w) or (C, h, w) latent → (h, w, 3) uint8."""
-        z = latent.reshape(latent.shape[-3:]).float().cpu()
-        rgb = torch.einsum("chw,cr->hwr", z, self.factors) + self.bias
-        return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        """(1, C, h, w) or (C, h, w) latent → (h, w, 3) uint8.
+
+        numpy, not torch: these are microsecond-sized ops, and torch's intra-op threads turn them into
+        milliseconds when the cores are busy sampling (measured: 0.03 ms vs 11 ms under load).
+        """
+        z = _as_numpy(latent)
+        rgb = np.tensordot(z, self._factors, axes=([0], [0])) + self._bias  # (h, w, 3)
+        return _to_u8(rgb)
 
     def noise_to_rgb(self, eps: torch.Tensor) -> np.ndarray:
         """ε̂ is unit-variance noise; map ±2.5 σ of its first three channels to 0–255 so structure shows."""
-        z = eps.reshape(eps.shape[-3:]).float().cpu()
-        channels = z[:3] if z.shape[0] >= 3 else z[:1].expand(3, -1, -1)
-        return ((channels.permute(1, 2, 0) / 2.5).clamp(-1, 1).add(1).mul(127.5)).round().to(torch.uint8).numpy()
+        z = _as_numpy(eps)
+        channels = z[:3] if z.shape[0] >= 3 else np.repeat(z[:1], 3, axis=0)
+        return _to_u8(np.moveaxis(channels, 0, -1) / 2.5)
+
+
+def _as_numpy(latent: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(latent, np.ndarray):
+        return latent.reshape(latent.shape[-3:]).astype(np.float32, copy=False)
+    return latent.detach().reshape(latent.shape[-3:]).to("cpu", torch.float32).numpy()
+
+
+def _to_u8(rgb: np.ndarray) -> np.ndarray:
+    return np.rint((np.clip(rgb, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
 class Timeline:

@@ -1,7 +1,8 @@
 """Mask previews on the UI thread (numpy + Pillow, no torch): grow, Gaussian feather, bounding box.
 
-These mirror what the engine does to the mask before sampling (dilate by `grow` px, then a Gaussian of σ =
-`feather` px, A1111's "mask blur") so the canvas can show the mask the model will actually see.
+These mirror what the engine does to the mask before sampling (`studio/engine/inpaint.py`: binarise at 0.5,
+dilate by `grow` px, then a Gaussian of σ = feather/2 that reaches `feather` px) so the canvas can show the mask
+the model will actually see. The preview grows by a square rather than the engine's disk: close, and cheap.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ def grow(gray: np.ndarray, pixels: int) -> np.ndarray:
     return sliding_window_view(padded, size, axis=0).max(axis=-1)
 
 
-def feather(gray: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of a uint8 mask with standard deviation `sigma` px (Pillow's radius is σ)."""
-    if sigma <= 0:
+def feather(gray: np.ndarray, pixels: float) -> np.ndarray:
+    """Gaussian blur of a uint8 mask reaching `pixels` px: σ = pixels / 2 (Pillow's `radius` is σ)."""
+    if pixels <= 0:
         return gray
-    return np.asarray(Image.fromarray(gray).filter(ImageFilter.GaussianBlur(radius=float(sigma))))
+    return np.asarray(Image.fromarray(gray).filter(ImageFilter.GaussianBlur(radius=float(pixels) / 2)))
 
 
-def effective_mask(gray: np.ndarray, grow_px: int, sigma: float) -> np.ndarray:
-    return feather(grow(gray, grow_px), sigma)
+def effective_mask(gray: np.ndarray, grow_px: int, feather_px: float) -> np.ndarray:
+    binary = np.where(gray >= 128, 255, 0).astype(np.uint8)
+    return feather(grow(binary, grow_px), feather_px)
 
 
 def bounding_box(gray: np.ndarray, padding: int = 0) -> tuple[int, int, int, int] | None:

@@ -199,7 +199,7 @@ class PromptPanel(QWidget):
 
         # -- inpainting -----------------------------------------------------------------------------------------
         self.feather = _dspin("featherSpin", 0.0, 128.0, defaults.feather, 1.0, 1, " px")
-        self.feather.setToolTip("Gaussian feather (σ, in pixels) of the mask's edge; the canvas shows it live")
+        self.feather.setToolTip("Soften the mask's edge over this many pixels (Gaussian); the canvas shows it live")
         self.grow = _spin("growSpin", 0, 128, defaults.grow, 1, " px")
         self.grow.setToolTip("Grow the mask by this many pixels before feathering")
         self.only_masked = QCheckBox("Only masked area")

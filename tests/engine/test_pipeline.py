@@ -102,6 +102,8 @@ def test_timeline_views_are_consistent_and_small(engine):
     x0 = step.x0
     a = step.level.alpha_cumprod
     torch.testing.assert_close(a**0.5 * x0 + (1 - a) ** 0.5 * step.eps.float(), step.x_t, atol=1e-5, rtol=1e-5)
+    for view in ("x_t", "x0", "eps"):  # the numpy path the UI scrubs with equals the torch one
+        np.testing.assert_allclose(step.view_array(view), step.view(view).numpy(), atol=1e-5, rtol=1e-5)
     views = {v: run.step_image(2, v) for v in ("x_t", "x0", "eps")}
     assert all(img.shape == (32, 32, 3) for img in views.values())
     assert not np.array_equal(views["x_t"], views["x0"])

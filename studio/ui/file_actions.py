@@ -1,0 +1,283 @@
+"""The window's file side: open, drop and paste images; save results with their parameters; runs and exports.
+
+A mixin of MainWindow (it uses the window's canvas, panels, worker and message bar).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtWidgets import QApplication
+
+from .choices import BUILTIN_MODELS
+from .dialogs import ask_directory, ask_open_file, ask_save_file
+from .image_io import (
+    CHECKPOINT_FILTER,
+    IMAGE_FILTER,
+    MODEL_SUFFIXES,
+    RUN_FILTER,
+    fit_for_model,
+    is_image_path,
+    read_image,
+)
+from .images import qimage_to_rgb
+from .timeline_export import export_gif, export_pngs
+
+
+def _load_run_or_none(path: str) -> Any:
+    from ..engine.request import RequestError
+    from ..engine.run import Run
+
+    try:
+        return Run.load(path)
+    except RequestError as exc:
+        if "not a Diffusion Studio run file" in str(exc):
+            return None  # a model checkpoint, most likely
+        raise
+
+
+class FileActions:
+    # -- opening images -------------------------------------------------------------------------------------------
+    def open_image_dialog(self) -> None:
+        ask_open_file(self, "Open image", IMAGE_FILTER, self._last_dir(), self.open_path)
+
+    def open_path(self, path: str) -> bool:
+        """Open an image file as the input (its parameters, if any, are offered too)."""
+        if not path:
+            return False
+        try:
+            image, parameters = read_image(path)
+        except Exception as exc:  # RequestError from the engine's reader, or a decoder's own error
+            self.message_bar.error(f"Cannot open {Path(path).name}: {exc}")
+            return False
+        self._remember_dir(path)
+        if self.open_image(image, Path(path).name) and parameters:
+            self.message_bar.info(
+                f"{Path(path).name} carries generation settings.",
+                actions=[("Restore settings", lambda: self.restore_parameters(parameters, Path(path).name))],
+            )
+        return True
+
+    def open_image(self, image: np.ndarray, name: str | None = None, quiet: bool = False) -> bool:
+        try:
+            image, note = fit_for_model(np.asarray(image))
+        except ValueError as exc:
+            self.message_bar.error(str(exc))
+            return False
+        self.canvas.set_image(image)
+        self._image_name = name
+        self._after_image_change()
+        if note and not quiet:
+            self.message_bar.warning(f"Opened {name or 'the image'}: {note}.")
+        return True
+
+    def new_blank_canvas(self) -> None:
+        self.canvas.set_image(None)
+        self._image_name = None
+        self._result_image = None
+        self._after_image_change()
+
+    def paste(self) -> None:
+        mime = QGuiApplication.clipboard().mimeData()
+        if mime is not None and mime.hasImage():
+            image = QGuiApplication.clipboard().image()
+            if not image.isNull():
+                self.open_image(qimage_to_rgb(image), "pasted image")
+                return
+        if mime is not None and mime.hasUrls():
+            for url in mime.urls():
+                if url.isLocalFile():
+                    self.handle_dropped_path(url.toLocalFile())
+                    return
+        self.message_bar.warning("Nothing to paste: the clipboard holds no image.")
+
+    # -- drag and drop (the whole window is a drop target) --------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        mime = event.mimeData()
+        if mime.hasUrls() and any(u.isLocalFile() for u in mime.urls()) or mime.hasImage():
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        mime = event.mimeData()
+        paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
+        if paths:
+            event.acceptProposedAction()
+            self.handle_dropped_path(paths[0])
+        elif mime.hasImage():
+            event.acceptProposedAction()
+            self.open_image(qimage_to_rgb(mime.imageData()), "dropped image")
+        else:
+            event.ignore()
+
+    def handle_dropped_path(self, path: str) -> None:
+        """A PNG with a `parameters` chunk restores its settings; other images open; runs and models load."""
+        p = Path(path)
+        if p.is_dir():
+            if (p / "model_index.json").exists() or (p / "unet").is_dir():
+                self.use_model(str(p))
+            else:
+                self.message_bar.error(f"{p.name} is a folder, not a diffusers model, image or run.")
+            return
+        if is_image_path(p):
+            try:
+                image, parameters = read_image(p)
+            except Exception as exc:
+                self.message_bar.error(f"Cannot open {p.name}: {exc}")
+                return
+            if parameters:
+                self.restore_parameters(parameters, p.name)
+                self.message_bar.success(
+                    f"Restored the generation settings of {p.name}.",
+                    actions=[("Open as image", lambda: self.open_image(image, p.name))],
+                )
+            else:
+                self.open_image(image, p.name)
+            return
+        if p.suffix.lower() in MODEL_SUFFIXES:
+            self.open_run_or_model(str(p))
+            return
+        self.message_bar.error(f"Cannot open {p.name}: not an image, a run or a model.")
+
+    def restore_parameters(self, parameters: str, source: str = "") -> dict[str, Any]:
+        from ..engine.images import parse_parameters
+
+        settings = parse_parameters(parameters)
+        model = settings.pop("model", None)
+        if model:
+            spec = self._find_model(model)
+            if spec is not None:
+                settings["model"] = spec
+        self.prompt_panel.apply_settings(settings, size=not self.canvas.has_image())
+        return settings
+
+    def _find_model(self, name: str) -> str | None:
+        candidates = list(BUILTIN_MODELS) + self.prompt_panel.recent_models()
+        for spec in candidates:
+            if name in (spec, Path(spec).name, Path(spec).stem, BUILTIN_MODELS.get(spec)):
+                return spec
+        return None
+
+    # -- runs and models ------------------------------------------------------------------------------------------
+    def open_run_dialog(self) -> None:
+        ask_open_file(self, "Open run", RUN_FILTER, self._last_dir(), self.open_run_or_model)
+
+    def open_run_or_model(self, path: str) -> None:
+        if not path:
+            return
+        job = self.worker.call(lambda: _load_run_or_none(path))
+        self._pending_calls[job] = lambda run: self._opened_run_or_model(run, path)
+
+    def _opened_run_or_model(self, run: Any, path: str) -> None:
+        if run is None:
+            self.use_model(path)
+            return
+        self.history.add(run, select=True)
+        self.autosave.save_run(run)
+        self.message_bar.success(f"Opened run {Path(path).name}: scrub it or branch from any step.")
+
+    def open_checkpoint_dialog(self, folder: bool) -> None:
+        if folder:
+            ask_directory(self, "Open diffusers model folder", self._last_dir(), self.use_model)
+        else:
+            ask_open_file(self, "Open checkpoint", CHECKPOINT_FILTER, self._last_dir(), self.use_model)
+
+    def use_model(self, path: str) -> None:
+        if not path:
+            return
+        self._remember_dir(path)
+        self.prompt_panel.set_model(path)
+        self.settings.setValue("models/recent", self.prompt_panel.recent_models()[:8])
+        self._model_changed(path)
+
+    # -- saving ---------------------------------------------------------------------------------------------------
+    def save_image_dialog(self, run: Any = None) -> None:
+        run = run if run is not None else self.history.selected
+        if run is None or run.image is None:
+            self.message_bar.warning("There is no finished result to save yet.")
+            return
+        name = f"studio-{run.request.seed}-{self.history.number(run)}.png"
+        ask_save_file(self, "Save image", "PNG image (*.png)", str(Path(self._last_dir()) / name), "png",
+                      lambda path: self.save_image(run, path))
+
+    def save_image(self, run: Any, path: str) -> bool:
+        from ..engine.images import format_parameters, save_png
+
+        if not path:
+            return False
+        spec = run.request.model
+        label = spec if spec in BUILTIN_MODELS else Path(spec).stem
+        try:
+            save_png(run.image, path, format_parameters(run.request, label))
+        except (OSError, ValueError) as exc:
+            self.message_bar.error(f"Cannot save {Path(path).name}: {exc}")
+            return False
+        self._remember_dir(path)
+        self.message_bar.success(f"Saved {Path(path).name} with its generation settings.")
+        return True
+
+    def save_mask_dialog(self) -> None:
+        if not self.canvas.has_image():
+            self.message_bar.warning("Open an image and paint a mask first.")
+            return
+        ask_save_file(self, "Save mask", "PNG image (*.png)", str(Path(self._last_dir()) / "mask.png"), "png",
+                      self._save_mask)
+
+    def _save_mask(self, path: str) -> None:
+        if path and not self.canvas.mask.image.save(path, "PNG"):
+            self.message_bar.error(f"Cannot save {Path(path).name}.")
+
+    def save_run_dialog(self) -> None:
+        run = self.history.selected
+        if run is None or run.status == "running":
+            self.message_bar.warning("Select a finished run to save.")
+            return
+        name = f"run-{run.id}.safetensors"
+        ask_save_file(self, "Save run", RUN_FILTER, str(Path(self._last_dir()) / name), "safetensors",
+                      lambda path: self._save_run(run, path))
+
+    def _save_run(self, run: Any, path: str) -> None:
+        if not path:
+            return
+        try:
+            run.save(path)
+        except Exception as exc:
+            self.message_bar.error(f"Cannot save the run: {exc}")
+            return
+        self.message_bar.success(f"Saved the run with {len(run.timeline)} steps to {Path(path).name}.")
+
+    def export_timeline(self, run: Any, fmt: str) -> None:
+        if fmt == "gif":
+            ask_save_file(self, "Export timeline as GIF", "GIF animation (*.gif)",
+                          str(Path(self._last_dir()) / f"timeline-{run.id}.gif"), "gif",
+                          lambda path: self.write_timeline(run, path, "gif"))
+        else:
+            ask_directory(self, "Export timeline as PNG files", self._last_dir(),
+                          lambda path: self.write_timeline(run, path, "png"))
+
+    def write_timeline(self, run: Any, path: str, fmt: str) -> None:
+        if not path:
+            return
+        QApplication.setOverrideCursor(self.cursor().shape().WaitCursor)
+        try:
+            count = export_gif(run, path) if fmt == "gif" else export_pngs(run, path)
+        except (OSError, ValueError) as exc:
+            self.message_bar.error(f"Cannot export the timeline: {exc}")
+            return
+        finally:
+            QApplication.restoreOverrideCursor()
+        self._remember_dir(path)
+        what = f"{count} frames" if fmt == "gif" else f"{count} files"
+        self.message_bar.success(f"Exported the timeline ({what}) to {Path(path).name}.")
+
+    # -- remembered folders ---------------------------------------------------------------------------------------
+    def _last_dir(self) -> str:
+        return str(self.settings.value("paths/lastDir", str(Path.home())))
+
+    def _remember_dir(self, path: str) -> None:
+        p = Path(path)
+        self.settings.setValue("paths/lastDir", str(p if p.is_dir() else p.parent))

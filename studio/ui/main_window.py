@@ -1,0 +1,465 @@
+"""The main window: canvas in the centre, generation controls left, history right, timeline below.
+
+It wires widgets to the GenerationController and the engine worker; file handling lives in FileActions and
+persistence in SessionPersistence. Torch is never imported here: the window is up before the engine has loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
+
+from ..engine.events import Event
+from .autosave import Autosave
+from .canvas_toolbar import CanvasToolbar
+from .file_actions import FileActions
+from .generation import GenerationController, format_seconds, progress_text
+from .history_panel import HistoryPanel
+from .mask_canvas import MaskCanvas
+from .message_bar import MessageBar
+from .prompt_panel import PromptPanel
+from .run_history import RunHistory
+from .session import SessionPersistence
+from .theme import THEMES
+from .timeline_panel import TimelinePanel
+from .worker import EngineWorker
+
+
+class MainWindow(FileActions, SessionPersistence, QMainWindow):
+    closed = Signal()
+
+    def __init__(self, *, autosave_dir: str | Path | None = None, engine_factory: Callable[[], Any] | None = None,
+                 offer_restore: bool = True, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("Diffusion Studio")
+        self.setAcceptDrops(True)
+        self.resize(1440, 920)
+        self.settings = QSettings()
+        self.theme = "dark"
+        self._closing = False
+        self._image_name: str | None = None
+        self._result_image: np.ndarray | None = None
+        self._pending_calls: dict[int, Callable[[Any], None]] = {}
+        self._probe_job = 0
+
+        self.history = RunHistory(self)
+        self.worker = EngineWorker(engine_factory, self)
+        self.controller = GenerationController(self.worker, self.history, self)
+
+        self.message_bar = MessageBar()
+        self.canvas = MaskCanvas()
+        self.toolbar = CanvasToolbar(self.canvas)
+        self.prompt_panel = PromptPanel()
+        self.timeline = TimelinePanel()
+        self.history_panel = HistoryPanel(self.history)
+        central = QWidget()
+        central.setObjectName("centralArea")
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.message_bar)
+        layout.addWidget(self.toolbar)
+        layout.addWidget(self.canvas, 1)
+        self.setCentralWidget(central)
+        self.prompt_dock = self._dock("Generate", "promptDock", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.history_dock = self._dock("History", "historyDock", self.history_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.timeline_dock = self._dock("Timeline", "timelineDock", self.timeline, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.resizeDocks([self.prompt_dock, self.history_dock], [340, 270], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.timeline_dock], [300], Qt.Orientation.Vertical)
+        self.engine_label = QLabel("Starting the engine…")
+        self.engine_label.setObjectName("engineStatusLabel")
+        self.statusBar().addWidget(self.engine_label, 1)
+        self.size_label = QLabel()
+        self.size_label.setObjectName("imageSizeLabel")
+        self.statusBar().addPermanentWidget(self.size_label)
+
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setSingleShot(True)
+        self._autosave_timer.timeout.connect(self.autosave_now)
+        self._build_menus()
+        self._connect()
+        self.restore_settings()
+        self.theme_actions.get(self.theme, self.theme_actions["dark"]).setChecked(True)
+        self._after_image_change()
+        self.autosave = Autosave(autosave_dir)
+        previous = self.autosave.start()
+        self.worker.start()
+        if previous is not None and offer_restore:
+            self.offer_restore(previous)
+
+    def _dock(self, title: str, name: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+                         | QDockWidget.DockWidgetFeature.DockWidgetClosable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    # -- menus ----------------------------------------------------------------------------------------------------
+    def _action(self, menu, text: str, slot, shortcut=None, name: str | None = None, tip: str = "") -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            shortcuts = shortcut if isinstance(shortcut, list) else [shortcut]
+            action.setShortcuts([QKeySequence(s) for s in shortcuts])
+        if name:
+            action.setObjectName(name)
+        if tip:
+            action.setStatusTip(tip)
+        action.triggered.connect(lambda _=False: slot())
+        menu.addAction(action)
+        return action
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        f = bar.addMenu("&File")
+        self._action(f, "&New blank canvas", self.new_blank_canvas, "Ctrl+N", "newCanvasAction")
+        self._action(f, "&Open image…", self.open_image_dialog, QKeySequence.StandardKey.Open, "openImageAction")
+        self._action(f, "&Paste image", self.paste, QKeySequence.StandardKey.Paste, "pasteAction")
+        self._action(f, "Open &run or model…", self.open_run_dialog, None, "openRunAction")
+        f.addSeparator()
+        self._action(f, "&Save image…", self.save_image_dialog, QKeySequence.StandardKey.Save, "saveImageAction")
+        self._action(f, "Save &mask…", self.save_mask_dialog, None, "saveMaskAction")
+        self._action(f, "Save r&un…", self.save_run_dialog, None, "saveRunAction")
+        f.addSeparator()
+        self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit, "quitAction")
+
+        e = bar.addMenu("&Edit")
+        self.undo_action = self._action(e, "&Undo stroke", self.canvas.mask.undo, QKeySequence.StandardKey.Undo, "undoAction")
+        self.redo_action = self._action(e, "&Redo stroke", self.canvas.mask.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "redoAction")
+        e.addSeparator()
+        self._action(e, "Clear mask", self.canvas.mask.clear, "Ctrl+Shift+Backspace", "clearMaskAction")
+        self._action(e, "Invert mask", self.canvas.mask.invert, "Ctrl+I", "invertMaskAction")
+        e.addSeparator()
+        e.addAction(self.toolbar.brush_action)
+        e.addAction(self.toolbar.eraser_action)
+        self._action(e, "Smaller brush", lambda: self.canvas.set_brush_size(min(self.canvas.brush_size - 1, round(self.canvas.brush_size / 1.2))), "[", "smallerBrushAction")
+        self._action(e, "Larger brush", lambda: self.canvas.set_brush_size(max(self.canvas.brush_size + 1, round(self.canvas.brush_size * 1.2))), "]", "largerBrushAction")
+
+        v = bar.addMenu("&View")
+        self._action(v, "Zoom to &fit", self.canvas.fit, "Ctrl+0", "zoomFitAction")
+        self._action(v, "&Actual size", self.canvas.actual_size, "Ctrl+1", "zoomActualAction")
+        self._action(v, "Zoom &in", lambda: self.canvas.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn, "zoomInAction")
+        self._action(v, "Zoom &out", lambda: self.canvas.zoom_by(1 / 1.25), QKeySequence.StandardKey.ZoomOut, "zoomOutAction")
+        v.addSeparator()
+        for dock in (self.prompt_dock, self.history_dock, self.timeline_dock):
+            v.addAction(dock.toggleViewAction())
+        v.addSeparator()
+        themes = v.addMenu("&Theme")
+        group = QActionGroup(self)
+        self.theme_actions = {}
+        for name in THEMES:
+            action = QAction(name.capitalize(), self, checkable=True)
+            action.triggered.connect(lambda _=False, n=name: self.set_theme(n))
+            group.addAction(action)
+            themes.addAction(action)
+            self.theme_actions[name] = action
+
+        g = bar.addMenu("&Generate")
+        self.generate_action = self._action(g, "&Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"], "generateAction")
+        self.cancel_action = self._action(g, "&Cancel", self.cancel, "Esc", "cancelAction")
+        self.cancel_action.setEnabled(False)
+        g.addSeparator()
+        self.branch_action = self._action(g, "&Branch from the selected step", lambda: self.branch(self.timeline.run, self.timeline.index()), "Ctrl+B", "branchAction")
+        self._action(g, "&Decode the selected step", lambda: self.decode_step(self.timeline.run, self.timeline.index()), "Ctrl+D", "decodeStepAction")
+        self._action(g, "&Invert image…", self.invert_image, None, "invertImageAction")
+        self._action(g, "&Use result as input", self.use_result_as_input, "Ctrl+U", "useAsInputAction")
+        self._action(g, "New random &seed", self.prompt_panel.randomize_seed, "Ctrl+R", "randomSeedAction")
+        h = bar.addMenu("&Help")
+        self._action(h, "&Keyboard shortcuts", self._show_shortcuts, QKeySequence.StandardKey.HelpContents, "shortcutsAction")
+        self._action(h, "&About Diffusion Studio", self._show_about, None, "aboutAction")
+
+    # -- wiring ---------------------------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        panel, c, canvas = self.prompt_panel, self.controller, self.canvas
+        panel.generateRequested.connect(self.generate)
+        panel.cancelRequested.connect(self.cancel)
+        panel.openCheckpointRequested.connect(self.open_checkpoint_dialog)
+        panel.modelChanged.connect(self._model_changed)
+        panel.sizeChanged.connect(self._size_changed)
+        panel.inpaintOptionsChanged.connect(lambda: canvas.set_feather(panel.feather.value(), panel.grow.value()))
+        panel.changed.connect(self.schedule_autosave)
+        canvas.set_feather(panel.feather.value(), panel.grow.value())
+        canvas.mask.changed.connect(self._update_mode)
+        canvas.mask.changed.connect(self.schedule_autosave)
+        canvas.stepKey.connect(self.timeline.step_by)
+        self.toolbar.use_as_input.clicked.connect(self.use_result_as_input)
+
+        c.runningChanged.connect(self._running_changed)
+        c.started.connect(self._on_started)
+        c.step.connect(self._on_step)
+        c.finished.connect(self._on_finished)
+        c.cancelled.connect(self._on_cancelled)
+        c.failed.connect(self._on_failed)
+
+        self.history.selectionChanged.connect(self._show_run)
+        self.history.runRemoved.connect(self.schedule_autosave)
+        self.history.cleared.connect(self.schedule_autosave)
+        self.history_panel.tree.itemClicked.connect(lambda *_: self.activate_run(self.history.selected))
+        self.history_panel.invertRequested.connect(self.invert_image)
+        self.history_panel.saveRequested.connect(self.save_image_dialog)
+        self.history_panel.branchRequested.connect(lambda run: self.branch(run, self.timeline.index() if run is self.timeline.run else 0))
+        self.timeline.branchRequested.connect(self.branch)
+        self.timeline.decodeRequested.connect(self.decode_step)
+        self.timeline.exportRequested.connect(self.export_timeline)
+
+        w = self.worker
+        w.ready.connect(self._engine_ready)
+        w.decoded.connect(self._on_decoded)
+        w.modelProbed.connect(self._on_model_probed)
+        w.called.connect(self._on_called)
+        w.failed.connect(self._on_worker_failed)
+
+    # -- generating -----------------------------------------------------------------------------------------------
+    def build_request(self):
+        """The request the controls describe: txt2img, img2img (an image) or inpainting (an image and a mask)."""
+        request = self.prompt_panel.request()
+        image = self.canvas.image_array()
+        if image is not None:
+            request = request.replace(width=image.shape[1], height=image.shape[0], init_image=image,
+                                      mask=self.canvas.mask_array())
+        return request
+
+    def generate(self) -> None:
+        if self.controller.running:
+            return
+        if self.prompt_panel.random_each.isChecked():
+            self.prompt_panel.randomize_seed()
+        self.timeline.stop()
+        self.controller.generate(self.build_request())
+
+    def cancel(self) -> None:
+        if self.controller.running:
+            self.controller.cancel()
+            self.prompt_panel.progress.setFormat("Stopping at the next step…")
+
+    def branch(self, run: Any, index: int) -> None:
+        if run is None:
+            return
+        if self.controller.running:
+            self.message_bar.warning("Wait for the current run to finish (or cancel it) before branching.")
+            return
+        if not 0 <= index < len(run.timeline):
+            self.message_bar.warning("Pick a step on the timeline to branch from.")
+            return
+        parent = run.request
+        request = self.prompt_panel.request(width=parent.width, height=parent.height, strength=parent.strength)
+        request = request.replace(init_image=parent.init_image, mask=parent.mask)
+        self.timeline.stop()
+        self.controller.generate(request, parent=run, from_step=index)
+
+    def invert_image(self) -> None:
+        if self.controller.running:
+            self.message_bar.warning("Wait for the current run to finish before inverting an image.")
+            return
+        image = self.canvas.image_array()
+        if image is None:
+            image = self._result_image
+        if image is None:
+            self.message_bar.warning("Open an image (or generate one) to invert.")
+            return
+        request = self.prompt_panel.request(width=image.shape[1], height=image.shape[0], init_image=image)
+        self.controller.invert(request)
+
+    def decode_step(self, run: Any, index: int) -> None:
+        if run is None or not 0 <= index < len(run.timeline):
+            return
+        cached = self.timeline.decoded(run, index)
+        if cached is not None:
+            self._on_decoded(0, run, index, "x0", cached)
+            return
+        self.worker.decode(run, index, "x0")
+        queued = " (after the current run)" if self.controller.running else ""
+        self.message_bar.info(f"Decoding step {index + 1} at full quality{queued}…")
+
+    # -- controller events ----------------------------------------------------------------------------------------
+    def _running_changed(self, running: bool) -> None:
+        self.prompt_panel.set_running(running)
+        self.cancel_action.setEnabled(running)
+        self.generate_action.setEnabled(not running)
+        self.branch_action.setEnabled(not running)
+        self.timeline.branch_button.setEnabled(not running and self.timeline.slider.maximum() >= 0 and self.timeline.run is not None)
+        self.history_panel.invert_button.setEnabled(not running)
+        if running:
+            self.prompt_panel.show_progress(0, 0, "Loading the model…")
+
+    def _on_started(self, event: Event) -> None:
+        label = "Inverting" if self.controller.kind == "invert" else "Step"
+        self.prompt_panel.show_progress(event.step, event.total, f"{label} {event.step}/{event.total}")
+
+    def _on_step(self, event: Event) -> None:
+        label = "Inverting" if self.controller.kind == "invert" and event.run is None else "Step"
+        self.prompt_panel.show_progress(event.step, event.total, progress_text(event, label))
+        if event.preview is not None:
+            self.canvas.set_preview(event.preview, f"{label} {event.step}/{event.total} · preview")
+            self.toolbar.sync()
+        if event.run is not None:
+            event.run._ui_preview = event.preview
+            if event.run is self.timeline.run:
+                self.timeline.run_progressed(event.run)
+            else:
+                self.timeline.set_run(event.run)
+
+    def _on_finished(self, event: Event) -> None:
+        run = event.run
+        self.prompt_panel.show_progress(event.total, event.total,
+                                        f"Done · {event.total} steps in {format_seconds(event.elapsed)}")
+        if run is None:
+            return
+        self.timeline.run_finished(run)
+        if run is self.history.selected and run.image is not None:
+            self.show_result(run.image, f"Result #{self.history.number(run)}")
+        self.autosave.save_run(run)
+        self.schedule_autosave()
+        if run.kind == "invert":
+            self.message_bar.success("Inversion done: scrub the timeline and branch from any step with a new prompt.")
+
+    def _on_cancelled(self, event: Event) -> None:
+        self.prompt_panel.show_progress(event.step, max(1, event.total), f"Cancelled at step {event.step}/{event.total}")
+        if event.run is not None:
+            self.timeline.run_finished(event.run)
+            self.autosave.save_run(event.run)
+            self.schedule_autosave()
+        self.message_bar.info(f"Cancelled at step {event.step} of {event.total}; its steps stay on the timeline.")
+
+    def _on_failed(self, message: str) -> None:
+        self.prompt_panel.show_progress(0, 1, "Failed")
+        self.message_bar.error(message[:1].upper() + message[1:])
+        if self.timeline.run is not None:
+            self.timeline.run_finished(self.timeline.run)
+
+    # -- worker events --------------------------------------------------------------------------------------------
+    def _engine_ready(self, devices: list) -> None:
+        self.prompt_panel.set_devices([str(d) for d in devices])
+        names = ", ".join(d for d in devices if d != "auto")
+        self.engine_label.setText(f"Engine ready · devices: {names}")
+
+    def _on_decoded(self, _job: int, run: Any, index: int, view: str, image: np.ndarray) -> None:
+        self.timeline.add_decoded(run, index, view, image)
+        if run is self.timeline.run:
+            self.canvas.set_preview(image, f"Step {index + 1} · x̂0 decoded")
+            self.toolbar.sync()
+            if self.message_bar.text().startswith("Decoding"):
+                self.message_bar.dismiss()
+
+    def _on_model_probed(self, job: int, spec: str, size: int) -> None:
+        if job == self._probe_job and spec == self.prompt_panel.model_spec():
+            self.engine_label.setText(f"Model ready: {self.prompt_panel.model.currentText()} ({size} px)")
+            if not self.canvas.has_image():
+                self.prompt_panel.width_spin.setValue(size)
+                self.prompt_panel.height_spin.setValue(size)
+
+    def _on_called(self, job: int, result: Any) -> None:
+        callback = self._pending_calls.pop(job, None)
+        if callback is not None:
+            callback(result)
+
+    def _on_worker_failed(self, job: int, message: str) -> None:
+        self._pending_calls.pop(job, None)
+        self.message_bar.error(message[:1].upper() + message[1:])
+
+    # -- runs, results and the canvas -----------------------------------------------------------------------------
+    def _show_run(self, run: Any) -> None:
+        self.timeline.set_run(run)
+        if run is not None and run.image is not None:
+            self.show_result(run.image, f"Result #{self.history.number(run)}")
+
+    def activate_run(self, run: Any) -> None:
+        """A click in the history: bring back the run's settings, input image and mask, result and timeline."""
+        if run is None:
+            return
+        request = run.request
+        self.prompt_panel.apply_settings(request.settings(), size=False)
+        if request.init_image is not None and run.kind != "invert":
+            current = self.canvas.image_array()
+            if current is None or current.shape != request.init_image.shape or not np.array_equal(current, request.init_image):
+                self.open_image(request.init_image, f"input of run #{self.history.number(run)}", quiet=True)
+            if request.mask is not None:
+                self.canvas.set_mask(request.mask)
+        self._show_run(run)
+
+    def show_result(self, image: np.ndarray, caption: str = "Result") -> None:
+        self._result_image = image
+        self.canvas.set_result(image, caption)
+        self.toolbar.sync()
+
+    def use_result_as_input(self) -> None:
+        if self._result_image is None:
+            self.message_bar.warning("There is no result to use yet.")
+            return
+        self.open_image(self._result_image.copy(), "previous result", quiet=True)
+
+    def _after_image_change(self) -> None:
+        canvas, panel = self.canvas, self.prompt_panel
+        size = canvas.image_size()
+        if canvas.has_image():
+            panel.set_image_mode(True, (size.width(), size.height()))
+        else:
+            panel.set_image_mode(False)
+            canvas.set_blank_size(panel.width_spin.value(), panel.height_spin.value())
+        name = self._image_name
+        self.setWindowTitle(f"{name} — Diffusion Studio" if name else "Diffusion Studio")
+        self.toolbar.sync()
+        self._update_mode()
+        self.schedule_autosave()
+
+    def _update_mode(self) -> None:
+        size = self.canvas.image_size()
+        dims = f"{size.width()} × {size.height()}"
+        if not self.canvas.has_image():
+            mode = "Text to image"
+        elif self.canvas.mask.is_empty():
+            mode = "Image to image (paint a mask to inpaint)"
+        else:
+            covered = float((self.canvas.mask.array() > 0).mean()) * 100
+            mode = f"Inpaint · mask covers {covered:.0f} %"
+        self.prompt_panel.mode_label.setText(f"{mode} · {dims}")
+        self.size_label.setText(dims)
+
+    def _size_changed(self, width: int, height: int) -> None:
+        if not self.canvas.has_image():
+            self.canvas.set_blank_size(width, height)
+            self._update_mode()
+
+    def _model_changed(self, spec: str) -> None:
+        self.engine_label.setText(f"Loading {self.prompt_panel.model.currentText()}…")
+        panel = self.prompt_panel
+        self._probe_job = self.worker.probe_model(spec, panel.device.currentData(), panel.dtype.currentData())
+
+    # -- help -----------------------------------------------------------------------------------------------------
+    def _show_shortcuts(self) -> None:
+        text = ("Ctrl+Enter  generate · Esc  cancel at the next step\n"
+                "B / E  brush / eraser · [ ]  brush size · Ctrl+Z / Ctrl+Shift+Z  undo / redo one stroke\n"
+                "Space-drag or middle button  pan · wheel  zoom · Ctrl+0  fit · Ctrl+1  100 %\n"
+                "C  before / after · ← →  step the timeline · Ctrl+B  branch from the selected step\n"
+                "Ctrl+D  decode the selected step · Ctrl+U  use the result as input")
+        self.message_bar.info(text, timeout_ms=20000)
+
+    def _show_about(self) -> None:
+        from .. import __version__
+
+        box = QMessageBox(QMessageBox.Icon.Information, "About Diffusion Studio",
+                          f"Diffusion Studio {__version__}\nLatent diffusion you can see, scrub and branch.", parent=self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+
+    # -- closing --------------------------------------------------------------------------------------------------
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._closing:
+            self._closing = True
+            self.timeline.stop()
+            self.controller.cancel()
+            self.worker.stop()  # cancels the run at its next step and joins the engine thread
+            self.controller.job_id = 0
+            self.save_settings()
+            self.autosave_now()
+            self.closed.emit()
+        super().closeEvent(event)

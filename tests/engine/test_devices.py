@@ -1,0 +1,68 @@
+"""Device and precision choice, and the half-precision NaN fall-back of the VAE decode."""
+
+import pytest
+import torch
+
+from studio.engine.devices import available_devices, resolve_device, resolve_dtype
+from studio.engine.model import build_tiny_random
+from studio.engine.pipeline import Engine
+from studio.engine.request import GenerationRequest
+
+
+def test_auto_picks_cuda_then_mps_then_cpu():
+    device = resolve_device("auto")
+    if torch.cuda.is_available():
+        assert device.type == "cuda"
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        assert device.type == "mps"
+    else:
+        assert device.type == "cpu"
+    assert "cpu" in available_devices()
+
+
+def test_auto_dtype_is_fp32_on_cpu_and_half_on_gpus():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        resolve_device("cuda")
+    events = list(Engine().generate(GenerationRequest(model="tiny-random", device="cuda", width=64, height=64)))
+    assert events[-1].kind.value == "error" and "CUDA" in events[-1].message
+
+
+def test_bf16_generation_runs_on_the_cpu():
+    request = GenerationRequest(prompt="x", model="tiny-random", steps=3, width=64, height=64, dtype="bf16")
+    run = Engine().run(request)
+    assert run.image.shape == (64, 64, 3)
+    # sampler state stays float32 whatever the model's dtype
+    assert run.timeline[1].x_t.dtype == torch.float32
+
+
+def test_half_precision_nan_decode_is_retried_in_fp32():
+    model = build_tiny_random().to(torch.bfloat16)
+    vae = model.vae
+    real_decode = vae.decode
+    calls = []
+
+    def flaky_decode(z):
+        calls.append(z.dtype)
+        out = real_decode(z)
+        return torch.full_like(out, float("nan")) if z.dtype != torch.float32 else out
+
+    vae.decode = flaky_decode
+    image = model.decode_latent(torch.randn(1, 4, 32, 32))
+    assert torch.isfinite(image).all()
+    assert calls == [torch.bfloat16, torch.float32]
+    assert model.dtype == torch.bfloat16  # the model is back in its own precision afterwards
+
+
+def test_nan_from_the_model_is_a_clear_error_event():
+    model = build_tiny_random()
+    model.unet.forward = lambda x, t, c: torch.full((x.shape[0], 4, *x.shape[2:]), float("nan"))
+    engine = Engine(loader=lambda spec, device, dtype: model)
+    events = list(engine.generate(GenerationRequest(prompt="x", model="m", steps=3, width=64, height=64)))
+    assert events[-1].kind.value == "error" and "NaN" in events[-1].message

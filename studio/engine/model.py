@@ -2,7 +2,8 @@
 
 `LatentDiffusion().state_dict()` keys are exactly those of an original Stable Diffusion checkpoint:
 `model.diffusion_model.*` (UNet), `first_stage_model.*` (VAE), `cond_stage_model.transformer.text_model.*`
-(CLIP text encoder), so a checkpoint loads by name with no mapping table.
+(CLIP text encoder), so an SD1 checkpoint loads by name with no mapping table; the few layouts that need one
+(SD2's OpenCLIP text tower, diffusers folders) are mapped in checkpoint_layout.py.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import tiling
+from .prompt_weights import chunk_prompt, encode_chunks
 from .schedules import NoiseSchedule, ScheduleConfig
 from .text_encoder import CLIPTextModel, TextEncoderConfig
 from .timeline import LatentPreview
 from .tokenizer import EOS_ID, CLIPTokenizer
 from .unet import UNetConfig, UNetModel
-from .vae import AutoencoderKL, VAEConfig
+from .vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 
 Prediction = Literal["epsilon", "v"]
 
@@ -90,13 +93,15 @@ class LatentDiffusion(nn.Module):
         self.model = _UNetHolder(UNetModel(config.unet))
         self.first_stage_model = AutoencoderKL(config.vae)
         self.cond_stage_model = _TextHolder(CLIPTextModel(config.text))
-        self.schedule = NoiseSchedule(config.schedule)
         self.tokenizer = CLIPTokenizer()
-        if config.latent_rgb is not None:
-            rows = torch.tensor(config.latent_rgb)
-            self.preview = LatentPreview(rows[:-1], rows[-1])
-        else:
-            self.preview = LatentPreview.default_for(config.vae.z_channels)
+        # Tables that are not weights live on the CPU even when the modules are built on the meta device (loading)
+        with torch.device("cpu"):
+            self.schedule = NoiseSchedule(config.schedule)
+            if config.latent_rgb is not None:
+                rows = torch.tensor(config.latent_rgb)
+                self.preview = LatentPreview(rows[:-1], rows[-1])
+            else:
+                self.preview = LatentPreview.default_for(config.vae.z_channels)
 
     # -- parts ---------------------------------------------------------------------------------------------------
     @property
@@ -137,34 +142,91 @@ class LatentDiffusion(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def with_prediction(self, prediction: Prediction) -> "LatentDiffusion":
+        """Take the UNet's output as ε or v from now on (the user's word beats any detection)."""
+        if prediction not in ("epsilon", "v"):
+            raise ValueError(f"prediction must be 'epsilon' or 'v', got {prediction!r}")
+        self.config = dataclasses.replace(self.config, prediction=prediction)
+        return self
+
     # -- the three conversions a pipeline needs -------------------------------------------------------------------
     @torch.inference_mode()
     def encode_text(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
-        """Prompts → context (B, 77, D) in the model's dtype."""
-        ids = self.tokenizer(prompts, pad_id=self.config.pad_id, context_length=self.config.text.max_length)
-        tokens = torch.tensor(ids, dtype=torch.long, device=self.device)
-        return self.text_encoder(tokens, skip_layers=max(0, clip_skip - 1))
+        """Prompts (A1111 emphasis syntax, any length) → context (B, 77·k, D) in the model's dtype, where k is the
+        most 75-token chunks any of them needs (engine.md §8, prompt_weights.py). Prompts encoded in one call
+        always get the same length, so cond and uncond for guidance must be encoded together (`encode_prompts`).
+        clip_skip: 1 = the encoder's last layer, 2 = the one before (A1111's convention)."""
+        length = self.config.text.max_length
+        chunks = [chunk_prompt(self.tokenizer, p, pad_id=self.config.pad_id, context_length=length) for p in prompts]
+        return encode_chunks(self.text_encoder, chunks, pad_id=self.config.pad_id, skip_layers=max(0, clip_skip - 1))
+
+    def encode_prompts(self, prompt: str, negative_prompt: str = "", clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) contexts, each (1, 77·k, D) with the same k, ready for classifier-free guidance."""
+        both = self.encode_text([prompt, negative_prompt], clip_skip)
+        return both[:1], both[1:]
 
     @torch.inference_mode()
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) in [−1, 1] → scaled latent z_s = scaling_factor·mean (float32)."""
-        posterior = self.vae.encode(image.to(self.device, self.dtype))
-        return posterior.mode().float() * self.config.vae.scaling_factor
+    def encode_image(self, image: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [−1, 1] → scaled latent z_s = scaling_factor·mean (float32).
+
+        tiled: None chooses by free memory (and falls back to tiles on out-of-memory); True/False forces it."""
+        x = image.to(self.device, self.dtype)
+        if tiled is None:
+            tiled = tiling.should_tile(tiling.encode_bytes(self.vae, x.shape, self.dtype), self.device)
+        moments = self._with_tiling_fallback(
+            lambda: self.vae.quant_conv(self.vae.encoder(x)),
+            lambda: tiling.encode_moments_tiled(self.vae, x),
+            tiled,
+            f"encoding a {x.shape[-1]}x{x.shape[-2]} image",
+        )
+        mean = DiagonalGaussian(moments).mode()
+        return mean.float() * self.config.vae.scaling_factor
 
     @torch.inference_mode()
-    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        """Scaled latent → (1, 3, H, W) in [−1, 1], float32. Half-precision NaN/inf retries in fp32 (A1111)."""
-        z = latent / self.config.vae.scaling_factor
-        image = self.vae.decode(z.to(self.device, self.dtype)).float()
+    def decode_latent(self, latent: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """Scaled latent → (B, 3, H, W) in [−1, 1], float32. Half-precision NaN/inf retries in fp32 (A1111).
+
+        tiled: None chooses by free memory (and falls back to tiles on out-of-memory); True/False forces it."""
+        z = latent.float() / self.config.vae.scaling_factor
+        if tiled is None:
+            tiled = tiling.should_tile(tiling.decode_bytes(self.vae, z.shape, self.dtype), self.device)
+        image = self._decode(z, self.dtype, tiled)
         if self.dtype != torch.float32 and not torch.isfinite(image).all():
-            vae = self.vae.float()
+            dtype = self.dtype
+            self.vae.float()
             try:
-                image = vae.decode(z.to(self.device, torch.float32))
+                image = self._decode(z, torch.float32, tiled)
             finally:
-                vae.to(self.dtype)
+                self.vae.to(dtype)
         if not torch.isfinite(image).all():
             raise FloatingPointError("the model produced NaN values; try fp32 or another seed")
         return image
+
+    def _decode(self, z: torch.Tensor, dtype: torch.dtype, tiled: bool) -> torch.Tensor:
+        z = z.to(self.device, dtype)
+        size = f"{z.shape[-1] * self.downsample_factor}x{z.shape[-2] * self.downsample_factor}"
+        image = self._with_tiling_fallback(
+            lambda: self.vae.decode(z), lambda: tiling.decode_tiled(self.vae, z), tiled, f"decoding a {size} image"
+        )
+        return image.float()
+
+    def _with_tiling_fallback(self, whole, tiles, tiled: bool, what: str) -> torch.Tensor:
+        """Run `whole`, or `tiles` if asked to or if `whole` runs out of memory; a clear error if both do."""
+        if not tiled:
+            try:
+                return whole()
+            except (torch.OutOfMemoryError, RuntimeError, MemoryError) as exc:
+                if not tiling.is_out_of_memory(exc):
+                    raise
+            # out of the except block, the failed attempt's tensors are free: try again in tiles
+            tiling.release_cached_memory(self.device)
+        try:
+            return tiles()
+        except (torch.OutOfMemoryError, RuntimeError, MemoryError) as exc:
+            if not tiling.is_out_of_memory(exc):
+                raise
+        tiling.release_cached_memory(self.device)
+        raise tiling.OutOfMemory(f"out of memory {what}, even in tiles: try a smaller size or fp16")
 
 
 def build_tiny_random(seed: int = 0) -> LatentDiffusion:

@@ -165,7 +165,8 @@ class EngineWorker(QObject):
                     raise RuntimeError("the engine is not available (see the first error)")
                 self._run(engine, job)
             except Exception as exc:
-                traceback.print_exc(file=sys.stderr)
+                if not isinstance(exc, (ValueError, OSError)):  # user errors (RequestError, ModelLoadError) are messages
+                    traceback.print_exc(file=sys.stderr)
                 message = _describe(exc)
                 if isinstance(job, (GenerateJob, InvertJob)):
                     self.event.emit(Event(EventKind.ERROR, job.id, message=message))

@@ -22,6 +22,7 @@ def test_inpainting_run_streams_steps_in_order_and_fills_the_timeline(window, qt
     window.open_image(sample_image(64))
     window.canvas.set_brush_size(12)
     paint_stroke(window.canvas, (16, 32), (48, 32))
+    window.prompt_panel.strength.setValue(1.0)  # re-run every step: N steps in, N on the timeline
     steps = window.prompt_panel.steps.value()
     c = window.controller
     signals = [c.started] + [c.step] * steps + [c.finished]

@@ -1,0 +1,148 @@
+"""`studio train …` and `studio evaluate …`: the training tools on the command line.
+
+    studio train --stage vae  --out /work/ckpt --minutes 40
+    studio train --stage unet --out /work/ckpt --minutes 120 --export resources/model/studio-shapes.safetensors
+    studio evaluate --model default --json metrics.json
+
+A stage resumes from `<out>/<stage>.pt` when it exists. A fresh UNet stage starts from `--init`: a VAE-stage
+checkpoint (`<out>/vae.pt` by default, when present), a training checkpoint, a model file, or `default` (the
+shipped weights, to continue their training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+TRAIN_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "dataset_size", "ema_decay", "caption_dropout",
+                   "full_mask", "min_snr_gamma", "kl_weight", "edge_weight", "checkpoint_minutes", "channels_last")
+
+
+def add_training_commands(sub) -> None:
+    train = sub.add_parser("train", help="train the built-in model (stage vae, then stage unet)")
+    train.add_argument("--stage", choices=["vae", "unet"], required=True)
+    train.add_argument("--out", type=Path, required=True, help="checkpoint folder (keep it outside git)")
+    train.add_argument("--init", help="fresh UNet stage: vae.pt / a training checkpoint / a model file / default")
+    train.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint saved)")
+    train.add_argument("--steps", type=int, help="stop at this global step")
+    train.add_argument("--export", type=Path, metavar="FILE", help="write the EMA weights here at every checkpoint")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    train.add_argument("--tiny", action="store_true", help="a tiny architecture (smoke runs)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--warmup-steps", type=int)
+    train.add_argument("--total-steps", type=int, help="length of the cosine learning-rate decay")
+    train.add_argument("--dataset-size", type=int, help="scenes in the UNet's latent cache")
+    train.add_argument("--ema-decay", type=float)
+    train.add_argument("--caption-dropout", type=float)
+    train.add_argument("--full-mask", type=float, help="share of text-to-image samples in the UNet stage")
+    train.add_argument("--min-snr-gamma", type=float)
+    train.add_argument("--kl-weight", type=float)
+    train.add_argument("--edge-weight", type=float)
+    train.add_argument("--checkpoint-minutes", type=float)
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    train.set_defaults(handler=run_train)
+
+    ev = sub.add_parser("evaluate", help="score a model with the scene detector (held-out prompts and seeds)")
+    ev.add_argument("--model", default="default", help="default, a model file, or a training checkpoint (.pt)")
+    ev.add_argument("--prompts", type=int, default=120, help="held-out text-to-image prompts")
+    ev.add_argument("--inpaint", type=int, default=40, help="inpainting checks")
+    ev.add_argument("--reconstructions", type=int, default=200, help="autoencoder reconstructions")
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model card's)")
+    ev.add_argument("--sampler", default="ddim")
+    ev.add_argument("--seed", type=int, default=None, help="first held-out seed")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    ev.add_argument("--samples", type=Path, help="write a contact sheet of the generations (PNG)")
+    ev.set_defaults(handler=run_evaluate)
+
+
+def _error(message: str):
+    from ..cli import CliError
+
+    return CliError(message)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise _error("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..engine.loading import ModelLoadError
+    from . import train as training
+    from .config import TrainConfig, shapes_model_config, tiny_model_config
+
+    torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    out: Path = args.out
+    overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k, None) is not None}
+    checkpoint = out / f"{args.stage}.pt"
+    resume = None
+    if checkpoint.exists():
+        resume = training.load_checkpoint(checkpoint)
+        cfg = dataclasses.replace(TrainConfig.from_dict(json.loads(resume["train_config"])), **overrides)
+        model = training.model_from_checkpoint(resume, use_ema=False)
+        print(f"resuming {checkpoint} at step {resume['progress']['step']}", file=sys.stderr)
+    else:
+        cfg = TrainConfig(stage=args.stage, **overrides)
+        try:
+            model = _initial_model(args, out, tiny_model_config() if args.tiny else shapes_model_config())
+        except (ModelLoadError, OSError) as exc:
+            raise _error(str(exc)) from None
+    model.to(device)
+    if args.steps is None and args.minutes is None:
+        raise _error("give a budget: --minutes and/or --steps")
+    training.train(model, cfg, out, training.Budget(args.steps, args.minutes), resume, args.export,
+                   log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _initial_model(args: argparse.Namespace, out: Path, config):
+    from ..engine.loading import load_model
+    from ..engine.model import LatentDiffusion
+    from . import train as training
+
+    init = args.init
+    if init is None and args.stage == "unet":
+        init = str(out / "vae.pt") if (out / "vae.pt").exists() else None
+        if init is None:
+            raise _error(f"no VAE for the UNet stage: train --stage vae first, or pass --init default")
+    if init is None:
+        return LatentDiffusion(config)
+    if init.endswith(".pt"):
+        if not Path(init).exists():
+            raise _error(f"--init: no such checkpoint {init}")
+        state = training.load_checkpoint(Path(init))
+        model = training.model_from_checkpoint(state, use_ema=True)
+        if state["stage"] == "vae" and args.stage == "unet":
+            # a fresh UNet and text encoder on the trained VAE (whose EMA weights were just loaded)
+            fresh = LatentDiffusion(dataclasses.replace(config, vae=model.config.vae))
+            fresh.first_stage_model.load_state_dict(model.first_stage_model.state_dict())
+            model = fresh
+        return model
+    return load_model(init, torch.device("cpu"), torch.float32).train()
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_spec, format_table
+
+    torch.set_num_threads(args.threads)
+    try:
+        report = evaluate_spec(args)
+    except FileNotFoundError as exc:
+        raise _error(str(exc)) from None
+    print(format_table(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return 0

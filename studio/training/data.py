@@ -1,0 +1,179 @@
+"""Training data: scenes rendered on the fly (they cost ~0.3 ms each), inpainting masks, and the latent cache.
+
+The VAE sees fresh scenes every step. The UNet never runs the VAE while it trains: every scene of its data set is
+encoded once, with the frozen VAE, into a cache of latents (the clean image, the masked image for one inpainting
+mask) kept in RAM and on disk beside the checkpoints. Captions are drawn fresh from each scene at every visit, so
+the model sees many sentences per picture.
+
+Conventions follow the engine's 9-channel conditioning (engine/tasks.py `inpaint_concat`): the mask is the binary
+edit mask nearest-downsampled to the latent, and the masked image is image·(1 − mask) in [−1, 1] (grey holes); a
+text-to-image sample has mask 1 everywhere and the latent of an all-grey image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..engine.model import LatentDiffusion
+from ..engine.tokenizer import CLIPTokenizer
+from .scenes import CANVAS, Scene, caption, random_mask, render_layers, sample_scene
+
+OBJECT_MASK_SHARE = 0.5  # inpainting masks: a square over one object (what "put an X here" looks like), else random
+OBJECT_MASK_MARGIN = (3.0, 9.0)  # px added around the object's box on each side
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 → (N, 3, H, W) float32 in [−1, 1], as engine.images.image_to_tensor."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def render_scenes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[Scene], list[np.ndarray]]:
+    images = np.empty((n, CANVAS, CANVAS, 3), np.uint8)
+    scenes, layers = [], []
+    for i in range(n):
+        scene = sample_scene(rng)
+        images[i], alphas = render_layers(scene, rng)
+        scenes.append(scene)
+        layers.append(alphas)
+    return images, scenes, layers
+
+
+def object_mask(rng: np.random.Generator, alphas: np.ndarray) -> np.ndarray:
+    """A square over one object's box, a few px larger on every side: (64, 64) bool, True = repaint."""
+    alpha = alphas[rng.integers(len(alphas))]
+    ys, xs = np.nonzero(alpha > 0.02)
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    half = max(xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) / 2 + rng.uniform(*OBJECT_MASK_MARGIN)
+    grid = np.arange(CANVAS) + 0.5
+    inside_x = np.abs(grid - cx) <= half
+    inside_y = np.abs(grid - cy) <= half
+    return inside_y[:, None] & inside_x[None, :]
+
+
+def inpaint_mask(rng: np.random.Generator, alphas: np.ndarray) -> np.ndarray:
+    return object_mask(rng, alphas) if rng.random() < OBJECT_MASK_SHARE else random_mask(rng)
+
+
+def vae_batch(seed: int, n: int, masked_share: float) -> torch.Tensor:
+    """n fresh scenes in [−1, 1]; a share of them with a grey inpainting hole, one in 32 all grey."""
+    rng = np.random.default_rng(seed)
+    images, _, layers = render_scenes(rng, n)
+    x = to_unit(images)
+    for i in range(n):
+        r = rng.random()
+        if r < 1 / 32:
+            x[i] = 0.0
+        elif r < masked_share:
+            x[i] *= 1.0 - torch.from_numpy(inpaint_mask(rng, layers[i]).astype(np.float32))
+    return x
+
+
+def latent_mask(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W) binary → (N, 1, size, size), nearest, as tasks.inpaint_concat."""
+    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")
+
+
+# ---- the latent cache -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatentCache:
+    scenes: list[Scene]
+    latents: torch.Tensor  # (N, C, h, w) float16, unscaled VAE mean of the scene
+    masks: torch.Tensor  # (N, 1, h, w) bool, the inpainting mask at latent resolution
+    masked_latents: torch.Tensor  # (N, C, h, w) float16, unscaled mean of image·(1 − mask)
+    grey_latent: torch.Tensor  # (C, h, w) float32, unscaled mean of the all-grey image (text-to-image)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.__dict__, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "LatentCache":
+        return cls(**torch.load(path, weights_only=False))
+
+    def latent_std(self) -> float:
+        return float(self.latents.float().std())
+
+
+@torch.no_grad()
+def build_cache(
+    model: LatentDiffusion, n: int, seed: int, chunk: int = 256, log: Callable[[str], None] = print
+) -> LatentCache:
+    vae = model.vae.eval()
+    device = model.device
+    rng = np.random.default_rng(seed)
+    scenes: list[Scene] = []
+    latents, masks, masked = [], [], []
+    began = time.perf_counter()
+    for start in range(0, n, chunk):
+        count = min(chunk, n - start)
+        images, batch_scenes, layers = render_scenes(rng, count)
+        holes = torch.from_numpy(np.stack([inpaint_mask(rng, a) for a in layers]).astype(np.float32))
+        x = to_unit(images)
+        pair = torch.cat([x, x * (1.0 - holes[:, None])]).to(device)
+        z = vae.encode(pair).mode().float().cpu()
+        latents.append(z[:count].half())
+        masked.append(z[count:].half())
+        masks.append(latent_mask(holes, z.shape[-1]).bool())
+        scenes.extend(batch_scenes)
+        done = start + count
+        rate = done / (time.perf_counter() - began)
+        log(f"latent cache: {done}/{n} scenes encoded ({rate:.0f}/s, {(n - done) / rate / 60:.1f} min left)")
+    grey = vae.encode(torch.zeros(1, 3, CANVAS, CANVAS, device=device)).mode()[0].float().cpu()
+    return LatentCache(scenes, torch.cat(latents), torch.cat(masks), torch.cat(masked), grey)
+
+
+# ---- UNet batches -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UNetBatch:
+    x0: torch.Tensor  # (B, C, h, w) scaled clean latents
+    concat: torch.Tensor  # (B, 1 + C, h, w): mask and scaled masked-image latent, SD order
+    tokens: torch.Tensor  # (B, 77) caption ids; dropped captions are the ids of ""
+
+
+class Captioner:
+    """Scene → fresh caption → token ids, with caption dropout for classifier-free guidance."""
+
+    def __init__(self, pad_id: int, context_length: int):
+        self.tokenizer = CLIPTokenizer()
+        self.pad_id = pad_id
+        self.context_length = context_length
+
+    def __call__(self, scenes: list[Scene], rng: np.random.Generator, dropout: float) -> torch.Tensor:
+        texts = ["" if rng.random() < dropout else caption(scene, rng) for scene in scenes]
+        ids = self.tokenizer(texts, pad_id=self.pad_id, context_length=self.context_length)
+        return torch.tensor(ids, dtype=torch.long)
+
+
+def unet_batch(
+    cache: LatentCache,
+    rng: np.random.Generator,
+    n: int,
+    captioner: Captioner,
+    scaling_factor: float,
+    caption_dropout: float,
+    full_mask: float,
+) -> UNetBatch:
+    index = torch.from_numpy(rng.integers(len(cache), size=n))
+    x0 = cache.latents[index].float() * scaling_factor
+    mask = cache.masks[index].float()
+    masked = cache.masked_latents[index].float() * scaling_factor
+    text_to_image = torch.from_numpy(rng.random(n) < full_mask)[:, None, None, None]
+    mask = torch.where(text_to_image, torch.ones_like(mask), mask)
+    masked = torch.where(text_to_image, cache.grey_latent[None] * scaling_factor, masked)
+    tokens = captioner([cache.scenes[i] for i in index.tolist()], rng, caption_dropout)
+    return UNetBatch(x0, torch.cat([mask, masked], dim=1), tokens)

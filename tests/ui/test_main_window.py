@@ -1,0 +1,63 @@
+import subprocess
+import sys
+
+from PySide6.QtWidgets import QWidget
+
+from studio.ui.choices import SAMPLERS, USES_ETA
+
+REQUIRED_NAMES = [
+    "promptEdit", "negativePromptEdit", "modelCombo", "samplerCombo", "stepsSpin", "etaSpin", "cfgSpin", "seedSpin",
+    "widthSpin", "heightSpin", "strengthSpin", "featherSpin", "brushSizeSpin", "generateButton", "cancelButton",
+    "maskCanvas", "timelineSlider", "xtView", "x0View", "epsView", "branchButton", "historyList", "messageBar",
+    "progressBar", "decodeStepButton", "playButton", "invertButton", "beforeAfterButton", "useAsInputButton",
+    "deviceCombo", "dtypeCombo", "randomSeedButton", "growSpin", "onlyMaskedCheck", "paddingSpin", "fillCombo",
+    "sigmaPlot", "exportTimelineButton", "undoButton", "redoButton", "clearMaskButton", "invertMaskButton",
+    "maskOpacitySlider", "showFeatheredCheck", "brushButton", "eraserButton",
+]
+
+
+def test_every_interactive_widget_has_a_stable_object_name(window):
+    missing = [name for name in REQUIRED_NAMES if window.findChild(QWidget, name) is None]
+    assert not missing
+
+
+def test_model_combo_lists_builtin_models_and_open_checkpoint(window):
+    combo = window.prompt_panel.model
+    labels = [combo.itemText(i) for i in range(combo.count())]
+    assert labels[0] == "Built-in shapes model" and "tiny-random (test)" in labels
+    assert any(label.startswith("Open checkpoint") for label in labels)
+    window.use_model("/models/my-model.safetensors")
+    assert window.prompt_panel.model_spec() == "/models/my-model.safetensors"
+    assert "/models/my-model.safetensors" in window.settings.value("models/recent")
+
+
+def test_eta_is_enabled_only_for_samplers_that_use_it(window):
+    panel = window.prompt_panel
+    assert "0 = deterministic DDIM" in panel.eta.toolTip() and "DDPM" in panel.eta.toolTip()
+    for key in SAMPLERS:
+        panel.sampler.setCurrentIndex(panel.sampler.findData(key))
+        assert panel.eta.isEnabled() == (key in USES_ETA)
+
+
+def test_ui_choices_match_the_engine():
+    from studio.engine import samplers
+
+    assert SAMPLERS == samplers.DISPLAY_NAMES
+    assert USES_ETA == samplers.USES_ETA
+
+
+def test_the_ui_thread_never_imports_torch():
+    code = ("import os, sys; os.environ['QT_QPA_PLATFORM'] = 'offscreen'\n"
+            "from PySide6.QtWidgets import QApplication; app = QApplication([])\n"
+            "import studio.ui.main_window, studio.ui.app\n"
+            "assert 'torch' not in sys.modules, 'torch imported on the UI thread'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_message_bar_levels_and_actions(window):
+    bar = window.message_bar
+    clicked = []
+    bar.error("Something broke", actions=[("Retry", lambda: clicked.append(1))])
+    assert bar.isVisible() and bar.text() == "Something broke"
+    bar.action_buttons()[0].click()
+    assert clicked == [1] and not bar.isVisible()

@@ -190,19 +190,21 @@ def safe_torch_load(path: Path) -> Any:
     try:
         return _torch_load(path)
     except pickle.UnpicklingError as exc:
-        first_error = str(exc)
-    unsafe = _unsafe_globals(path, first_error)
+        error = _weights_only_reason(str(exc))
+    unsafe = _unsafe_globals(path)
     if unsafe and all(_is_inert_metadata(g) for g in unsafe):
         try:
             with torch.serialization.safe_globals([(_Inert, name) for name in unsafe]):
                 return _torch_load(path)
         except pickle.UnpicklingError as exc:
-            first_error = str(exc)
-            unsafe = _unsafe_globals(path, first_error)
-    named = ", ".join(g for g in unsafe if not _is_inert_metadata(g))[:300] or _short(first_error)
+            error = _weights_only_reason(str(exc))
+    refused = [g for g in unsafe if not _is_inert_metadata(g)]
+    if not refused:
+        raise ModelLoadError(f"{path.name}: not a readable PyTorch checkpoint, truncated or corrupt ({error})")
     raise ModelLoadError(
-        f"{path.name}: refused to load: the file asks to run code or build objects while loading ({named}). "
-        "Only plain tensors are ever loaded from pickle files; get a .safetensors version of this model"
+        f"{path.name}: refused to load: the file asks to run code or build objects while loading "
+        f"({', '.join(refused)[:300]}). Only plain tensors are ever loaded from pickle files; "
+        "get a .safetensors version of this model"
     )
 
 
@@ -216,16 +218,65 @@ def _torch_load(path: Path) -> Any:
                              f"({_short(str(exc))})") from None
 
 
-def _unsafe_globals(path: Path, message: str) -> list[str]:
-    """What the pickle asks for beyond plain data, found without executing it."""
-    names: list[str] = []
+def _weights_only_reason(message: str) -> str:
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", message, re.DOTALL)
+    return _short(m.group(1) if m else message)
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """What the pickle names beyond plain data (callables, classes), found by reading its opcodes, never by
+    executing them."""
     if zipfile.is_zipfile(path):
         try:
-            names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        except Exception:  # a corrupt archive: fall back to the error message
-            names = []
-    found = re.findall(r"GLOBAL ([\w.]+)", message)
-    return list(dict.fromkeys([*names, *found]))
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # a damaged archive: read the pickle ourselves
+            pass
+        try:
+            with zipfile.ZipFile(path) as archive:
+                streams = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
+        except (zipfile.BadZipFile, OSError, KeyError):
+            return []
+    else:
+        try:
+            streams = [path.read_bytes()]
+        except OSError:
+            return []
+    names: list[str] = []
+    for data in streams:
+        names += _pickle_globals(data)
+    plain = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset")
+    return list(dict.fromkeys(n for n in names if not n.startswith(plain)))
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """Module.name of every GLOBAL / STACK_GLOBAL in `data`, which may hold several pickles in a row (torch's
+    legacy format) followed by raw bytes; reading stops at the first thing that is not a pickle opcode."""
+    import io
+    import pickletools
+
+    names: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        pushed: list[object] = []  # what each opcode pushed, strings kept (enough to resolve STACK_GLOBAL)
+        memo: dict[object, object] = {}
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                name = opcode.name
+                if name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif name == "STACK_GLOBAL" and len(pushed) >= 2:
+                    names.append(f"{pushed[-2]}.{pushed[-1]}")
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = pushed[-1] if pushed else None
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(arg))
+                else:
+                    pushed.append(arg if isinstance(arg, str) else None)
+        except Exception:  # end of the pickles (tensor data follows) or a damaged stream
+            break
+    return names
 
 
 def _short(text: str) -> str:

@@ -31,8 +31,14 @@ def add_training_commands(sub) -> None:
     train.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint saved)")
     train.add_argument("--steps", type=int, help="stop at this global step")
     train.add_argument("--export", type=Path, metavar="FILE", help="write the EMA weights here at every checkpoint")
+    train.add_argument("--export-only", action="store_true", help="just export the stage's checkpoint (--export)")
+    train.add_argument("--decoder-only", action="store_true",
+                       help="stage vae: fine-tune only the decoder of <out>/vae.pt (the latent space stays put)")
+    train.add_argument("--decoder-from", type=Path, metavar="CKPT",
+                       help="stage unet: export with the decoder of this decoder-only checkpoint")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    train.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    train.add_argument("--threads", type=int, default=1,
+                       help="CPU threads for torch (1: on a shared 2-core machine 2 threads ran 6x slower)")
     train.add_argument("--tiny", action="store_true", help="a tiny architecture (smoke runs)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
@@ -87,7 +93,22 @@ def run_train(args: argparse.Namespace) -> int:
     device = _device(args.device)
     out: Path = args.out
     overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k, None) is not None}
-    checkpoint = out / f"{args.stage}.pt"
+    if args.decoder_only:
+        if args.stage != "vae":
+            raise _error("--decoder-only is for --stage vae")
+        overrides["decoder_only"] = True
+    checkpoint = out / training.checkpoint_name(TrainConfig(stage=args.stage, decoder_only=args.decoder_only))
+    if args.export_only:
+        if args.export is None or not checkpoint.exists():
+            raise _error(f"--export-only needs --export FILE and an existing {checkpoint}")
+        state = training.load_checkpoint(checkpoint)
+        model = training.model_from_checkpoint(state, use_ema=False)
+        saved = TrainConfig.from_dict(json.loads(state["train_config"]))
+        params = training.trained_parameters(model, saved.stage, saved.decoder_only)
+        ema = training.EMA(params, 0.0, state["ema"])
+        training.export(model, ema, args.export, args.decoder_from)
+        print(f"exported {checkpoint} (step {state['progress']['step']}) to {args.export}")
+        return 0
     resume = None
     if checkpoint.exists():
         resume = training.load_checkpoint(checkpoint)
@@ -104,7 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.steps is None and args.minutes is None:
         raise _error("give a budget: --minutes and/or --steps")
     training.train(model, cfg, out, training.Budget(args.steps, args.minutes), resume, args.export,
-                   log=lambda line: print(line, flush=True))
+                   log=lambda line: print(line, flush=True), decoder_from=args.decoder_from)
     return 0
 
 
@@ -114,6 +135,10 @@ def _initial_model(args: argparse.Namespace, out: Path, config):
     from . import train as training
 
     init = args.init
+    if args.decoder_only and init is None:
+        init = str(out / "vae.pt")
+        if not Path(init).exists():
+            raise _error(f"--decoder-only fine-tunes {init}, which does not exist")
     if init is None and args.stage == "unet":
         init = str(out / "vae.pt") if (out / "vae.pt").exists() else None
         if init is None:

@@ -35,12 +35,22 @@ PROGRESS_SECONDS = 30.0
 # ---- pieces -----------------------------------------------------------------------------------------------------
 
 
-def trained_prefixes(stage: str) -> tuple[str, ...]:
-    return ("first_stage_model.",) if stage == "vae" else ("model.diffusion_model.", "cond_stage_model.")
+DECODER_PREFIXES = ("first_stage_model.decoder.", "first_stage_model.post_quant_conv.")
+ENCODER_PREFIXES = ("first_stage_model.encoder.", "first_stage_model.quant_conv.")
 
 
-def trained_parameters(model: LatentDiffusion, stage: str) -> dict[str, torch.nn.Parameter]:
-    prefixes = trained_prefixes(stage)
+def trained_prefixes(stage: str, decoder_only: bool = False) -> tuple[str, ...]:
+    if stage == "vae":
+        return DECODER_PREFIXES if decoder_only else ("first_stage_model.",)
+    return ("model.diffusion_model.", "cond_stage_model.")
+
+
+def checkpoint_name(cfg: TrainConfig) -> str:
+    return "vae-decoder.pt" if cfg.stage == "vae" and cfg.decoder_only else f"{cfg.stage}.pt"
+
+
+def trained_parameters(model: LatentDiffusion, stage: str, decoder_only: bool = False) -> dict[str, torch.nn.Parameter]:
+    prefixes = trained_prefixes(stage, decoder_only)
     return {name: p for name, p in model.named_parameters() if name.startswith(prefixes)}
 
 
@@ -87,9 +97,11 @@ def step_rngs(cfg: TrainConfig, step: int, device: torch.device) -> tuple[np.ran
     return data, noise
 
 
-def vae_fingerprint(model: LatentDiffusion) -> str:
+def encoder_fingerprint(model: LatentDiffusion) -> str:
+    """Identifies the latent space: a hash of the encoder's weights (the decoder may be fine-tuned later)."""
     digest = hashlib.sha1()
-    for name, value in sorted(model.vae.state_dict().items()):
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+    for name, value in sorted(state.items()):
         digest.update(name.encode())
         digest.update(value.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:10]
@@ -107,8 +119,11 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def vae_loss(model: LatentDiffusion, x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator):
-    """L1 + edge_weight·L1 of image gradients + kl_weight·KL(q(z|x) ‖ N(0, I)), all per-element means."""
-    posterior = model.vae.encode(x)
+    """L1 + edge_weight·L1 of image gradients + kl_weight·KL(q(z|x) ‖ N(0, I)), all per-element means.
+
+    With cfg.decoder_only the encoder is frozen (the UNet's latent space stays put) and only the decoder learns."""
+    with torch.no_grad() if cfg.decoder_only else nullcontext():
+        posterior = model.vae.encode(x)
     y = model.vae.decode(posterior.sample(generator)).float()
     l1 = (y - x).abs().mean()
     (gx, gy), (hx, hy) = image_gradients(y), image_gradients(x)
@@ -195,12 +210,29 @@ def fit_latent_rgb(model: LatentDiffusion, n: int = 256, seed: int = 12345) -> t
     return tuple(tuple(round(v, 5) for v in row) for row in rows)
 
 
-def export(model: LatentDiffusion, ema: EMA | None, path: Path) -> None:
+def take_decoder(model: LatentDiffusion, checkpoint: Path) -> bool:
+    """Copy the EMA decoder of a decoder-only VAE checkpoint into `model` if it shares `model`'s encoder."""
+    if not checkpoint.exists():
+        return False
+    donor = model_from_checkpoint(load_checkpoint(checkpoint), use_ema=True)
+    if encoder_fingerprint(donor) != encoder_fingerprint(model):
+        raise ValueError(f"{checkpoint}: its encoder differs from the model's; the latents would not match")
+    with torch.no_grad():
+        mine = model.state_dict()
+        for name, value in donor.state_dict().items():
+            if name.startswith(DECODER_PREFIXES):
+                mine[name].copy_(value)
+    return True
+
+
+def export(model: LatentDiffusion, ema: EMA | None, path: Path, decoder_from: Path | None = None) -> None:
     """The EMA weights, fp16, with fitted preview factors, to our own safetensors format (atomically)."""
     shipped = LatentDiffusion(model.config)
     shipped.load_state_dict(model.state_dict())
     if ema is not None:
         ema.copy_to(shipped)
+    if decoder_from is not None:
+        take_decoder(shipped, decoder_from)
     shipped.config = dataclasses.replace(shipped.config, latent_rgb=fit_latent_rgb(shipped))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -241,7 +273,7 @@ def _clock(seconds: float) -> str:
 
 def prepare_unet_data(model: LatentDiffusion, cfg: TrainConfig, out: Path, log: Log) -> LatentCache:
     """Load or build the latent cache for this VAE; the first time, measure the latent scaling factor."""
-    path = out / f"latents-{vae_fingerprint(model)}-{cfg.dataset_size}-{cfg.data_seed}.pt"
+    path = out / f"latents-{encoder_fingerprint(model)}-{cfg.dataset_size}-{cfg.data_seed}.pt"
     if path.exists():
         cache = LatentCache.load(path)
         log(f"latent cache: {len(cache)} scenes from {path}")
@@ -259,13 +291,14 @@ def train(
     resume: dict | None = None,
     export_path: Path | None = None,
     log: Log = print,
+    decoder_from: Path | None = None,
 ) -> dict:
     """Train `model` in place for `cfg.stage`; returns the progress record (step, samples, seconds, last loss)."""
     device = model.device
     out.mkdir(parents=True, exist_ok=True)
     stage = cfg.stage
     model.requires_grad_(False)
-    params = trained_parameters(model, stage)
+    params = trained_parameters(model, stage, cfg.decoder_only)
     for p in params.values():
         p.requires_grad_(True)
     model.train()
@@ -291,7 +324,7 @@ def train(
         optimizer.load_state_dict(resume["optimizer"])
         ema = EMA(params, cfg.ema_decay, resume["ema"])
         progress = dict(resume["progress"])
-    ckpt_path = out / f"{stage}.pt"
+    ckpt_path = out / checkpoint_name(cfg)
 
     stop = {"now": False}
 
@@ -347,7 +380,7 @@ def train(
                 last_save = now
                 save_checkpoint(ckpt_path, model, optimizer, ema, cfg, progress)
                 if export_path is not None:
-                    export(model, ema, export_path)
+                    export(model, ema, export_path, decoder_from)
                 log(f"checkpoint: {ckpt_path} (step {progress['step']})")
     finally:
         progress["seconds"] += time.perf_counter() - last_save
@@ -359,7 +392,7 @@ def train(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if export_path is not None:
-        export(model, ema, export_path)
+        export(model, ema, export_path, decoder_from)
         log(f"exported EMA weights to {export_path}")
     model.eval().requires_grad_(False)
     return progress

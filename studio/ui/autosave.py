@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PySide6.QtCore import QLockFile
 
 SESSION = "session.json"
 
@@ -62,9 +63,21 @@ class Autosave:
         self.current = self.root / "current"
         self.previous = self.root / "previous"
         self._saved_runs: set[str] = set()
+        self._lock: QLockFile | None = None
 
     def start(self) -> Session | None:
-        """Move the last instance's session aside and return it when it holds anything worth restoring."""
+        """Move the last instance's session aside and return it when it holds anything worth restoring.
+
+        A second app instance running at the same time gets a folder of its own (and offers nothing)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = QLockFile(str(self.root / "session.lock"))
+        if not self._lock.tryLock(0):  # QLockFile treats a crashed owner's lock as stale and takes it over
+            self._lock = None
+            self.current = self.root / f"instance-{os.getpid()}"
+            self.previous = self.current / "previous"
+            shutil.rmtree(self.current, ignore_errors=True)
+            (self.current / "runs").mkdir(parents=True, exist_ok=True)
+            return None
         if _has_content(self.current):
             if self.previous.exists():
                 shutil.rmtree(self.previous, ignore_errors=True)
@@ -72,6 +85,11 @@ class Autosave:
         shutil.rmtree(self.current, ignore_errors=True)
         (self.current / "runs").mkdir(parents=True, exist_ok=True)
         return read_session(self.previous) if _has_content(self.previous) else None
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.unlock()
+            self._lock = None
 
     def discard_previous(self) -> None:
         shutil.rmtree(self.previous, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""The strip above the canvas: brush / eraser, brush size, mask opacity and feather view, undo, zoom, compare."""
+"""The strips around the canvas: mask tools above it (brush, eraser, size, opacity, undo …), view and result
+controls below it (zoom, before / after, use as input)."""
 
 from __future__ import annotations
 
@@ -71,8 +72,23 @@ class CanvasToolbar(QToolBar):
         self.redo_action.setEnabled(False)
         canvas.mask.undoAvailable.connect(self.undo_action.setEnabled)
         canvas.mask.redoAvailable.connect(self.redo_action.setEnabled)
-        self.addSeparator()
 
+    def _button(self, text: str, name: str, tip: str, slot) -> QAction:
+        action = QAction(text, self)
+        action.setToolTip(tip)
+        action.triggered.connect(slot)
+        self.addAction(action)
+        self.widgetForAction(action).setObjectName(name)
+        return action
+
+
+class CanvasViewBar(QToolBar):
+    def __init__(self, canvas: MaskCanvas, parent: QWidget | None = None):
+        super().__init__("View", parent)
+        self.setObjectName("canvasViewBar")
+        self.setMovable(False)
+        self.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.canvas = canvas
         self.fit_action = self._button("Fit", "zoomFitButton", "Zoom to fit (Ctrl+0)", canvas.fit)
         self.actual_action = self._button("100%", "zoomActualButton", "Actual size (Ctrl+1)", canvas.actual_size)
         self.zoom_label = QLabel()
@@ -82,6 +98,9 @@ class CanvasToolbar(QToolBar):
         canvas.zoomChanged.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f} %"))
         self.zoom_label.setText(f"{canvas.zoom * 100:.0f} %")
         self.addWidget(self.zoom_label)
+        self.info_label = QLabel()
+        self.info_label.setObjectName("canvasInfoLabel")
+        self.addWidget(self.info_label)
         spacer = QWidget()
         spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.addWidget(spacer)
@@ -103,13 +122,7 @@ class CanvasToolbar(QToolBar):
         self.use_as_input.setEnabled(False)
         self.addWidget(self.use_as_input)
 
-    def _button(self, text: str, name: str, tip: str, slot) -> QAction:
-        action = QAction(text, self)
-        action.setToolTip(tip)
-        action.triggered.connect(slot)
-        self.addAction(action)
-        self.widgetForAction(action).setObjectName(name)
-        return action
+    _button = CanvasToolbar._button
 
     def sync(self) -> None:
         """Checked = showing the input ("before") while a result exists."""

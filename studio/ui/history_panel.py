@@ -8,6 +8,7 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import (
     QHBoxLayout,
+    QLabel,
     QMenu,
     QPushButton,
     QTreeWidget,
@@ -16,11 +17,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .choices import model_label, run_title
+from .choices import KINDS, SAMPLERS, model_label, run_title
 from .images import thumbnail
 from .run_history import RunHistory
 
-THUMB = 56
+THUMB = 60
 _RUN_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
@@ -42,6 +43,8 @@ class HistoryPanel(QWidget):
         self.tree.setIconSize(QSize(THUMB, THUMB))
         self.tree.setIndentation(14)
         self.tree.setUniformRowHeights(True)
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.tree.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.tree.setAlternatingRowColors(True)
         self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.tree.customContextMenuRequested.connect(self._context_menu)
@@ -65,6 +68,11 @@ class HistoryPanel(QWidget):
         buttons.addWidget(self.clear_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
+        self.placeholder = QLabel("Your runs appear here.\n\nClick one to bring back its image,\nsettings and timeline.")
+        self.placeholder.setObjectName("historyPlaceholder")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setEnabled(False)
+        layout.addWidget(self.placeholder, 1)
         layout.addWidget(self.tree, 1)
         layout.addLayout(buttons)
 
@@ -73,6 +81,15 @@ class HistoryPanel(QWidget):
         history.runRemoved.connect(self._remove)
         history.cleared.connect(self._clear)
         history.selectionChanged.connect(self._select)
+        for signal in (history.runAdded, history.runRemoved, history.cleared):
+            signal.connect(self._update_placeholder)
+        self._update_placeholder()
+
+    def _update_placeholder(self, *_) -> None:
+        empty = len(self.history) == 0
+        self.placeholder.setVisible(empty)
+        self.tree.setVisible(not empty)
+        self.clear_button.setEnabled(not empty)
 
     # -- model → view ---------------------------------------------------------------------------------------------
     def item_for(self, run: Any) -> QTreeWidgetItem | None:
@@ -96,21 +113,20 @@ class HistoryPanel(QWidget):
         item = self._items.get(run.id)
         if item is None:
             return
+        request = run.request
         number = self.history.number(run)
-        title = run_title(run, number)
+        status = {"running": " · running…", "cancelled": f" · stopped at {len(run.timeline)}/{run.steps}"}.get(run.status, "")
+        first = f"#{number} {KINDS.get(run.kind, run.kind)}{status}"
+        second = f"{SAMPLERS.get(request.sampler, request.sampler)} · {request.steps} steps · seed {request.seed}"
         if getattr(run, "parent", None) is not None or getattr(run, "parent_id", None):
-            title += f" · from step {run.from_step}"
-        status = {"running": "running…", "cancelled": f"cancelled at step {len(run.timeline)}"}.get(run.status, "")
-        prompt = run.request.prompt.strip().replace("\n", " ") or "(no prompt)"
-        if len(prompt) > 60:
-            prompt = prompt[:57] + "…"
-        second = f"{status} — {prompt}" if status else prompt
-        item.setText(0, f"{title}\n{second}")
+            second = f"↳ step {run.from_step + 1} · " + second
+        prompt = request.prompt.strip().replace("\n", " ") or "(no prompt)"
+        item.setText(0, f"{first}\n{second}\n{prompt}")
         item.setToolTip(
             0,
-            f"{title}\nModel: {model_label(run.request.model)}\nPrompt: {run.request.prompt}\n"
-            f"Negative: {run.request.negative_prompt}\nCFG {run.request.cfg:g}, eta {run.request.eta:g}, "
-            f"{run.request.width}×{run.request.height}",
+            f"{run_title(run, number)}\nModel: {model_label(request.model)}\nPrompt: {request.prompt}\n"
+            f"Negative: {request.negative_prompt}\nCFG {request.cfg:g}, eta {request.eta:g}, "
+            f"{request.width}×{request.height}",
         )
         image = run.image if run.image is not None else getattr(run, "_ui_preview", None)
         item.setIcon(0, QIcon(thumbnail(image, THUMB)))

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QVB
 
 from ..engine.events import Event
 from .autosave import Autosave
-from .canvas_toolbar import CanvasToolbar
+from .canvas_toolbar import CanvasToolbar, CanvasViewBar
 from .file_actions import FileActions
 from .generation import GenerationController, format_seconds, progress_text
 from .history_panel import HistoryPanel
@@ -55,6 +55,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.message_bar = MessageBar()
         self.canvas = MaskCanvas()
         self.toolbar = CanvasToolbar(self.canvas)
+        self.viewbar = CanvasViewBar(self.canvas)
         self.prompt_panel = PromptPanel()
         self.timeline = TimelinePanel()
         self.history_panel = HistoryPanel(self.history)
@@ -66,6 +67,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         layout.addWidget(self.message_bar)
         layout.addWidget(self.toolbar)
         layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.viewbar)
         self.setCentralWidget(central)
         self.prompt_dock = self._dock("Generate", "promptDock", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.history_dock = self._dock("History", "historyDock", self.history_panel, Qt.DockWidgetArea.RightDockWidgetArea)
@@ -77,9 +79,6 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.engine_label = QLabel("Starting the engine…")
         self.engine_label.setObjectName("engineStatusLabel")
         self.statusBar().addWidget(self.engine_label, 1)
-        self.size_label = QLabel()
-        self.size_label.setObjectName("imageSizeLabel")
-        self.statusBar().addPermanentWidget(self.size_label)
 
         self._autosave_timer = QTimer(self)
         self._autosave_timer.setSingleShot(True)
@@ -179,7 +178,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
 
     # -- wiring ---------------------------------------------------------------------------------------------------
     def _connect(self) -> None:
-        panel, c, canvas = self.prompt_panel, self.controller, self.canvas
+        panel, canvas = self.prompt_panel, self.canvas
         panel.generateRequested.connect(self.generate)
         panel.cancelRequested.connect(self.cancel)
         panel.openCheckpointRequested.connect(self.open_checkpoint_dialog)
@@ -191,14 +190,9 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         canvas.mask.changed.connect(self._update_mode)
         canvas.mask.changed.connect(self.schedule_autosave)
         canvas.stepKey.connect(self.timeline.step_by)
-        self.toolbar.use_as_input.clicked.connect(self.use_result_as_input)
+        self.viewbar.use_as_input.clicked.connect(self.use_result_as_input)
 
-        c.runningChanged.connect(self._running_changed)
-        c.started.connect(self._on_started)
-        c.step.connect(self._on_step)
-        c.finished.connect(self._on_finished)
-        c.cancelled.connect(self._on_cancelled)
-        c.failed.connect(self._on_failed)
+        self._connect_controller()
 
         self.history.selectionChanged.connect(self._show_run)
         self.history.runRemoved.connect(self.schedule_autosave)
@@ -217,6 +211,15 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         w.modelProbed.connect(self._on_model_probed)
         w.called.connect(self._on_called)
         w.failed.connect(self._on_worker_failed)
+
+    def _connect_controller(self) -> None:
+        c = self.controller
+        c.runningChanged.connect(self._running_changed)
+        c.started.connect(self._on_started)
+        c.step.connect(self._on_step)
+        c.finished.connect(self._on_finished)
+        c.cancelled.connect(self._on_cancelled)
+        c.failed.connect(self._on_failed)
 
     # -- generating -----------------------------------------------------------------------------------------------
     def build_request(self):
@@ -300,9 +303,10 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.prompt_panel.show_progress(event.step, event.total, progress_text(event, label))
         if event.preview is not None:
             self.canvas.set_preview(event.preview, f"{label} {event.step}/{event.total} · preview")
-            self.toolbar.sync()
+            self.viewbar.sync()
         if event.run is not None:
-            event.run._ui_preview = event.preview
+            event.run._ui_preview = event.preview  # the history thumbnail until the final image exists
+            self.history.changed(event.run)
             if event.run is self.timeline.run:
                 self.timeline.run_progressed(event.run)
             else:
@@ -317,8 +321,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.timeline.run_finished(run)
         if run is self.history.selected and run.image is not None:
             self.show_result(run.image, f"Result #{self.history.number(run)}")
-        self.autosave.save_run(run)
-        self.schedule_autosave()
+        self.autosave_now()  # a finished run is on disk at once, not a second later
         if run.kind == "invert":
             self.message_bar.success("Inversion done: scrub the timeline and branch from any step with a new prompt.")
 
@@ -326,8 +329,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.prompt_panel.show_progress(event.step, max(1, event.total), f"Cancelled at step {event.step}/{event.total}")
         if event.run is not None:
             self.timeline.run_finished(event.run)
-            self.autosave.save_run(event.run)
-            self.schedule_autosave()
+            self.autosave_now()
         self.message_bar.info(f"Cancelled at step {event.step} of {event.total}; its steps stay on the timeline.")
 
     def _on_failed(self, message: str) -> None:
@@ -346,7 +348,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.timeline.add_decoded(run, index, view, image)
         if run is self.timeline.run:
             self.canvas.set_preview(image, f"Step {index + 1} · x̂0 decoded")
-            self.toolbar.sync()
+            self.viewbar.sync()
             if self.message_bar.text().startswith("Decoding"):
                 self.message_bar.dismiss()
 
@@ -389,7 +391,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
     def show_result(self, image: np.ndarray, caption: str = "Result") -> None:
         self._result_image = image
         self.canvas.set_result(image, caption)
-        self.toolbar.sync()
+        self.viewbar.sync()
 
     def use_result_as_input(self) -> None:
         if self._result_image is None:
@@ -407,7 +409,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             canvas.set_blank_size(panel.width_spin.value(), panel.height_spin.value())
         name = self._image_name
         self.setWindowTitle(f"{name} — Diffusion Studio" if name else "Diffusion Studio")
-        self.toolbar.sync()
+        self.viewbar.sync()
         self._update_mode()
         self.schedule_autosave()
 
@@ -422,7 +424,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             covered = float((self.canvas.mask.array() > 0).mean()) * 100
             mode = f"Inpaint · mask covers {covered:.0f} %"
         self.prompt_panel.mode_label.setText(f"{mode} · {dims}")
-        self.size_label.setText(dims)
+        self.viewbar.info_label.setText(f"  {dims} px")
 
     def _size_changed(self, width: int, height: int) -> None:
         if not self.canvas.has_image():
@@ -461,5 +463,6 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             self.controller.job_id = 0
             self.save_settings()
             self.autosave_now()
+            self.autosave.close()
             self.closed.emit()
         super().closeEvent(event)

@@ -285,6 +285,7 @@ class MaskCanvas(QWidget):
         elif self._image is not None and self.has_result():
             self._paint_caption(painter, "Input")
         if self._cursor_pos is not None and self._can_paint() and not (self._panning or self._space_held):
+            painter.setBrush(Qt.BrushStyle.NoBrush)
             radius = self._brush_size * self._zoom / 2
             painter.setPen(QPen(QColor(0, 0, 0, 160), 3))
             painter.drawEllipse(self._cursor_pos, radius, radius)

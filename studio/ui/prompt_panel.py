@@ -124,10 +124,8 @@ class PromptPanel(QWidget):
         model_box = QGroupBox("Model")
         model_form = _form()
         model_form.addRow("Model", self.model)
-        device_row = QHBoxLayout()
-        device_row.addWidget(self.device, 1)
-        device_row.addWidget(self.dtype, 1)
-        model_form.addRow("Device", device_row)
+        model_form.addRow("Device", self.device)
+        model_form.addRow("Precision", self.dtype)
         model_box.setLayout(model_form)
 
         # -- sampling -------------------------------------------------------------------------------------------

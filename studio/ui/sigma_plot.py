@@ -20,6 +20,7 @@ class SigmaPlot(QWidget):
         self.sigmas: list[float] = []
         self.done = 0
         self.current = -1
+        self.branch = -1
         self.setToolTip("Noise level σ per step (log scale). Filled: computed; the line marks the selected step.")
         self.setMinimumSize(160, 120)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -27,9 +28,11 @@ class SigmaPlot(QWidget):
     def sizeHint(self) -> QSize:
         return QSize(240, 200)
 
-    def set_levels(self, sigmas: list[float], done: int) -> None:
+    def set_levels(self, sigmas: list[float], done: int, branch: int = -1) -> None:
+        """`done` steps are computed; `branch` ≥ 0 marks where this run left its parent."""
         self.sigmas = [max(SIGMA_FLOOR, float(s)) for s in sigmas]
         self.done = done
+        self.branch = branch
         self.update()
 
     def set_current(self, index: int) -> None:
@@ -95,6 +98,13 @@ class SigmaPlot(QWidget):
             painter.setBrush(accent)
             for p in points[: self.done]:
                 painter.drawEllipse(p, 2, 2)
+        if 0 < self.branch < len(points):
+            x = points[self.branch].x()
+            painter.setPen(QPen(grid_color.lighter(160), 1, Qt.PenStyle.DashLine))
+            painter.drawLine(QPointF(x, rect.top()), QPointF(x, rect.bottom()))
+            painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
+            painter.drawText(QRectF(x + 3, rect.bottom() - metrics.height() - 2, 80, metrics.height()),
+                             Qt.AlignmentFlag.AlignLeft, "branch")
         if 0 <= self.current < len(points):
             p = points[self.current]
             painter.setPen(QPen(QColor(255, 170, 60), 1.5))
@@ -106,9 +116,9 @@ class SigmaPlot(QWidget):
             x = min(max(rect.left() + 2, p.x() + 6), rect.right() - width - 2)
             painter.setPen(text_color)
             painter.drawText(QRectF(x, rect.top() + 2, width, metrics.height()), Qt.AlignmentFlag.AlignLeft, label)
-        painter.setPen(text_color)
+        painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
         painter.drawText(QRectF(rect.left(), rect.bottom() + 2, rect.width(), metrics.height()),
-                         Qt.AlignmentFlag.AlignCenter, "step →   (log σ)")
+                         Qt.AlignmentFlag.AlignCenter, f"step 1 … {len(self.sigmas)}   (log scale)")
         painter.end()
 
     def mousePressEvent(self, event: QMouseEvent) -> None:

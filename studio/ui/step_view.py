@@ -1,4 +1,4 @@
-"""One view of a timeline step (x_t, x̂0 or ε̂): a small image scaled up to fill its box, with a caption."""
+"""One view of a timeline step (x_t, predicted x0 or predicted noise): a small image scaled up to fill its box."""
 
 from __future__ import annotations
 
@@ -9,24 +9,22 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from .images import rgb_to_qimage
 
-CAPTION_HEIGHT = 20
 
 
 class StepView(QWidget):
-    def __init__(self, name: str, title: str, tooltip: str = "", parent: QWidget | None = None):
+    def __init__(self, name: str, tooltip: str = "", parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName(name)
-        self.title = title
-        self.note = ""
+        self.note = ""  # e.g. "decoded" when the full VAE decode is shown
         self.smooth = False
         self.array: np.ndarray | None = None  # what is shown, HxWx3 uint8 (tests compare these)
         self._image: QImage | None = None
         self.setToolTip(tooltip)
-        self.setMinimumSize(120, 120 + CAPTION_HEIGHT)
+        self.setMinimumSize(110, 110)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def sizeHint(self) -> QSize:
-        return QSize(200, 200 + CAPTION_HEIGHT)
+        return QSize(200, 200)
 
     def hasHeightForWidth(self) -> bool:
         return False
@@ -44,7 +42,7 @@ class StepView(QWidget):
     def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
         palette = self.palette()
-        box = QRectF(self.rect()).adjusted(0, 0, 0, -CAPTION_HEIGHT)
+        box = QRectF(self.rect())
         painter.fillRect(box, palette.color(palette.ColorRole.Dark).darker(130))
         if self._image is not None and not self._image.isNull():
             iw, ih = self._image.width(), self._image.height()
@@ -60,8 +58,13 @@ class StepView(QWidget):
             painter.drawText(box, Qt.AlignmentFlag.AlignCenter, "—")
         painter.setPen(QPen(palette.color(palette.ColorRole.Mid)))
         painter.drawRect(box.adjusted(0, 0, -1, -1))
-        caption = QRectF(0, box.bottom(), self.width(), CAPTION_HEIGHT)
-        painter.setPen(palette.color(palette.ColorRole.WindowText))
-        text = f"{self.title}  ·  {self.note}" if self.note else self.title
-        painter.drawText(caption, Qt.AlignmentFlag.AlignCenter, text)
+        if self.note:
+            metrics = painter.fontMetrics()
+            tag = QRectF(box.right() - metrics.horizontalAdvance(self.note) - 14, box.top() + 4,
+                         metrics.horizontalAdvance(self.note) + 10, metrics.height() + 4)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(palette.color(palette.ColorRole.Highlight))
+            painter.drawRoundedRect(tag, 3, 3)
+            painter.setPen(palette.color(palette.ColorRole.HighlightedText))
+            painter.drawText(tag, Qt.AlignmentFlag.AlignCenter, self.note)
         painter.end()

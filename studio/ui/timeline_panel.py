@@ -29,9 +29,9 @@ from .step_view import StepView
 
 PLAY_INTERVAL_MS = 120
 VIEWS = (
-    ("x_t", "xtView", "x_t (noisy latent)", "The latent the sampler holds before this step"),
-    ("x0", "x0View", "x̂0 (predicted image)", "The image the model predicts from this step (x_t minus its noise)"),
-    ("eps", "epsView", "ε̂ (predicted noise)", "The noise the model sees in x_t at this step"),
+    ("x_t", "xtView", "x<sub>t</sub> &nbsp;noisy latent", "The latent the sampler holds before this step"),
+    ("x0", "x0View", "predicted x<sub>0</sub> &nbsp;image", "The image the model predicts at this step (x_t minus its noise)"),
+    ("eps", "epsView", "predicted noise ε", "The noise the model sees in x_t at this step"),
 )
 
 
@@ -68,8 +68,14 @@ class TimelinePanel(QWidget):
         self.step_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         self.views: dict[str, StepView] = {}
+        self.captions: dict[str, QLabel] = {}
         for key, name, title, tip in VIEWS:
-            self.views[key] = StepView(name, title, tip)
+            self.views[key] = StepView(name, tip)
+            caption = QLabel(title)
+            caption.setObjectName(name.replace("View", "Caption"))
+            caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            caption.setTextFormat(Qt.TextFormat.RichText)
+            self.captions[key] = caption
         self.plot = SigmaPlot()
         self.plot.stepClicked.connect(self.set_index)
 
@@ -100,9 +106,19 @@ class TimelinePanel(QWidget):
         top.addWidget(self.step_label)
         views = QHBoxLayout()
         views.setSpacing(8)
-        for view in self.views.values():
-            views.addWidget(view, 3)
-        views.addWidget(self.plot, 3)
+        for key, view in self.views.items():
+            column = QVBoxLayout()
+            column.setSpacing(2)
+            column.addWidget(view, 1)
+            column.addWidget(self.captions[key])
+            views.addLayout(column, 3)
+        plot_column = QVBoxLayout()
+        plot_column.setSpacing(2)
+        plot_column.addWidget(self.plot, 1)
+        plot_caption = QLabel("noise level σ per step")
+        plot_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        plot_column.addWidget(plot_caption)
+        views.addLayout(plot_column, 3)
         actions = QHBoxLayout()
         actions.addWidget(self.smooth)
         actions.addStretch(1)
@@ -210,7 +226,7 @@ class TimelinePanel(QWidget):
             decoded = self.decoded(run, i, key)
             view.set_image(decoded if decoded is not None else run.step_image(i, key), "decoded" if decoded is not None else "")
         levels = run.grid[: run.steps]
-        self.plot.set_levels([lv.sigma for lv in levels], n)
+        self.plot.set_levels([lv.sigma for lv in levels], n, branch=run.from_step if run.parent is not None else -1)
         self.plot.set_current(i)
         level = run.timeline[i].level
         total = run.steps

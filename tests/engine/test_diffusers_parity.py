@@ -7,10 +7,11 @@ side gets the same file through diffusers' own converters (`convert_ldm_*_checkp
 final ᾱ = ᾱ_0) and CFG 7.5 from the same CPU-generator noise.
 
 Tolerance: float32 on both sides, the same maths in a different order (attention kernels, matmul blocking,
-our schedule in float64 vs diffusers' float32 ᾱ, which differ in the 7th digit). Over a few steps that leaves
-~1e-6 relative error; we allow 1e-4 absolute on latents and on decoded pixels in [0, 1] (a 40th of one 8-bit
-level), and require the 8-bit images to agree to within one level. A mapping or maths bug moves these by 1e-2
-or more.
+our schedule in float64 vs diffusers' float32 ᾱ, which differ in the 7th digit). Measured: final latents differ
+by 6e-7 (SD1) and 5e-6 (SD2-v) relative to their largest value, decoded pixels by ≤ 5e-6. We allow 1e-4 relative
+on latents and 1e-4 absolute on decoded pixels in [0, 1] (a 40th of one 8-bit level), 20× or more above what is
+measured, so other CPUs' kernels pass; and the 8-bit images must agree to within one level. A mapping or maths
+bug moves these by 1e-2 or more (a prompt with emphasis, which diffusers does not parse, moves latents by 0.3).
 
 diffusers and transformers are test-only dependencies (the `test` extra); without them this module is skipped.
 """
@@ -47,6 +48,16 @@ ATOL = 1e-4
 PROMPT = "a red circle on a blue background, masterpiece, best quality"  # no emphasis: diffusers has none
 NEGATIVE = "blurry, low quality"
 SIZE = 128
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a second OpenMP thread on a busy 2-core machine makes every
+    op wait at a barrier for a descheduled peer (measured: 30 ms per UNet call on one thread, 0.5–2 s on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +137,7 @@ def diffusers_text(config, checkpoint, open_clip: bool) -> CLIPTextModel:
 
 
 def run_both(tmp_path, tokenizer_dir, config, checkpoint, *, open_clip: bool, prediction: str, steps: int = 4,
-             seed: int = 1234):
+             seed: int = 1234, size: int = SIZE):
     path = tmp_path / "model.safetensors"
     save_file(checkpoint, str(path))
     pipe = StableDiffusionPipeline(
@@ -137,13 +148,13 @@ def run_both(tmp_path, tokenizer_dir, config, checkpoint, *, open_clip: bool, pr
     )
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.5, eta=0.0,
-                  height=SIZE, width=SIZE)
+                  height=size, width=size)
     theirs_latent = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
     theirs_image = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
 
     model = load_model(str(path), CPU, torch.float32, prediction="v" if prediction == "v" else None)
     request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, model=str(path), sampler="ddim",
-                                steps=steps, eta=0.0, cfg=7.5, seed=seed, width=SIZE, height=SIZE,
+                                steps=steps, eta=0.0, cfg=7.5, seed=seed, width=size, height=size,
                                 device="cpu", dtype="fp32")
     run = Engine(loader=lambda *args: model).run(request)
     ours_image = ((model.decode_latent(run.final_latent) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
@@ -152,7 +163,8 @@ def run_both(tmp_path, tokenizer_dir, config, checkpoint, *, open_clip: bool, pr
 
 def assert_match(run, theirs_latent, theirs_image, ours_image):
     latent_err = (run.final_latent - theirs_latent).abs().max().item()
-    assert latent_err < ATOL, f"final latents differ by {latent_err:.2e}"
+    scale = max(1.0, theirs_latent.abs().max().item())
+    assert latent_err < ATOL * scale, f"final latents (scale {scale:.1f}) differ by {latent_err:.2e}"
     image_err = float(np.abs(ours_image - theirs_image).max())
     assert image_err < ATOL, f"decoded images differ by {image_err:.2e}"
     theirs_u8 = (theirs_image * 255).round().astype(np.int16)
@@ -186,7 +198,7 @@ def test_sd2_v_single_file_matches_diffusers(tmp_path, hf_tokenizer_files):
     config = sd2_config()
     checkpoint = sd2_state_dict(random_model(config, seed=5))
     model, pipe, run, theirs_latent, theirs_image, ours_image = run_both(
-        tmp_path, hf_tokenizer_files, config, checkpoint, open_clip=True, prediction="v")
+        tmp_path, hf_tokenizer_files, config, checkpoint, open_clip=True, prediction="v", size=64)
     assert model.config.prediction == "v" and model.config.pad_id == 0
     assert model.config.text.activation == "gelu" and model.config.text.layers == 2
     assert model.config.unet.use_linear_projection and model.config.unet.num_head_channels == 64

@@ -32,7 +32,7 @@ def fit_fixed_batch(model, stage, loss_fn, steps=12, lr=2e-3):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -103,3 +103,54 @@ def test_cli_trains_resumes_and_exports(tmp_path, capsys):
 def test_cli_needs_a_budget_and_a_vae(tmp_path, capsys):
     assert main(["train", "--stage", "unet", "--out", str(tmp_path), "--tiny", "--steps", "1"]) == 1
     assert "train --stage vae first" in capsys.readouterr().err
+
+
+def test_decoder_fine_tuning_keeps_the_latent_space(tmp_path):
+    out, export = tmp_path / "ckpt", tmp_path / "model.safetensors"
+    common = ["--out", str(out), "--tiny", "--batch-size", "4"]
+    assert main(["train", "--stage", "vae", "--steps", "2", *common]) == 0
+    assert main(["train", "--stage", "unet", "--steps", "1", "--dataset-size", "8", *common]) == 0
+    assert main(["train", "--stage", "vae", "--decoder-only", "--steps", "3", *common]) == 0
+    unet_stage = training.model_from_checkpoint(training.load_checkpoint(out / "unet.pt"), use_ema=True)
+    tuned = training.model_from_checkpoint(training.load_checkpoint(out / "vae-decoder.pt"), use_ema=True)
+    assert training.encoder_fingerprint(tuned) == training.encoder_fingerprint(unet_stage)
+    assert main(["train", "--stage", "unet", "--export-only", "--export", str(export),
+                 "--decoder-from", str(out / "vae-decoder.pt"), *common]) == 0
+    shipped = load_studio_file(export, torch.device("cpu"), torch.float32)
+    decoder = tuned.vae.decoder.conv_out.weight
+    torch.testing.assert_close(shipped.vae.decoder.conv_out.weight, decoder.half().float())
+    assert not torch.equal(unet_stage.vae.decoder.conv_out.weight, decoder)
+
+
+def test_training_captions_encode_as_the_engine_encodes_prompts():
+    model = tiny_model().eval()
+    prompts = ["a big red circle at the top left, on a blue background", ""]
+    captioner = Captioner(model.config.pad_id, model.config.text.max_length)
+    with torch.no_grad():
+        ids = captioner.tokenizer(prompts, pad_id=model.config.pad_id, context_length=model.config.text.max_length)
+        trained = model.text_encoder(torch.tensor(ids))
+    torch.testing.assert_close(trained, model.encode_text(prompts))
+
+
+def test_evaluate_cli_reports_every_metric(tmp_path, capsys):
+    out, export, report = tmp_path / "ckpt", tmp_path / "model.safetensors", tmp_path / "metrics.json"
+    common = ["--out", str(out), "--tiny", "--batch-size", "4"]
+    assert main(["train", "--stage", "vae", "--steps", "1", *common]) == 0
+    assert main(["train", "--stage", "unet", "--steps", "1", "--dataset-size", "4", "--export", str(export),
+                 *common]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(export), "--prompts", "2", "--inpaint", "1", "--reconstructions", "3",
+                 "--steps", "2", "--json", str(report)]) == 0
+    table = capsys.readouterr().out
+    for row in ("txt2img.shape", "inpaint.object_in_mask", "inpaint.unmasked_unchanged", "ae.psnr_db"):
+        assert row in table
+    import json
+
+    metrics = json.loads(report.read_text())
+    assert metrics["inpaint"]["unmasked_unchanged"] == 1.0  # paste-back keeps every pixel outside the hole
+    assert set(metrics["txt2img"]) >= {"background", "colour", "shape", "size", "position"}
+
+
+def test_evaluate_cli_names_a_missing_model(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path / "nope.safetensors"), "--prompts", "1"]) == 1
+    assert "nope.safetensors" in capsys.readouterr().err

@@ -130,9 +130,13 @@ def test_autosave_offers_restore_in_the_message_bar(make_window, qtbot, tmp_path
         first.generate()
     run_id, steps = first.history.selected.id, len(first.history.selected.timeline)
     qtbot.waitUntil(lambda: (folder / "current" / "runs" / f"{run_id}.safetensors").exists(), timeout=5000)
-    qtbot.waitUntil(lambda: (folder / "current" / "mask.npy").exists(), timeout=5000)
-    first.worker.stop()  # as if killed: no orderly close before the next start
+    qtbot.waitUntil(lambda: run_id in (folder / "current" / "session.json").read_text(), timeout=5000)
+    assert (folder / "current" / "mask.npy").exists()
+    # as if killed: no orderly close (no final save) before the next start
     first._closing = True
+    first._autosave_timer.stop()
+    first.worker.stop()
+    first.autosave.close()  # a killed process's lock file is stale: QLockFile takes it over by pid
 
     second = make_window(autosave_dir=folder)
     bar = second.message_bar
@@ -140,8 +144,20 @@ def test_autosave_offers_restore_in_the_message_bar(make_window, qtbot, tmp_path
     assert not second.canvas.has_image()  # nothing changes until the user says so
     restore = next(b for b in bar.action_buttons() if b.text() == "Restore")
     restore.click()
-    qtbot.waitUntil(lambda: len(second.history) == 1, timeout=GENERATION_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: len(second.history) == 1 or bar.isVisible(), timeout=20000)
+    assert len(second.history) == 1, bar.text()
     assert second.canvas.has_image()
     np.testing.assert_array_equal(second.canvas.mask.array(), mask)
     assert second.history.selected.id == run_id and len(second.timeline.run.timeline) == steps
     assert not (folder / "previous").exists()
+
+
+def test_a_second_instance_does_not_touch_the_first_ones_autosave(make_window, tmp_path):
+    folder = tmp_path / "shared"
+    first = make_window(autosave_dir=folder)
+    first.open_image(sample_image(64))
+    first.autosave_now()
+    second = make_window(autosave_dir=folder)
+    assert not second.message_bar.isVisible()
+    assert second.autosave.current != first.autosave.current
+    assert (first.autosave.current / "image.npy").exists()

@@ -45,7 +45,7 @@ def test_inpainting_run_streams_steps_in_order_and_fills_the_timeline(window, qt
     assert window.timeline.plot.current == 0
     QTest.keyClick(slider, Qt.Key.Key_Right)
     assert slider.value() == 1
-    assert window.canvas.showing_result and window.toolbar.before_after.isEnabled()
+    assert window.canvas.showing_result and window.viewbar.before_after.isEnabled()
 
 
 def test_request_mode_follows_the_canvas(window):
@@ -65,7 +65,7 @@ def test_txt2img_then_use_as_input(window, qtbot):
     run = window.history.selected
     assert run.kind == "txt2img" and run.image.shape == (64, 64, 3)
     assert window.canvas.showing_result
-    window.toolbar.use_as_input.click()
+    window.viewbar.use_as_input.click()
     assert window.canvas.has_image()
     np.testing.assert_array_equal(window.canvas.image_array(), run.image)
     assert window.build_request().init_image is not None

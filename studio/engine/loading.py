@@ -18,8 +18,9 @@ import torch
 
 from ..resources import resources_dir
 from .checkpoint_layout import TensorRef
-from .tiling import is_out_of_memory
+from .cpu_kernels import prepack_for_cpu
 from .model import LatentDiffusion, ModelConfig, Prediction, build_tiny_random
+from .tiling import is_out_of_memory
 
 CONFIG_METADATA_KEY = "studio_config"
 SHIPPED_MODEL = "model/studio-shapes.safetensors"
@@ -63,7 +64,10 @@ def load_model(
         model = load_checkpoint(path, device, dtype, prediction=prediction)
     if prediction is not None and model.config.prediction != prediction:
         model = model.with_prediction(prediction)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if spec != "tiny-random" and device.type == "cpu" and dtype == torch.float32:
+        prepack_for_cpu(model)  # ~2× faster float32 convolutions and linears on the CPU (cpu_kernels.py)
+    return model
 
 
 def save_studio_file(model: LatentDiffusion, path: str | Path, dtype: torch.dtype = torch.float16) -> None:

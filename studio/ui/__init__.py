@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .compat import immortalize_none
-
-immortalize_none()  # PySide6 6.12 + Python 3.11 leaks None references (see compat.py)
-
 if TYPE_CHECKING:
     from .main_window import MainWindow
 

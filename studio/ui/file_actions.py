@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QApplication
 
@@ -97,7 +98,7 @@ class FileActions:
     # -- drag and drop (the whole window is a drop target) --------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         mime = event.mimeData()
-        if mime.hasUrls() and any(u.isLocalFile() for u in mime.urls()) or mime.hasImage():
+        if (mime.hasUrls() and any(u.isLocalFile() for u in mime.urls())) or mime.hasImage():
             event.acceptProposedAction()
         else:
             event.ignore()
@@ -262,7 +263,7 @@ class FileActions:
     def write_timeline(self, run: Any, path: str, fmt: str) -> None:
         if not path:
             return
-        QApplication.setOverrideCursor(self.cursor().shape().WaitCursor)
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             count = export_gif(run, path) if fmt == "gif" else export_pngs(run, path)
         except (OSError, ValueError) as exc:

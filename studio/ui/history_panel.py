@@ -177,6 +177,7 @@ class HistoryPanel(QWidget):
         branch.triggered.connect(lambda: self.branchRequested.emit(run))
         remove = QAction("Remove from history", menu)
         remove.triggered.connect(lambda: self.history.remove(run))
+        remove.setEnabled(run.status != "running")
         menu.addActions([save, branch])
         menu.addSeparator()
         menu.addAction(remove)

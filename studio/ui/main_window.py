@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
+from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from ..engine.events import Event
@@ -25,8 +25,8 @@ from .message_bar import MessageBar
 from .prompt_panel import PromptPanel
 from .run_history import RunHistory
 from .session import SessionPersistence
-from .theme import THEMES
 from .timeline_panel import TimelinePanel
+from .window_menus import build_menus
 from .worker import EngineWorker
 
 
@@ -83,7 +83,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self._autosave_timer = QTimer(self)
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.timeout.connect(self.autosave_now)
-        self._build_menus()
+        self.theme_actions = build_menus(self)
         self._connect()
         self.restore_settings()
         self.theme_actions.get(self.theme, self.theme_actions["dark"]).setChecked(True)
@@ -102,79 +102,6 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
                          | QDockWidget.DockWidgetFeature.DockWidgetClosable)
         self.addDockWidget(area, dock)
         return dock
-
-    # -- menus ----------------------------------------------------------------------------------------------------
-    def _action(self, menu, text: str, slot, shortcut=None, name: str | None = None, tip: str = "") -> QAction:
-        action = QAction(text, self)
-        if shortcut is not None:
-            shortcuts = shortcut if isinstance(shortcut, list) else [shortcut]
-            action.setShortcuts([QKeySequence(s) for s in shortcuts])
-        if name:
-            action.setObjectName(name)
-        if tip:
-            action.setStatusTip(tip)
-        action.triggered.connect(lambda _=False: slot())
-        menu.addAction(action)
-        return action
-
-    def _build_menus(self) -> None:
-        bar = self.menuBar()
-        f = bar.addMenu("&File")
-        self._action(f, "&New blank canvas", self.new_blank_canvas, "Ctrl+N", "newCanvasAction")
-        self._action(f, "&Open image…", self.open_image_dialog, QKeySequence.StandardKey.Open, "openImageAction")
-        self._action(f, "&Paste image", self.paste, QKeySequence.StandardKey.Paste, "pasteAction")
-        self._action(f, "Open &run or model…", self.open_run_dialog, None, "openRunAction")
-        f.addSeparator()
-        self._action(f, "&Save image…", self.save_image_dialog, QKeySequence.StandardKey.Save, "saveImageAction")
-        self._action(f, "Save &mask…", self.save_mask_dialog, None, "saveMaskAction")
-        self._action(f, "Save r&un…", self.save_run_dialog, None, "saveRunAction")
-        f.addSeparator()
-        self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit, "quitAction")
-
-        e = bar.addMenu("&Edit")
-        self.undo_action = self._action(e, "&Undo stroke", self.canvas.mask.undo, QKeySequence.StandardKey.Undo, "undoAction")
-        self.redo_action = self._action(e, "&Redo stroke", self.canvas.mask.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "redoAction")
-        e.addSeparator()
-        self._action(e, "Clear mask", self.canvas.mask.clear, "Ctrl+Shift+Backspace", "clearMaskAction")
-        self._action(e, "Invert mask", self.canvas.mask.invert, "Ctrl+I", "invertMaskAction")
-        e.addSeparator()
-        e.addAction(self.toolbar.brush_action)
-        e.addAction(self.toolbar.eraser_action)
-        self._action(e, "Smaller brush", lambda: self.canvas.set_brush_size(min(self.canvas.brush_size - 1, round(self.canvas.brush_size / 1.2))), "[", "smallerBrushAction")
-        self._action(e, "Larger brush", lambda: self.canvas.set_brush_size(max(self.canvas.brush_size + 1, round(self.canvas.brush_size * 1.2))), "]", "largerBrushAction")
-
-        v = bar.addMenu("&View")
-        self._action(v, "Zoom to &fit", self.canvas.fit, "Ctrl+0", "zoomFitAction")
-        self._action(v, "&Actual size", self.canvas.actual_size, "Ctrl+1", "zoomActualAction")
-        self._action(v, "Zoom &in", lambda: self.canvas.zoom_by(1.25), QKeySequence.StandardKey.ZoomIn, "zoomInAction")
-        self._action(v, "Zoom &out", lambda: self.canvas.zoom_by(1 / 1.25), QKeySequence.StandardKey.ZoomOut, "zoomOutAction")
-        v.addSeparator()
-        for dock in (self.prompt_dock, self.history_dock, self.timeline_dock):
-            v.addAction(dock.toggleViewAction())
-        v.addSeparator()
-        themes = v.addMenu("&Theme")
-        group = QActionGroup(self)
-        self.theme_actions = {}
-        for name in THEMES:
-            action = QAction(name.capitalize(), self, checkable=True)
-            action.triggered.connect(lambda _=False, n=name: self.set_theme(n))
-            group.addAction(action)
-            themes.addAction(action)
-            self.theme_actions[name] = action
-
-        g = bar.addMenu("&Generate")
-        self.generate_action = self._action(g, "&Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"], "generateAction")
-        self.cancel_action = self._action(g, "&Cancel", self.cancel, "Esc", "cancelAction")
-        self.cancel_action.setEnabled(False)
-        g.addSeparator()
-        self.branch_action = self._action(g, "&Branch from the selected step", lambda: self.branch(self.timeline.run, self.timeline.index()), "Ctrl+B", "branchAction")
-        self._action(g, "&Decode the selected step", lambda: self.decode_step(self.timeline.run, self.timeline.index()), "Ctrl+D", "decodeStepAction")
-        self._action(g, "&Invert image…", self.invert_image, None, "invertImageAction")
-        self._action(g, "&Use result as input", self.use_result_as_input, "Ctrl+U", "useAsInputAction")
-        self._action(g, "New random &seed", self.prompt_panel.randomize_seed, "Ctrl+R", "randomSeedAction")
-        h = bar.addMenu("&Help")
-        self._action(h, "&Keyboard shortcuts", self._show_shortcuts, QKeySequence.StandardKey.HelpContents, "shortcutsAction")
-        self._action(h, "&About Diffusion Studio", self._show_about, None, "aboutAction")
 
     # -- wiring ---------------------------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -291,6 +218,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.branch_action.setEnabled(not running)
         self.timeline.branch_button.setEnabled(not running and self.timeline.slider.maximum() >= 0 and self.timeline.run is not None)
         self.history_panel.invert_button.setEnabled(not running)
+        self.history_panel.clear_button.setEnabled(not running and len(self.history) > 0)
         if running:
             self.prompt_panel.show_progress(0, 0, "Loading the model…")
 
@@ -384,7 +312,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             current = self.canvas.image_array()
             if current is None or current.shape != request.init_image.shape or not np.array_equal(current, request.init_image):
                 self.open_image(request.init_image, f"input of run #{self.history.number(run)}", quiet=True)
-            if request.mask is not None:
+            current_mask = self.canvas.mask_array()
+            if request.mask is not None and (current_mask is None or not np.array_equal(current_mask, request.mask)):
                 self.canvas.set_mask(request.mask)
         self._show_run(run)
 

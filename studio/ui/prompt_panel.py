@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -21,7 +20,6 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSpinBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -29,49 +27,15 @@ from PySide6.QtWidgets import (
 
 from ..engine.request import GenerationRequest
 from .choices import BUILTIN_MODELS, DEVICES, DTYPES, ETA_TOOLTIP, FILLS, INPAINT_MODES, SAMPLERS, USES_ETA, model_label
+from .form_widgets import combo as _combo
+from .form_widgets import dspin as _dspin
+from .form_widgets import form as _form
+from .form_widgets import set_combo as _set_combo
+from .form_widgets import spin as _spin
 
 OPEN_FILE, OPEN_FOLDER = "__open_checkpoint_file__", "__open_diffusers_folder__"
 MAX_SEED = 2**32 - 1  # A1111 and ComfyUI seeds fit; the engine takes up to 2^63 − 1
 SIZE_STEP = 8
-
-
-def _spin(name: str, lo: int, hi: int, value: int, step: int = 1, suffix: str = "") -> QSpinBox:
-    spin = QSpinBox()
-    spin.setObjectName(name)
-    spin.setRange(lo, hi)
-    spin.setSingleStep(step)
-    spin.setValue(value)
-    spin.setSuffix(suffix)
-    spin.setAccelerated(True)
-    return spin
-
-
-def _dspin(name: str, lo: float, hi: float, value: float, step: float, decimals: int = 2, suffix: str = "") -> QDoubleSpinBox:
-    spin = QDoubleSpinBox()
-    spin.setObjectName(name)
-    spin.setRange(lo, hi)
-    spin.setDecimals(decimals)
-    spin.setSingleStep(step)
-    spin.setValue(value)
-    spin.setSuffix(suffix)
-    return spin
-
-
-def _combo(name: str, items: dict[str, str]) -> QComboBox:
-    combo = QComboBox()
-    combo.setObjectName(name)
-    for key, label in items.items():
-        combo.addItem(label, key)
-    return combo
-
-
-def _form() -> QFormLayout:
-    form = QFormLayout()
-    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-    form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-    form.setHorizontalSpacing(8)
-    form.setVerticalSpacing(6)
-    return form
 
 
 class PromptPanel(QWidget):
@@ -450,11 +414,3 @@ class PromptPanel(QWidget):
                 self.steps, self.eta, self.cfg, self.seed, self.clip_skip, self.width_spin, self.height_spin,
                 self.strength, self.feather, self.grow, self.only_masked, self.padding, self.fill,
                 self.inpaint_mode, self.paste_back, self.random_each]
-
-
-def _set_combo(combo: QComboBox, value: Any) -> None:
-    if value is None:
-        return
-    index = combo.findData(value)
-    if index >= 0:
-        combo.setCurrentIndex(index)

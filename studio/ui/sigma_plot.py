@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPainterPath, QPaintEvent, QPen
+from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent, QPen, QPolygonF
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 SIGMA_FLOOR = 1e-3  # the last level of a "clean" grid is σ = 0; clamp it for the log axis
@@ -84,17 +84,13 @@ class SigmaPlot(QWidget):
                 painter.setPen(QPen(grid_color, 1, Qt.PenStyle.DotLine))
         points = [QPointF(self._x(rect, i), self._y(rect, s, lo, hi)) for i, s in enumerate(self.sigmas)]
         accent = palette.color(palette.ColorRole.Highlight)
-        path = QPainterPath(points[0])
-        for p in points[1:]:
-            path.lineTo(p)
-        painter.setPen(QPen(grid_color.lighter(130), 1.5, Qt.PenStyle.DashLine))
-        painter.drawPath(path)
+        pending = QColor(text_color)
+        pending.setAlpha(110)
+        painter.setPen(QPen(pending, 1.2, Qt.PenStyle.DashLine))
+        painter.drawPolyline(QPolygonF(points))
         if self.done > 0:
-            done_path = QPainterPath(points[0])
-            for p in points[1 : self.done]:
-                done_path.lineTo(p)
             painter.setPen(QPen(accent, 2))
-            painter.drawPath(done_path)
+            painter.drawPolyline(QPolygonF(points[: self.done]))
             painter.setBrush(accent)
             for p in points[: self.done]:
                 painter.drawEllipse(p, 2, 2)

@@ -4,7 +4,7 @@ import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QPushButton, QSlider
-from ui_helpers import GENERATION_TIMEOUT_MS, paint_stroke, sample_image, wait_idle
+from ui_helpers import GENERATION_TIMEOUT_MS, paint_stroke, sample_image
 
 from studio.engine.events import EventKind
 
@@ -166,7 +166,7 @@ def test_missing_model_shows_in_the_message_bar_and_the_app_stays_usable(window,
 
 def test_closing_during_a_run_cancels_and_joins_the_worker(make_window, qtbot):
     window = make_window()
-    window.prompt_panel.steps.setValue(40)
+    window.prompt_panel.steps.setValue(8)
     with qtbot.waitSignal(window.controller.step, timeout=GENERATION_TIMEOUT_MS):
         window.generate()
     assert window.worker.is_alive()

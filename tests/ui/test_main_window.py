@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 from PySide6.QtWidgets import QWidget
 
@@ -51,7 +52,7 @@ def test_the_ui_thread_never_imports_torch():
             "from PySide6.QtWidgets import QApplication; app = QApplication([])\n"
             "import studio.ui.main_window, studio.ui.app\n"
             "assert 'torch' not in sys.modules, 'torch imported on the UI thread'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_message_bar_levels_and_actions(window):

@@ -8,7 +8,8 @@ Measures, on the CPU (float32):
   into float32 on the CPU: ours `load_model`, diffusers `StableDiffusionPipeline.from_single_file` (with a local
   config folder, `accelerate` installed so it builds on the meta device, its fastest path);
 - peak RAM of each load, in a fresh process each: VmHWM − VmRSS-before-load, and the resident anonymous /
-  file-backed split after it (memory-mapped file pages are file-backed: the OS can drop them, they are no copy);
+  file-backed split after it (memory-mapped file pages are file-backed: the OS can drop them, they are no copy;
+  a float32 file is used in place by both, so its pages are only read in when the first step touches them);
 - whether the two UNets' outputs agree.
 With a CUDA GPU, the same step timing at 512 px in fp16, and whether full DDIM generations agree.
 
@@ -266,6 +267,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-sd"))
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation and setting")
     parser.add_argument("--threads", default="1,2", help="CPU thread counts for the step timing")
+    parser.add_argument("--load-rounds", type=int, default=3, help="alternating loads per implementation and file")
     parser.add_argument("--size", type=int, default=256, help="CPU image size in pixels")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--clean", action="store_true", help="delete the work folder afterwards")
@@ -296,9 +298,17 @@ def main() -> None:
                      "load": {}, "steps": [], "cuda": None}
 
     for kind, path in files.items():
-        for impl in ("ours", "diffusers"):
-            print(f"load {kind} file, {impl} ...", flush=True)
-            results["load"][f"{kind}/{impl}"] = run_child(["load", impl, str(path), str(config)])
+        runs: dict[str, list[dict]] = {"ours": [], "diffusers": []}
+        for round_ in range(args.load_rounds):  # alternate, so both see the same machine load
+            for impl in runs:
+                print(f"load {kind} file, {impl} ({round_ + 1}/{args.load_rounds}) ...", flush=True)
+                runs[impl].append(run_child(["load", impl, str(path), str(config)]))
+        for impl, measured in runs.items():
+            results["load"][f"{kind}/{impl}"] = {
+                "seconds": statistics.median(r["seconds"] for r in measured),
+                "all_seconds": [r["seconds"] for r in measured],
+                **{k: max(r[k] for r in measured) for k in measured[0] if k.endswith("_bytes")},
+            }
 
     for threads in (int(t) for t in args.threads.split(",")):
         print(f"UNet steps at {args.size} px, {threads} thread(s) ...", flush=True)
@@ -322,7 +332,8 @@ def main() -> None:
 def report(results: dict) -> None:
     print(f"\ntorch {results['torch']}, diffusers {results['diffusers']}, transformers {results['transformers']}, "
           f"{results['cpu_count']} CPUs")
-    print("\nLoad a single-file SD1.5 checkpoint into float32 on the CPU (fresh process each):")
+    print("\nLoad a single-file SD1.5 checkpoint into float32 on the CPU (fresh process each; median seconds,")
+    print("largest peak RAM over the rounds):")
     print(f"{'file':6} {'impl':10} {'seconds':>8} {'peak RAM':>11} {'anon after':>11} {'file-backed':>12}")
     for key, r in results["load"].items():
         kind, impl = key.split("/")

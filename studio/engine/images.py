@@ -16,27 +16,24 @@ from .samplers import DISPLAY_NAMES
 
 def load_rgb(path: str | Path) -> np.ndarray:
     """Any image file → HxWx3 uint8. Alpha is composited over white; 16-bit and palette modes are converted."""
+    return _read(path, "image", to_rgb_array)
+
+
+def _read(path: str | Path, what: str, convert) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return to_rgb_array(im)
+            return convert(im)
     except FileNotFoundError:
-        raise RequestError(f"image file not found: {path}") from None
+        raise RequestError(f"{what} file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise RequestError(f"cannot read image {path}: {exc}") from None
+        raise RequestError(f"cannot read {what} {path}: {exc}") from None
 
 
 def load_mask(path: str | Path) -> np.ndarray:
     """A mask file → HxW float32 in [0, 1], 1 (white) = repaint. Modes 1, L, P, RGB, LA/RGBA (the alpha channel
     is the mask when it is not uniform), 8 or 16 bit."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return to_mask_array(im)
-    except FileNotFoundError:
-        raise RequestError(f"mask file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise RequestError(f"cannot read mask {path}: {exc}") from None
+    return _read(path, "mask", to_mask_array)
 
 
 def to_mask_array(im: Image.Image) -> np.ndarray:

@@ -151,6 +151,8 @@ def encode_chunks(
 ) -> torch.Tensor:
     """Chunked prompts → context (B, 77·k, D), k = the most chunks of any prompt; shorter prompts get empty
     chunks (bos, eos, padding), as A1111 pads them. One encoder call for all chunks of all prompts."""
+    if not prompts:
+        raise ValueError("no prompts to encode")
     length = len(prompts[0][0].ids)
     empty = Chunk(tuple([BOS_ID, EOS_ID] + [pad_id] * (length - 2)), tuple([1.0] * length))
     k = max(len(p) for p in prompts)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import GroupNorm32
+from .unet import GroupNorm32, Upsample  # the same nearest ×2 + conv3×3 as the UNet, same key `conv`
 
 
 @dataclass(frozen=True)
@@ -103,15 +103,6 @@ class Downsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # LDM pads right/bottom only, then a stride-2 conv with no padding (unlike the UNet's symmetric pad 1)
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class _Level(nn.Module):

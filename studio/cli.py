@@ -21,7 +21,7 @@ REQUEST_OPTIONS = {
     "steps": "steps", "eta": "eta", "cfg": "cfg", "seed": "seed", "width": "width", "height": "height",
     "clip_skip": "clip_skip", "strength": "strength", "device": "device", "dtype": "dtype", "feather": "feather",
     "grow": "grow", "inpaint_mode": "inpaint_mode", "only_masked": "only_masked", "padding": "padding",
-    "fill": "fill", "paste_back": "paste_back",
+    "fill": "fill", "paste_back": "paste_back", "prediction": "prediction",
 }
 
 
@@ -80,6 +80,8 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int)
     p.add_argument("--clip-skip", type=int)
     p.add_argument("--strength", type=float, help="fraction of the schedule re-run over --init (SDEdit)")
+    p.add_argument("--prediction", choices=["auto", "epsilon", "v"],
+                   help="what the model predicts (auto: from the file; SD 2.x 768 models are v)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--feather", type=float, help="mask feather in pixels (default 4)")

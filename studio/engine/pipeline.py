@@ -45,6 +45,8 @@ def validate(request: GenerationRequest) -> None:
         raise RequestError(f"size must be positive, got {request.width}x{request.height}")
     if request.clip_skip < 1:
         raise RequestError(f"clip skip must be ≥ 1, got {request.clip_skip}")
+    if request.prediction not in ("auto", "epsilon", "v"):
+        raise RequestError(f"prediction must be auto, epsilon or v, got {request.prediction!r}")
     if not 0 <= request.seed < 2**63:
         raise RequestError(f"seed must be between 0 and 2^63 − 1, got {request.seed}")
 
@@ -101,8 +103,7 @@ class Engine:
         validate(request)
         model = self.model(request.model, request.device, request.dtype)
         with torch.inference_mode():
-            cond = model.encode_text([request.prompt], request.clip_skip)
-            uncond = model.encode_text([request.negative_prompt], request.clip_skip)
+            cond, uncond = model.encode_prompts(request.prompt, request.negative_prompt, request.clip_skip)
             plan, generator = make_plan(model, request, cond, uncond)
             if parent is not None:
                 run, x, previous_x0 = self._branch_start(request, parent, from_step, plan, generator)
@@ -181,8 +182,7 @@ class Engine:
         model = self.model(request.model, request.device, request.dtype)
         check_size(model, request.width, request.height)
         with torch.inference_mode():
-            cond = model.encode_text([request.prompt], request.clip_skip)
-            uncond = model.encode_text([request.negative_prompt], request.clip_skip)
+            cond, uncond = model.encode_prompts(request.prompt, request.negative_prompt, request.clip_skip)
             # the plain text-to-image plan gives the denoiser (9-channel conditioning included) and DDIM's grid
             plan, _ = make_plan(model, request.replace(init_image=None, mask=None), cond, uncond)
             denoiser, grid = plan.denoiser, plan.grid
@@ -220,5 +220,5 @@ class Engine:
 
 
 def _oom_message(request: GenerationRequest) -> str:
-    return (f"out of memory at {request.width}x{request.height}: try a smaller size, fp16, or the CPU; "
-            "nothing was lost")
+    return (f"out of memory at {request.width}x{request.height}: try a smaller size or fp16 (the VAE already "
+            "tiles itself when memory is short); nothing was lost")

@@ -34,6 +34,7 @@ class GenerationRequest:
     height: int = 512
     karras: bool = False  # Karras σ spacing (Karras et al. 2022 eq. 5) instead of the model's timesteps
     clip_skip: int = 1  # A1111 convention: 1 = last layer, 2 = penultimate
+    prediction: Literal["auto", "epsilon", "v"] = "auto"  # what the UNet predicts; auto = detected from the file
     device: DeviceName = "auto"
     dtype: DtypeName = "auto"
     # img2img / inpainting; images are HxWxC uint8 arrays (C = 3), masks HxW float32 in [0, 1], 1 = repaint

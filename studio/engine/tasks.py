@@ -71,7 +71,8 @@ def plan(model: LatentDiffusion, request: GenerationRequest, cond: torch.Tensor,
     size = (request.width, request.height)
 
     def guided(concat: torch.Tensor | None) -> Denoiser:
-        return guided_denoiser(model.unet, cond, uncond, request.cfg, model.config.prediction, concat)
+        prediction = model.config.prediction if request.prediction == "auto" else request.prediction
+        return guided_denoiser(model.unet, cond, uncond, request.cfg, prediction, concat)
 
     def encode(image: np.ndarray) -> torch.Tensor:
         return model.encode_image(image_to_tensor(image)).to(device)

@@ -140,3 +140,16 @@ def test_latent_preview_fit_recovers_a_known_linear_map():
     fitted = LatentPreview.fit(latents, images)
     torch.testing.assert_close(fitted.factors, factors, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fitted.bias, bias, atol=1e-4, rtol=1e-4)
+
+
+def test_prediction_override_changes_how_the_output_is_read(engine):
+    eps = engine.run(BASE.replace(prediction="epsilon")).image
+    assert np.array_equal(eps, engine.run(BASE).image)  # tiny-random is an ε-model
+    assert not np.array_equal(eps, engine.run(BASE.replace(prediction="v")).image)
+
+
+def test_long_prompts_and_negative_prompts_of_other_lengths(engine):
+    long_prompt = ", ".join(["a small red circle on a blue background"] * 12)  # > 75 tokens: two chunks
+    run = engine.run(BASE.replace(prompt=long_prompt, negative_prompt="blurry"))
+    assert run.image.shape == (64, 64, 3)
+    assert not np.array_equal(run.image, engine.run(BASE.replace(prompt="a small red circle")).image)

@@ -1,17 +1,22 @@
-"""Images in and out: PIL ↔ tensors, odd modes, and the A1111 `parameters` PNG chunk."""
+"""Images in and out: files in odd modes, PIL ↔ tensors, and the A1111 `parameters` PNG chunk.
+
+Imports no torch at module level, so the UI thread can read images and PNG parameters before torch is loaded.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from .request import SAMPLER_DISPLAY_NAMES as DISPLAY_NAMES
 from .request import GenerationRequest, RequestError
-from .samplers import DISPLAY_NAMES
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -61,13 +66,17 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB")).copy()
 
 
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+def image_to_tensor(image: np.ndarray) -> "torch.Tensor":
     """HxWx3 uint8 → (1, 3, H, W) float32 in [−1, 1] (x = u8/127.5 − 1)."""
+    import torch  # here, not at the top: the UI thread reads images and PNG parameters without torch
+
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
-def tensor_to_image(x: torch.Tensor) -> np.ndarray:
+def tensor_to_image(x: "torch.Tensor") -> np.ndarray:
     """(1, 3, H, W) in [−1, 1] → HxWx3 uint8 (u8 = round(clamp((x+1)/2)·255))."""
+    import torch
+
     x = ((x[0].float().cpu().clamp(-1, 1) + 1) * 127.5).round()
     return x.to(torch.uint8).permute(1, 2, 0).numpy().copy()
 

@@ -16,6 +16,12 @@ InpaintMode = Literal["auto", "blend", "model"]
 MaskFill = Literal["original", "noise", "blur"]
 
 
+# Samplers whose `eta` control means something (the UI enables its spin box for these).
+SAMPLERS_USING_ETA = frozenset({"ddim", "ddpm", "euler_a"})
+# Human-readable names, as the A1111 `parameters` chunk writes them.
+SAMPLER_DISPLAY_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M"}
+
+
 class RequestError(ValueError):
     """A request that cannot run as given; the message is meant for the user."""
 

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
+from .request import SAMPLER_DISPLAY_NAMES, SAMPLERS_USING_ETA
 from .schedules import NoiseLevel
 
 Denoiser = Callable[[torch.Tensor, NoiseLevel], torch.Tensor]
@@ -198,7 +199,4 @@ SAMPLERS: dict[str, Sampler] = {
 
 # Which samplers end on ᾱ_0 like SD's DDIM, and which integrate to σ = 0 (see schedules.sampling_grid).
 GRID_END = {"ddim": "alpha0", "ddpm": "alpha0", "euler_a": "clean", "dpmpp_2m": "clean"}
-# Samplers whose `eta` control means something (the UI enables its spin box for these).
-USES_ETA = frozenset({"ddim", "ddpm", "euler_a"})
-# Human-readable names, as the A1111 `parameters` chunk writes them.
-DISPLAY_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M"}
+USES_ETA, DISPLAY_NAMES = SAMPLERS_USING_ETA, SAMPLER_DISPLAY_NAMES  # torch-free copies live in request.py

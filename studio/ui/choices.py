@@ -1,13 +1,12 @@
 """The engine's choices as the UI names them.
 
-`studio.engine.samplers` holds the same lists but imports torch; the UI thread must not, so they are mirrored
-here (tests/ui/test_choices.py checks both stay in sync).
+Sampler names come from `studio.engine.request`, which (unlike the samplers themselves) imports no torch.
 """
 
 from __future__ import annotations
 
-SAMPLERS: dict[str, str] = {"ddim": "DDIM", "ddpm": "DDPM", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M"}
-USES_ETA = frozenset({"ddim", "ddpm", "euler_a"})
+from ..engine.request import SAMPLER_DISPLAY_NAMES as SAMPLERS
+from ..engine.request import SAMPLERS_USING_ETA as USES_ETA
 DTYPES: dict[str, str] = {"auto": "Auto", "fp32": "fp32 (full)", "fp16": "fp16 (half)", "bf16": "bf16"}
 DEVICES: dict[str, str] = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 FILLS: dict[str, str] = {"original": "Original", "noise": "Latent noise", "blur": "Blurred original"}

@@ -58,6 +58,8 @@ def add_training_commands(sub) -> None:
     ev = sub.add_parser("evaluate", help="score a model with the scene detector (held-out prompts and seeds)")
     ev.add_argument("--model", default="default", help="default, a model file, or a training checkpoint (.pt)")
     ev.add_argument("--prompts", type=int, default=120, help="held-out text-to-image prompts")
+    ev.add_argument("--train-prompts", type=int, default=40,
+                    help="prompts from the training templates (held-out seeds), to separate template generalisation")
     ev.add_argument("--inpaint", type=int, default=40, help="inpainting checks")
     ev.add_argument("--reconstructions", type=int, default=200, help="autoencoder reconstructions")
     ev.add_argument("--steps", type=int, default=25)

@@ -67,8 +67,8 @@ class Case:
     seed: int
 
 
-def text_to_image_cases(n: int, seed: int = EVAL_SEED) -> list[Case]:
-    _, captions, scenes = make_batch(seed, n, held_out=True)
+def text_to_image_cases(n: int, seed: int = EVAL_SEED, held_out: bool = True) -> list[Case]:
+    _, captions, scenes = make_batch(seed, n, held_out=held_out)
     return [Case(scene, text, seed + i) for i, (scene, text) in enumerate(zip(scenes, captions))]
 
 
@@ -198,8 +198,8 @@ def load_for_evaluation(spec: str) -> LatentDiffusion:
 
 
 def evaluate(model: LatentDiffusion, *, prompts: int = 120, inpaint: int = 40, reconstructions: int = 200,
-             cfg: float = DEFAULT_CFG, steps: int = 25, sampler: str = "ddim", seed: int = EVAL_SEED,
-             samples: Path | None = None) -> dict:
+             train_prompts: int = 0, cfg: float = DEFAULT_CFG, steps: int = 25, sampler: str = "ddim",
+             seed: int = EVAL_SEED, samples: Path | None = None) -> dict:
     report: dict = {"model": model.config.name, "cfg": cfg, "steps": steps, "sampler": sampler}
     began = time.perf_counter()
     if reconstructions:
@@ -210,6 +210,11 @@ def evaluate(model: LatentDiffusion, *, prompts: int = 120, inpaint: int = 40, r
                                                          steps=steps, sampler=sampler)
         report["txt2img"]["n"] = prompts
         sheet += images
+    if train_prompts:  # the training sentence templates (held-out seeds): how much is template generalisation?
+        report["txt2img_train_templates"], _ = text_to_image_scores(
+            model, text_to_image_cases(train_prompts, seed + 3, held_out=False), cfg=cfg, steps=steps, sampler=sampler
+        )
+        report["txt2img_train_templates"]["n"] = train_prompts
     if inpaint:
         report["inpaint"], images = inpaint_scores(model, inpaint_cases(inpaint, seed + 1), cfg=cfg, steps=steps,
                                                    sampler=sampler)
@@ -225,6 +230,7 @@ def evaluate_spec(args: argparse.Namespace) -> dict:
     model = load_for_evaluation(args.model)
     return evaluate(
         model, prompts=args.prompts, inpaint=args.inpaint, reconstructions=args.reconstructions,
+        train_prompts=args.train_prompts,
         cfg=DEFAULT_CFG if args.cfg is None else args.cfg, steps=args.steps, sampler=args.sampler,
         seed=EVAL_SEED if args.seed is None else args.seed, samples=args.samples,
     )
@@ -241,7 +247,7 @@ def contact_sheet(images: list[np.ndarray], columns: int = 16) -> Image.Image:
 def format_table(report: dict) -> str:
     lines = [f"model {report['model']}: {report['sampler']}, {report['steps']} steps, CFG {report['cfg']}",
              f"{'metric':34} {'value':>9} {'target':>9}"]
-    for group in ("txt2img", "inpaint", "ae"):
+    for group in ("txt2img", "txt2img_train_templates", "inpaint", "ae"):
         for key, value in report.get(group, {}).items():
             if key == "n":
                 continue

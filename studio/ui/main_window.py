@@ -271,6 +271,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.prompt_panel.set_devices([str(d) for d in devices])
         names = ", ".join(d for d in devices if d != "auto")
         self.engine_label.setText(f"Engine ready · devices: {names}")
+        # Load the selected model now (on the worker): the first Generate starts at once, at the model's own size.
+        self._model_changed(self.prompt_panel.model_spec())
 
     def _on_decoded(self, _job: int, run: Any, index: int, view: str, image: np.ndarray) -> None:
         self.timeline.add_decoded(run, index, view, image)

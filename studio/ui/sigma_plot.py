@@ -80,7 +80,8 @@ class SigmaPlot(QWidget):
                 painter.drawLine(QPointF(rect.left(), y), QPointF(rect.right(), y))
                 painter.setPen(text_color)
                 painter.drawText(QRectF(0, y - 8, rect.left() - 4, 16),
-                                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{value:g}")
+                                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                                 f"{value:g}" if -2 < exponent < 3 else f"1e{exponent}")  # fits the margin
                 painter.setPen(QPen(grid_color, 1, Qt.PenStyle.DotLine))
         points = [QPointF(self._x(rect, i), self._y(rect, s, lo, hi)) for i, s in enumerate(self.sigmas)]
         accent = palette.color(palette.ColorRole.Highlight)

@@ -139,10 +139,10 @@ def test_evaluate_cli_reports_every_metric(tmp_path, capsys):
     assert main(["train", "--stage", "unet", "--steps", "1", "--dataset-size", "4", "--export", str(export),
                  *common]) == 0
     capsys.readouterr()
-    assert main(["evaluate", "--model", str(export), "--prompts", "2", "--inpaint", "1", "--reconstructions", "3",
-                 "--steps", "2", "--json", str(report)]) == 0
+    assert main(["evaluate", "--model", str(export), "--prompts", "2", "--train-prompts", "1", "--inpaint", "1",
+                 "--reconstructions", "3", "--steps", "2", "--json", str(report)]) == 0
     table = capsys.readouterr().out
-    for row in ("txt2img.shape", "inpaint.object_in_mask", "inpaint.unmasked_unchanged", "ae.psnr_db"):
+    for row in ("txt2img.shape", "txt2img_train_templates.colour", "inpaint.object_in_mask", "inpaint.unmasked_unchanged", "ae.psnr_db"):
         assert row in table
     import json
 

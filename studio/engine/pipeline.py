@@ -78,17 +78,28 @@ class Engine:
     ) -> Iterator[Event]:
         """Run `request` (or continue `parent` from `from_step` with it), yielding STARTED, STEP…, then FINISHED,
         CANCELLED or ERROR. Errors are reported as events with one clear message, never raised."""
+        yield from self._reporting_errors(self._generate(request, job_id, cancel, parent, from_step), request, job_id)
+
+    def _reporting_errors(self, events: Iterator[Event], request: GenerationRequest, job_id: int) -> Iterator[Event]:
+        """Pass events through; a user error, NaN or out-of-memory ends the stream with one ERROR event that keeps
+        the run so far (status "failed": its steps can still be scrubbed and branched from)."""
+        run: Run | None = None
         try:
-            yield from self._generate(request, job_id, cancel, parent, from_step)
+            for event in events:
+                run = event.run or run
+                yield event
+            return
         except (RequestError, ModelLoadError, FloatingPointError, ValueError) as exc:
-            yield Event(EventKind.ERROR, job_id, message=str(exc))
+            message = str(exc)
         except torch.cuda.OutOfMemoryError:
-            yield Event(EventKind.ERROR, job_id, message=_oom_message(request))
+            message = _oom_message(request)
         except RuntimeError as exc:
-            if "out of memory" in str(exc).lower():
-                yield Event(EventKind.ERROR, job_id, message=_oom_message(request))
-            else:
+            if "out of memory" not in str(exc).lower():
                 raise
+            message = _oom_message(request)
+        if run is not None:
+            run.status = "failed"
+        yield Event(EventKind.ERROR, job_id, run=run, message=message)
 
     def run(self, request: GenerationRequest, **kwargs) -> Run:
         """Blocking convenience for scripts: the finished (or cancelled) run, or a RequestError."""
@@ -168,10 +179,7 @@ class Engine:
     def invert(self, request: GenerationRequest, *, job_id: int = 0, cancel: threading.Event | None = None) -> Iterator[Event]:
         """DDIM inversion (η = 0 run backwards, engine.md §3.3) of `request.init_image`, then the forward DDIM pass
         from the found x_T, recorded as an ordinary run (kind "invert") to branch from."""
-        try:
-            yield from self._invert(request, job_id, cancel)
-        except (RequestError, ModelLoadError, FloatingPointError, ValueError) as exc:
-            yield Event(EventKind.ERROR, job_id, message=str(exc))
+        yield from self._reporting_errors(self._invert(request, job_id, cancel), request, job_id)
 
     def _invert(self, request, job_id, cancel) -> Iterator[Event]:
         if request.init_image is None:

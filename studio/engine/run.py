@@ -15,7 +15,7 @@ from .request import GenerationRequest, RequestError
 from .schedules import NoiseLevel
 from .timeline import LatentPreview, Timeline, TimelineStep, View
 
-RunStatus = Literal["running", "finished", "cancelled"]
+RunStatus = Literal["running", "finished", "cancelled", "failed"]
 RUN_FORMAT = "diffusion-studio-run/1"
 
 

@@ -108,7 +108,8 @@ class GenerationController(QObject):
                 self.cancelled.emit(event)
             case EventKind.ERROR:
                 self._end()
-                if self.run is not None and self.run.status == "running":
-                    self.run.status = "cancelled"  # keep the steps it made: they can still be scrubbed and branched
-                    self.history.changed(self.run)
+                if self.run is not None:
+                    if self.run.status == "running":
+                        self.run.status = "failed"
+                    self.history.changed(self.run)  # its steps so far can still be scrubbed and branched from
                 self.failed.emit(event.message or "generation failed")

@@ -115,7 +115,8 @@ class HistoryPanel(QWidget):
             return
         request = run.request
         number = self.history.number(run)
-        status = {"running": " · running…", "cancelled": f" · stopped at {len(run.timeline)}/{run.steps}"}.get(run.status, "")
+        status = {"running": " · running…", "cancelled": f" · stopped at {len(run.timeline)}/{run.steps}",
+                  "failed": f" · failed at {len(run.timeline)}/{run.steps}"}.get(run.status, "")
         first = f"#{number} {KINDS.get(run.kind, run.kind)}{status}"
         second = f"{SAMPLERS.get(request.sampler, request.sampler)} · {request.steps} steps · seed {request.seed}"
         if getattr(run, "parent", None) is not None or getattr(run, "parent_id", None):

@@ -66,3 +66,4 @@ def test_nan_from_the_model_is_a_clear_error_event():
     engine = Engine(loader=lambda spec, device, dtype: model)
     events = list(engine.generate(GenerationRequest(prompt="x", model="m", steps=3, width=64, height=64)))
     assert events[-1].kind.value == "error" and "NaN" in events[-1].message
+    assert events[-1].run.status == "failed" and len(events[-1].run.timeline) == 1  # kept for scrubbing

@@ -43,6 +43,8 @@ class ExplodingEngine:
 
 def test_an_unexpected_engine_exception_is_a_message_not_a_crash(make_window, qtbot):
     window = make_window()
+    # the window loads its model when the engine comes up; let that finish before swapping the engine
+    qtbot.waitUntil(lambda: "Model ready" in window.engine_label.text(), timeout=GENERATION_TIMEOUT_MS)
     window.worker.stop()  # swap in the exploding engine
     from studio.ui.generation import GenerationController
     from studio.ui.worker import EngineWorker

@@ -90,13 +90,21 @@ class MaskCanvas(QWidget):
         self.set_result(None)
         if self.image_size() != old_size or self._fit:
             self.fit()
+            self._fit_brush()
         self.update()
+
+    def _fit_brush(self) -> None:
+        """A brush wider than a quarter of the picture is no brush: shrink it to an eighth (64 px image → 8 px)."""
+        side = min(self.image_size().width(), self.image_size().height())
+        if side > 0 and self._brush_size > side // 4:
+            self.set_brush_size(max(1, side // 8))
 
     def set_blank_size(self, width: int, height: int) -> None:
         self._blank_size = QSize(width, height)
         if self._image is None:
             if self.mask.image.size() != self._blank_size:
                 self.mask.reset(width, height)
+                self._fit_brush()
             self._refit()
             self.update()
 

@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg", type=float, default=7.5)
+    parser.add_argument("--cfg", type=float, default=3.0, help="the model card's guidance scale")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

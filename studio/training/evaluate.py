@@ -32,7 +32,7 @@ from .scenes import (ANCHORS, COLOURS, SHAPES, CANVAS, POSITIONS, Scene, SceneOb
 from .data import to_unit
 
 EVAL_SEED = 7_000_000  # held-out scenes and noise seeds; training draws from np.random.default_rng([data_seed, …])
-DEFAULT_CFG = 7.5  # the engine's default guidance
+DEFAULT_CFG = 3.0  # measured at step 2600 on 40 + 40 prompts: CFG 2 and 4 beat 7.5 (colour 25/20/15%, inpaint 20/10/0%)
 ATTRIBUTES = ("background", "colour", "shape", "size", "position")
 TARGETS = {
     "txt2img.background": 0.95, "txt2img.colour": 0.95, "txt2img.shape": 0.90, "txt2img.size": 0.85,

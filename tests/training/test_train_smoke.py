@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -98,6 +100,12 @@ def test_cli_trains_resumes_and_exports(tmp_path, capsys):
     assert model.is_inpainting and model.config.prediction == "v" and model.config.latent_rgb is not None
     assert len(model.config.latent_rgb) == model.latent_channels + 1
     assert model.config.vae.scaling_factor != 1.0
+    # a later session continues from the shipped file: fresh optimiser, EMA from the file's weights
+    again = ["--out", str(tmp_path / "again"), "--batch-size", "4", "--dataset-size", "8"]
+    assert main(["train", "--stage", "unet", "--init", str(export), "--steps", "1", *again]) == 0
+    continued = training.load_checkpoint(tmp_path / "again" / "unet.pt")
+    assert continued["progress"]["step"] == 1
+    assert json.loads(continued["model_config"])["vae"]["scaling_factor"] == model.config.vae.scaling_factor
 
 
 def test_cli_needs_a_budget_and_a_vae(tmp_path, capsys):
@@ -142,10 +150,10 @@ def test_evaluate_cli_reports_every_metric(tmp_path, capsys):
     assert main(["evaluate", "--model", str(export), "--prompts", "2", "--train-prompts", "1", "--inpaint", "1",
                  "--reconstructions", "3", "--steps", "2", "--json", str(report)]) == 0
     table = capsys.readouterr().out
-    for row in ("txt2img.shape", "txt2img_train_templates.colour", "inpaint.object_in_mask", "inpaint.unmasked_unchanged", "ae.psnr_db"):
+    rows = ("txt2img.shape", "txt2img_train_templates.colour", "inpaint.object_in_mask", "inpaint.unmasked_unchanged",
+            "ae.psnr_db", "ae.detector_shape")
+    for row in rows:
         assert row in table
-    import json
-
     metrics = json.loads(report.read_text())
     assert metrics["inpaint"]["unmasked_unchanged"] == 1.0  # paste-back keeps every pixel outside the hole
     assert set(metrics["txt2img"]) >= {"background", "colour", "shape", "size", "position"}

@@ -9,15 +9,12 @@ from sd_checkpoint_factory import random_model, sd1_config
 from studio.engine import cpu_kernels
 from studio.engine.cpu_kernels import PackedConv2d, PackedLinear, prepack_for_cpu, unpack
 
-pytestmark = pytest.mark.skipif(not cpu_kernels.kernels_work(), reason="this torch build has no usable oneDNN ops")
+pytestmark = [
+    pytest.mark.skipif(not cpu_kernels.kernels_work(), reason="this torch build has no usable oneDNN ops"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def inputs(model, seed=0):

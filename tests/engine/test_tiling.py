@@ -10,13 +10,9 @@ from sd_checkpoint_factory import random_model, sd1_config
 from studio.engine import tiling
 from studio.engine.tiling import decode_tiled, encode_moments_tiled, tile_starts, tiled_apply
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 @pytest.fixture(scope="module")

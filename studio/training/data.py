@@ -12,6 +12,8 @@ text-to-image sample has mask 1 everywhere and the latent of an all-grey image.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from ..engine.model import LatentDiffusion
 from ..engine.tokenizer import CLIPTokenizer
-from .scenes import CANVAS, Scene, caption, random_mask, render_layers, sample_scene
+from .scenes import CANVAS, Scene, SceneObject, caption, random_mask, render_layers, sample_scene
 
 OBJECT_MASK_SHARE = 0.5  # inpainting masks: a square over one object (what "put an X here" looks like), else random
 OBJECT_MASK_MARGIN = (3.0, 9.0)  # px added around the object's box on each side
@@ -95,13 +97,32 @@ class LatentCache:
         return len(self.scenes)
 
     def save(self, path: Path) -> None:
+        """Tensors and a JSON string only, so that loading needs no pickle (torch.load(weights_only=True))."""
+        state = {k: v for k, v in self.__dict__.items() if k != "scenes"}
+        state["scenes_json"] = json.dumps([[s.background, [dataclasses.astuple(o) for o in s.objects]]
+                                           for s in self.scenes])
         tmp = path.with_suffix(".tmp")
-        torch.save(self.__dict__, tmp)
+        torch.save(state, tmp)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> "LatentCache":
-        return cls(**torch.load(path, weights_only=False))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        scenes = [Scene(background, tuple(SceneObject(*o) for o in objects))
+                  for background, objects in json.loads(state.pop("scenes_json"))]
+        return cls(scenes=scenes, **state)
+
+    @classmethod
+    def concatenate(cls, parts: list["LatentCache"]) -> "LatentCache":
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            [scene for part in parts for scene in part.scenes],
+            torch.cat([part.latents for part in parts]),
+            torch.cat([part.masks for part in parts]),
+            torch.cat([part.masked_latents for part in parts]),
+            parts[0].grey_latent,
+        )
 
     def latent_std(self) -> float:
         return float(self.latents.float().std())

@@ -262,6 +262,10 @@ TRAIN_TEMPLATES = {
         "a {bg} background with {o} {p}",
         "{o} {p} against a {bg} backdrop",
         "{P}, {o} on a {bg} background",
+        "on a {bg} background, {o} {p}",
+        "an image with {o} {p} and a {bg} background",
+        "{o} placed {p}, background {bg}",
+        "{bg} backdrop with {o} {p}",
     ),
     2: (
         "two shapes: {o1} {p1} and {o2} {p2}, {bg} background",
@@ -269,6 +273,9 @@ TRAIN_TEMPLATES = {
         "a {bg} background with {o1} {p1} and {o2} {p2}",
         "{o1} {p1}, {o2} {p2}, over a {bg} background",
         "{o1} {p1} plus {o2} {p2} against a {bg} backdrop",
+        "on a {bg} background, {o1} {p1} and {o2} {p2}",
+        "an image with {o1} {p1}, {o2} {p2} and a {bg} background",
+        "{o1} placed {p1} and {o2} placed {p2}, background {bg}",
     ),
 }
 HELD_OUT_TEMPLATES = {
@@ -286,7 +293,9 @@ HELD_OUT_TEMPLATES = {
 }
 # noun phrases; {s} size, {c} colour, {h} shape. Training drops the size now and then (the model then learns what
 # a caption without one means); held-out phrases always carry every fact, so a detector can score all of them.
-TRAIN_NOUNS = ("{s} {c} {h}", "{s} {c} {h}", "{s} {c} {h}", "{s}, {c} {h}")
+# Some training phrases put the colour or size after the shape, so word order alone cannot carry the meaning.
+TRAIN_NOUNS = ("{s} {c} {h}", "{s} {c} {h}", "{s} {c} {h}", "{s}, {c} {h}", "{c} {h}, {s}", "{s} {h} that is {c}",
+               "{s} {h} colored {c}")
 TRAIN_NOUN_WITHOUT_SIZE = "{c} {h}"
 TRAIN_DROP_SIZE = 0.1
 HELD_OUT_NOUNS = ("{s} {h} in {c}", "{c} {h} of {s} size")

@@ -184,7 +184,8 @@ def save_checkpoint(path: Path, model, optimizer, ema: EMA, cfg: TrainConfig, pr
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Tensors, numbers and strings only: no pickle code runs (weights_only=True), as for a user's .ckpt."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def model_from_checkpoint(state: dict, use_ema: bool) -> LatentDiffusion:
@@ -271,16 +272,33 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+CACHE_BLOCK = 24_000  # scenes per latent-cache file: a larger data set adds blocks and keeps the ones it has
+
+
+def cache_blocks(cfg: TrainConfig) -> list[tuple[int, int]]:
+    """(scenes, data seed) of each block of the latent cache: block k draws its scenes from data_seed + 1000·k, so
+    growing --dataset-size keeps every block already encoded (and the first block is the whole cache up to 24,000)."""
+    blocks, left, k = [], cfg.dataset_size, 0
+    while left > 0:
+        blocks.append((min(CACHE_BLOCK, left), cfg.data_seed + 1000 * k))
+        left -= CACHE_BLOCK
+        k += 1
+    return blocks
+
+
 def prepare_unet_data(model: LatentDiffusion, cfg: TrainConfig, out: Path, log: Log) -> LatentCache:
-    """Load or build the latent cache for this VAE; the first time, measure the latent scaling factor."""
-    path = out / f"latents-{encoder_fingerprint(model)}-{cfg.dataset_size}-{cfg.data_seed}.pt"
-    if path.exists():
-        cache = LatentCache.load(path)
-        log(f"latent cache: {len(cache)} scenes from {path}")
-    else:
-        cache = build_cache(model, cfg.dataset_size, seed=10_000 + cfg.data_seed, log=log)
-        cache.save(path)
-    return cache
+    """Load or build the latent cache for this VAE, block by block."""
+    fingerprint = encoder_fingerprint(model)
+    parts = []
+    for count, data_seed in cache_blocks(cfg):
+        path = out / f"latents-{fingerprint}-{count}-{data_seed}.pt"
+        if path.exists():
+            parts.append(LatentCache.load(path))
+            log(f"latent cache: {count} scenes from {path}")
+        else:
+            parts.append(build_cache(model, count, seed=10_000 + data_seed, log=log))
+            parts[-1].save(path)
+    return LatentCache.concatenate(parts)
 
 
 def train(

@@ -162,3 +162,25 @@ def test_evaluate_cli_reports_every_metric(tmp_path, capsys):
 def test_evaluate_cli_names_a_missing_model(tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "nope.safetensors"), "--prompts", "1"]) == 1
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_latent_cache_grows_by_blocks_and_loads_without_pickle(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "CACHE_BLOCK", 8)
+    model = tiny_model()
+    quiet = lambda line: None  # noqa: E731
+    small = training.prepare_unet_data(model, TrainConfig(dataset_size=8), tmp_path, quiet)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    grown = training.prepare_unet_data(model, TrainConfig(dataset_size=20), tmp_path, quiet)
+    assert len(small) == 8 and len(grown) == 20
+    assert len(sorted(p.name for p in tmp_path.iterdir())) == len(files) + 2  # the first block was kept, 2 added
+    assert grown.scenes[:8] == small.scenes and torch.equal(grown.latents[:8], small.latents)
+    assert grown.scenes[8:16] != small.scenes  # a new block draws new scenes (seed data_seed + 1000)
+    for path in tmp_path.iterdir():  # tensors and JSON only: loads with weights_only=True
+        assert set(torch.load(path, weights_only=True)) >= {"latents", "masks", "masked_latents", "scenes_json"}
+
+
+def test_training_checkpoints_load_without_pickle(tmp_path):
+    cfg = TrainConfig(stage="unet", batch_size=2, dataset_size=4, warmup_steps=1, total_steps=2)
+    training.train(tiny_model(), cfg, tmp_path, training.Budget(steps=1), log=lambda line: None)
+    state = torch.load(tmp_path / "unet.pt", weights_only=True)
+    assert state["progress"]["step"] == 1 and "optimizer" in state

@@ -74,7 +74,7 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--karras", action="store_const", const=True, help="Karras noise levels (e.g. DPM++ 2M Karras)")
     p.add_argument("--steps", type=int)
     p.add_argument("--eta", type=float, help="noise per step: 0 deterministic DDIM, 1 DDPM-like")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance scale")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the model's, 7.5 for SD)")
     p.add_argument("--seed", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
@@ -146,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.init is not None and "strength" not in changes and args.mask is None:
             request = request.replace(strength=0.75)  # img2img's customary default
         engine = Engine()
-        request = _default_size(engine, request, changes)
+        request = _model_defaults(engine, request, changes, fill_cfg=parent is None)
         validate(request)
     except RequestError as exc:
         raise CliError(str(exc)) from None
@@ -164,8 +164,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_size(engine, request, changes: dict[str, Any]):
-    """Size: given, else the init image's (only-masked works at the model's size), else the model's own."""
+def _model_defaults(engine, request, changes: dict[str, Any], fill_cfg: bool):
+    """What the command line leaves open, from the model: its guidance scale (a branch keeps its parent's) and its
+    size, unless given or taken from the init image (only-masked works at the model's size)."""
+    if fill_cfg and "cfg" not in changes:
+        request = request.replace(cfg=_model_config(engine, request).default_cfg)
     if "width" in changes and "height" in changes:
         return request
     image = request.init_image
@@ -174,13 +177,17 @@ def _default_size(engine, request, changes: dict[str, Any]):
     if "width" in changes or "height" in changes:
         side = changes.get("width") or changes.get("height")
         return request.replace(width=changes.get("width", side), height=changes.get("height", side))
+    size = _model_config(engine, request).default_size
+    return request.replace(width=size, height=size)
+
+
+def _model_config(engine, request):
     from .engine.loading import ModelLoadError
 
     try:
-        size = engine.model(request.model, request.device, request.dtype).config.default_size
+        return engine.model(request.model, request.device, request.dtype).config
     except (ModelLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    return request.replace(width=size, height=size)
 
 
 def _read_prompts(path: Path) -> list[str]:

@@ -125,3 +125,23 @@ def test_console_entry_point_reports_errors_without_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == "studio: error: steps must be between 1 and 1000, got 0"
+
+
+def test_cfg_defaults_to_the_models_own(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from studio.engine.loading import load_model, save_studio_file
+
+    model = load_model("tiny-random", torch.device("cpu"), torch.float32)
+    model.config = dataclasses.replace(model.config, default_cfg=2.5)
+    path = tmp_path / "low-cfg.safetensors"
+    save_studio_file(model, path)
+    common = ["generate", "--model", str(path), "--steps", "2", "--quiet", "--prompt", "x"]
+    assert main([*common, "--out", str(tmp_path / "a.png")]) == 0
+    assert parse_parameters(read_parameters(tmp_path / "a.png"))["cfg"] == 2.5
+    assert main([*common, "--cfg", "6", "--out", str(tmp_path / "b.png")]) == 0
+    assert parse_parameters(read_parameters(tmp_path / "b.png"))["cfg"] == 6.0
+    assert generate("--prompt", "x", "--out", str(tmp_path / "c.png")) == 0  # SD's customary 7.5 otherwise
+    assert parse_parameters(read_parameters(tmp_path / "c.png"))["cfg"] == 7.5

@@ -37,6 +37,7 @@ class ModelConfig:
     prediction: Prediction = "epsilon"  # what the UNet outputs: ε (SD1, SD2-base) or v (SD2-768)
     pad_id: int = EOS_ID  # SD1 pads prompts with <|endoftext|>; SD2 (open_clip) pads with 0
     default_size: int = 512  # pixels; what the model was trained at
+    default_cfg: float = 7.5  # the guidance scale the model works best at (SD's customary 7.5 unless measured)
     latent_rgb: tuple[tuple[float, float, float], ...] | None = None  # fitted preview factors, C rows + bias row
     name: str = "stable-diffusion"
 

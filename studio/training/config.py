@@ -63,6 +63,7 @@ def shapes_model_config() -> ModelConfig:
         prediction="v",
         pad_id=EOS_ID,
         default_size=64,
+        default_cfg=3.0,  # studio evaluate at 40 + 40 prompts: CFG 2 and 4 beat 7.5 on every object attribute
         name=MODEL_NAME,
     )
 

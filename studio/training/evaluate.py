@@ -32,7 +32,6 @@ from .scenes import (ANCHORS, COLOURS, SHAPES, CANVAS, POSITIONS, Scene, SceneOb
 from .data import to_unit
 
 EVAL_SEED = 7_000_000  # held-out scenes and noise seeds; training draws from np.random.default_rng([data_seed, …])
-DEFAULT_CFG = 3.0  # measured at step 2600 on 40 + 40 prompts: CFG 2 and 4 beat 7.5 (colour 25/20/15%, inpaint 20/10/0%)
 ATTRIBUTES = ("background", "colour", "shape", "size", "position")
 TARGETS = {
     "txt2img.background": 0.95, "txt2img.colour": 0.95, "txt2img.shape": 0.90, "txt2img.size": 0.85,
@@ -72,7 +71,7 @@ def text_to_image_cases(n: int, seed: int = EVAL_SEED, held_out: bool = True) ->
     return [Case(scene, text, seed + i) for i, (scene, text) in enumerate(zip(scenes, captions))]
 
 
-def text_to_image_scores(model: LatentDiffusion, cases: list[Case], *, cfg: float = DEFAULT_CFG, steps: int = 25,
+def text_to_image_scores(model: LatentDiffusion, cases: list[Case], *, cfg: float, steps: int = 25,
                          sampler: str = "ddim") -> tuple[dict[str, float], list[np.ndarray]]:
     engine = engine_for(model)
     hits = {a: 0 for a in ATTRIBUTES}
@@ -134,7 +133,7 @@ def _grown(mask: np.ndarray, pixels: int) -> np.ndarray:
     return out
 
 
-def inpaint_scores(model: LatentDiffusion, cases: list[InpaintCase], *, cfg: float = DEFAULT_CFG, steps: int = 25,
+def inpaint_scores(model: LatentDiffusion, cases: list[InpaintCase], *, cfg: float, steps: int = 25,
                    sampler: str = "ddim") -> tuple[dict[str, float], list[np.ndarray]]:
     engine = engine_for(model)
     found = unchanged = complete = 0
@@ -202,8 +201,9 @@ def load_for_evaluation(spec: str) -> LatentDiffusion:
 
 
 def evaluate(model: LatentDiffusion, *, prompts: int = 120, inpaint: int = 40, reconstructions: int = 200,
-             train_prompts: int = 0, cfg: float = DEFAULT_CFG, steps: int = 25, sampler: str = "ddim",
+             train_prompts: int = 0, cfg: float | None = None, steps: int = 25, sampler: str = "ddim",
              seed: int = EVAL_SEED, samples: Path | None = None) -> dict:
+    cfg = model.config.default_cfg if cfg is None else cfg  # the guidance the model is meant to be used at
     report: dict = {"model": model.config.name, "cfg": cfg, "steps": steps, "sampler": sampler}
     began = time.perf_counter()
     if reconstructions:
@@ -235,7 +235,7 @@ def evaluate_spec(args: argparse.Namespace) -> dict:
     return evaluate(
         model, prompts=args.prompts, inpaint=args.inpaint, reconstructions=args.reconstructions,
         train_prompts=args.train_prompts,
-        cfg=DEFAULT_CFG if args.cfg is None else args.cfg, steps=args.steps, sampler=args.sampler,
+        cfg=args.cfg, steps=args.steps, sampler=args.sampler,
         seed=EVAL_SEED if args.seed is None else args.seed, samples=args.samples,
     )
 

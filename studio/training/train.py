@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..engine.loading import save_studio_file
 from ..engine.model import LatentDiffusion, ModelConfig
 from ..engine.timeline import LatentPreview
-from .config import TrainConfig
+from .config import MODEL_NAME, TrainConfig, shapes_model_config
 from .data import Captioner, LatentCache, build_cache, render_scenes, to_unit, unet_batch, vae_batch
 
 Log = Callable[[str], None]
@@ -235,6 +235,8 @@ def export(model: LatentDiffusion, ema: EMA | None, path: Path, decoder_from: Pa
     if decoder_from is not None:
         take_decoder(shipped, decoder_from)
     shipped.config = dataclasses.replace(shipped.config, latent_rgb=fit_latent_rgb(shipped))
+    if shipped.config.name == MODEL_NAME:  # usage settings follow the recipe, also for checkpoints older than them
+        shipped.config = dataclasses.replace(shipped.config, default_cfg=shapes_model_config().default_cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_studio_file(shipped, tmp)

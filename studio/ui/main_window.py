@@ -282,8 +282,9 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             if self.message_bar.text().startswith("Decoding"):
                 self.message_bar.dismiss()
 
-    def _on_model_probed(self, job: int, spec: str, size: int) -> None:
+    def _on_model_probed(self, job: int, spec: str, size: int, cfg: float) -> None:
         if job == self._probe_job and spec == self.prompt_panel.model_spec():
+            self.prompt_panel.follow_model_cfg(cfg)
             self.engine_label.setText(f"Model ready: {self.prompt_panel.model.currentText()} ({size} px)")
             if not self.canvas.has_image():
                 self.prompt_panel.width_spin.setValue(size)

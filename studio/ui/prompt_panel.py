@@ -103,7 +103,13 @@ class PromptPanel(QWidget):
         self.eta = _dspin("etaSpin", 0.0, 1.0, defaults.eta, 0.05)
         self.eta.setToolTip(ETA_TOOLTIP)
         self.cfg = _dspin("cfgSpin", 0.0, 30.0, defaults.cfg, 0.5, 1)
-        self.cfg.setToolTip("Classifier-free guidance scale: how strongly the prompt steers. 1 = no guidance.")
+        self.cfg.setToolTip("Classifier-free guidance scale: how strongly the prompt steers. 1 = no guidance.\n"
+                            "Follows the model's recommended value until you change it.")
+        # True while the scale is the model's own recommendation: a model switch then brings the new model's. Any
+        # other change (by hand, a restored PNG or session) is the user's choice and stays.
+        self._cfg_follows_model = True
+        self._setting_model_cfg = False
+        self.cfg.valueChanged.connect(self._cfg_changed)
         self.seed = QDoubleSpinBox()
         self.seed.setObjectName("seedSpin")
         self.seed.setDecimals(0)
@@ -315,6 +321,19 @@ class PromptPanel(QWidget):
                 box.setChecked(bool(s[key]))
 
     # -- models ---------------------------------------------------------------------------------------------------
+    def follow_model_cfg(self, cfg: float) -> None:
+        """The loaded model's recommended guidance scale, unless the user has chosen one."""
+        if self._cfg_follows_model:
+            self._setting_model_cfg = True
+            try:
+                self.cfg.setValue(cfg)
+            finally:
+                self._setting_model_cfg = False
+
+    def _cfg_changed(self) -> None:
+        if not self._setting_model_cfg:
+            self._cfg_follows_model = False
+
     def model_spec(self) -> str:
         data = self.model.itemData(self._model_index)
         return data if isinstance(data, str) and data not in (OPEN_FILE, OPEN_FOLDER) else "default"

@@ -65,7 +65,7 @@ class CallJob(Job):
 class EngineWorker(QObject):
     event = Signal(object)  # studio.engine.events.Event of a generate or invert job
     decoded = Signal(int, object, int, str, object)  # job id, run, step index, view, HxWx3 uint8
-    modelProbed = Signal(int, str, int)  # job id, model spec, its default size in pixels
+    modelProbed = Signal(int, str, int, float)  # job id, model spec, its default size in pixels and CFG scale
     called = Signal(int, object)  # job id, the function's result
     failed = Signal(int, str)  # job id, one sentence: a non-generation job went wrong
     ready = Signal(list)  # the engine has imported; the devices it can use
@@ -197,7 +197,8 @@ class EngineWorker(QObject):
                 self.decoded.emit(job.id, job.run, job.index, job.view, image)
             case ProbeModelJob():
                 model = engine.model(job.spec, job.device, job.dtype)
-                self.modelProbed.emit(job.id, job.spec, int(model.config.default_size))
+                config = model.config
+                self.modelProbed.emit(job.id, job.spec, int(config.default_size), float(config.default_cfg))
             case CallJob():
                 self.called.emit(job.id, job.function())
 

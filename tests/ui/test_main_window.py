@@ -62,3 +62,36 @@ def test_message_bar_levels_and_actions(window):
     assert bar.isVisible() and bar.text() == "Something broke"
     bar.action_buttons()[0].click()
     assert clicked == [1] and not bar.isVisible()
+
+
+def test_cfg_follows_the_model_until_the_user_chooses_one(qtbot, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from PySide6.QtCore import Qt
+
+    from studio.engine.loading import load_model, save_studio_file
+    from studio.ui import MainWindow
+
+    model = load_model("tiny-random", torch.device("cpu"), torch.float32)
+    model.config = dataclasses.replace(model.config, default_cfg=2.5, name="low-cfg")
+    path = tmp_path / "low-cfg.safetensors"
+    save_studio_file(model, path)
+
+    window = MainWindow(autosave_dir=tmp_path / "autosave")
+    qtbot.addWidget(window)
+    window.show()
+    panel = window.prompt_panel
+    window.use_model(str(path))
+    qtbot.waitUntil(lambda: panel.cfg.value() == 2.5, timeout=20000)  # the model's recommendation
+
+    edit = panel.cfg.lineEdit()  # the user types 5 into the CFG box
+    edit.selectAll()
+    qtbot.keyClicks(edit, "5")
+    qtbot.keyClick(edit, Qt.Key.Key_Return)
+    assert panel.cfg.value() == 5.0
+    window.use_model("tiny-random")  # recommends SD's 7.5, but the user's 5 stays
+    qtbot.waitUntil(lambda: window.engine_label.text().startswith("Model ready: tiny-random"), timeout=20000)
+    assert panel.cfg.value() == 5.0
+    window.close()

@@ -58,7 +58,7 @@ class FileActions:
         if self.open_image(image, Path(path).name) and parameters:
             self.message_bar.info(
                 f"{Path(path).name} carries generation settings.",
-                actions=[("Restore settings", lambda: self.restore_parameters(parameters, Path(path).name))],
+                actions=[("Restore settings", lambda: self._restore_and_report(parameters, Path(path).name))],
             )
         return True
 
@@ -133,7 +133,7 @@ class FileActions:
             if parameters:
                 self.restore_parameters(parameters, p.name)
                 self.message_bar.success(
-                    f"Restored the generation settings of {p.name}.",
+                    f"Restored the generation settings of {p.name}.{self._missing_model_note(parameters)}",
                     actions=[("Open as image", lambda: self.open_image(image, p.name))],
                 )
             else:
@@ -155,6 +155,20 @@ class FileActions:
                 settings["model"] = spec
         self.prompt_panel.apply_settings(settings, size=not self.canvas.has_image())
         return settings
+
+    def _restore_and_report(self, parameters: str, source: str) -> None:
+        self.restore_parameters(parameters, source)
+        self.message_bar.success(f"Restored the generation settings of {source}.{self._missing_model_note(parameters)}")
+
+    def _missing_model_note(self, parameters: str) -> str:
+        """A picture made with a model this machine does not know: say so, and that the current one stays."""
+        from ..engine.images import parse_parameters
+
+        name = parse_parameters(parameters).get("model")
+        if not name or self._find_model(name) is not None:
+            return ""
+        return (f" It was made with the model \"{name}\", which is not open here; "
+                f"keeping {self.prompt_panel.model.currentText()}.")
 
     def _find_model(self, name: str) -> str | None:
         candidates = list(BUILTIN_MODELS) + self.prompt_panel.recent_models()

@@ -1,7 +1,7 @@
 import json
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QApplication
@@ -55,6 +55,20 @@ def test_saved_png_carries_parameters_and_dropping_it_restores_them(window, qtbo
     [open_button] = window.message_bar.action_buttons()
     open_button.click()
     assert window.canvas.has_image()
+
+
+def test_a_png_from_an_unknown_model_restores_settings_and_keeps_the_current_model(window, tmp_path):
+    panel = window.prompt_panel
+    path = tmp_path / "from-elsewhere.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a blue star\nSteps: 7, Sampler: Euler a, CFG scale: 6, Seed: 99, Size: 64x64, "
+                                "Model: some-model-we-do-not-have")
+    Image.new("RGB", (64, 64), "white").save(path, pnginfo=info)
+    assert drop_file(window, path)
+    assert panel.prompt.toPlainText() == "a blue star" and panel.steps.value() == 7 and panel.cfg.value() == 6.0
+    assert panel.model_spec() == "tiny-random"  # unchanged, and the user is told why
+    text = window.message_bar.text()
+    assert "some-model-we-do-not-have" in text and "keeping tiny-random" in text
 
 
 def test_dropping_a_plain_image_opens_it_and_odd_sizes_are_cropped(window, tmp_path):

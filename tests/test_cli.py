@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from studio.cli import main
@@ -80,6 +81,18 @@ def test_invert_then_branch(tmp_path):
     assert run.kind == "invert" and len(run.timeline) == 6
     assert main(["generate", "--quiet", "--branch", str(run_path), "--from-step", "3", "--prompt", "a star",
                  "--out", str(tmp_path / "edited.png")]) == 0
+
+
+def test_invert_refine_option(tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
+    common = ["invert", str(image), "--model", "tiny-random", "--steps", "4", "--quiet"]
+    assert main([*common, "--refine", "0", "--save-run", str(tmp_path / "plain.safetensors")]) == 0
+    assert main([*common, "--refine", "2", "--save-run", str(tmp_path / "refined.safetensors")]) == 0
+    plain, refined = Run.load(tmp_path / "plain.safetensors"), Run.load(tmp_path / "refined.safetensors")
+    assert not torch.equal(plain.timeline[0].x_t, refined.timeline[0].x_t)  # another x_T
+    assert main([*common, "--refine", "-1", "--save-run", str(tmp_path / "x.safetensors")]) == 1
+    assert "--refine must be 0 or more" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,12 @@ def validate(request: GenerationRequest) -> None:
         raise RequestError(f"seed must be between 0 and 2^63 − 1, got {request.seed}")
 
 
+# Fixed-point iterations per inversion step. Shipped model, 16 held-out scenes, 50 steps, PSNR of the regenerated
+# picture against the VAE round trip (benchmarks/bench_inversion.py): 0 → mean 38.1 dB, worst 5.3 dB; 1 → 56.5 / 39.2;
+# 2 → 64.3 / 48.1; 4 → 74.2 / 62.4. One iteration removes the failures at twice the cost.
+INVERSION_REFINE = 1
+
+
 class Engine:
     def __init__(self, loader: ModelLoader = load_model):
         self._loader = loader
@@ -176,12 +182,14 @@ class Engine:
         run = Run(request, grid, Timeline(parent.timeline, k), kind=parent.kind, parent=parent, from_step=k)
         return run, at.x_t.to(device).clone(), previous_x0
 
-    def invert(self, request: GenerationRequest, *, job_id: int = 0, cancel: threading.Event | None = None) -> Iterator[Event]:
+    def invert(self, request: GenerationRequest, *, job_id: int = 0, cancel: threading.Event | None = None,
+               refine: int = INVERSION_REFINE) -> Iterator[Event]:
         """DDIM inversion (η = 0 run backwards, engine.md §3.3) of `request.init_image`, then the forward DDIM pass
-        from the found x_T, recorded as an ordinary run (kind "invert") to branch from."""
-        yield from self._reporting_errors(self._invert(request, job_id, cancel), request, job_id)
+        from the found x_T, recorded as an ordinary run (kind "invert") to branch from. `refine`: fixed-point
+        iterations per step (samplers.ddim_inversion), each one more model call per step."""
+        yield from self._reporting_errors(self._invert(request, job_id, cancel, refine), request, job_id)
 
-    def _invert(self, request, job_id, cancel) -> Iterator[Event]:
+    def _invert(self, request, job_id, cancel, refine) -> Iterator[Event]:
         if request.init_image is None:
             raise RequestError("inversion needs an image")
         image = np.asarray(request.init_image)
@@ -198,7 +206,7 @@ class Engine:
             total = 2 * request.steps
             began = time.perf_counter()
             yield Event(EventKind.STARTED, job_id, 0, total)
-            for step in ddim_inversion(denoiser, x, grid):
+            for step in ddim_inversion(denoiser, x, grid, refine=refine):
                 x = step.x_next
                 done = step.index + 1
                 yield Event(EventKind.STEP, job_id, done, total, time.perf_counter() - began, model.preview.to_rgb(step.x0_pred))

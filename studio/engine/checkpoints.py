@@ -39,7 +39,7 @@ from .loading import (
 )
 from .model import LatentDiffusion, ModelConfig, Prediction
 from .safe_pickle import PickleArchive
-from .schedules import ScheduleConfig
+from .schedules import SPACINGS, ScheduleConfig
 from .tokenizer import EOS_ID
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -335,7 +335,7 @@ def _schedule_from(cfg: dict[str, Any], path: Path) -> tuple[ScheduleConfig, Pre
         num_train_timesteps=int(cfg.get("num_train_timesteps", defaults.num_train_timesteps)),
         beta_start=float(cfg.get("beta_start", defaults.beta_start)),
         beta_end=float(cfg.get("beta_end", defaults.beta_end)),
-        spacing=spacing if spacing in ("leading", "trailing") else "leading",  # "linspace" is not offered
+        spacing=spacing if spacing in SPACINGS else "leading",
         steps_offset=int(cfg.get("steps_offset", defaults.steps_offset)),
     )
     kind_of_output = cfg.get("prediction_type", "epsilon")

@@ -14,10 +14,10 @@ from typing import Literal
 import torch
 
 ScheduleKind = Literal["linear", "scaled_linear", "cosine"]
-Spacing = Literal["leading", "trailing"]
+Spacing = Literal["leading", "trailing", "linspace"]
 
 SCHEDULE_KINDS: tuple[str, ...] = ("linear", "scaled_linear", "cosine")
-SPACINGS: tuple[str, ...] = ("leading", "trailing")
+SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
 
 
 def make_betas(kind: ScheduleKind, num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -76,6 +76,9 @@ class NoiseSchedule:
             ts = [i * (t // steps) + self.config.steps_offset for i in range(steps)]
         elif self.config.spacing == "trailing":
             ts = [round(t - i * t / steps) - 1 for i in range(steps)][::-1]
+        elif self.config.spacing == "linspace":  # diffusers DDIM/Euler: round(linspace(0, T − 1, N)), half to even
+            stride = (t - 1) / (steps - 1) if steps > 1 else 0.0
+            ts = [round(i * stride) for i in range(steps - 1)] + [t - 1 if steps > 1 else 0]
         else:
             raise ValueError(f"unknown timestep spacing {self.config.spacing!r}")
         return sorted((min(max(v, 0), t - 1) for v in ts), reverse=True)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,6 +50,22 @@ def test_trailing_spacing():
     assert trailing.timesteps(10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
     thirty = trailing.timesteps(30)
     assert thirty[:3] == [999, 966, 932] and thirty[-2:] == [66, 32]
+
+
+def test_linspace_spacing_matches_diffusers_ddim():
+    linspace = NoiseSchedule(ScheduleConfig(spacing="linspace"))
+    assert linspace.timesteps(10) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]  # engine.md §2
+    for steps in (1, 2, 7, 25, 50, 999, 1000):  # numpy's linspace + round (half to even), every step count
+        expected = np.linspace(0, 999, steps).round()[::-1].astype(int).tolist()
+        assert linspace.timesteps(steps) == expected, steps
+
+
+def test_diffusers_scheduler_configs_keep_their_spacing(tmp_path):
+    from studio.engine.checkpoints import _schedule_from
+
+    for spacing in ("leading", "trailing", "linspace"):
+        schedule, _ = _schedule_from({"timestep_spacing": spacing, "steps_offset": 0}, tmp_path / "scheduler")
+        assert schedule.spacing == spacing
 
 
 def test_karras_sigmas_match_k_diffusion():

@@ -8,7 +8,8 @@ Emphasis (the syntax of AUTOMATIC1111's web UI, which most shared SD prompts use
     \\( \\) \\[ \\]  literal brackets; an unclosed bracket applies to the rest of the prompt, a stray closer is text
     BREAK         (upper case, a word on its own) starts a new 75-token chunk
 
-Length: the text encoder sees 77 positions (bos + 75 + eos). A longer prompt is cut into 75-token chunks, each
+Length: the text encoder sees 77 positions (bos + 75 + eos). A longer prompt is cut into 75-token chunks (at a
+comma within the last 20 tokens when there is one, as A1111 does), each
 wrapped with bos/eos and padded to 77, encoded separately and concatenated along the sequence axis (context
 77·k); the UNet's cross-attention reads a context of any length. Prompts encoded together are padded with empty
 chunks to the same k, so a prompt and its negative can be batched for classifier-free guidance.
@@ -30,6 +31,7 @@ from .tokenizer import BOS_ID, EOS_ID, CLIPTokenizer
 
 ROUND_MULTIPLIER = 1.1  # "(word)"
 SQUARE_MULTIPLIER = 1 / 1.1  # "[word]"
+COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack default
 
 _EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
@@ -117,26 +119,42 @@ class Chunk:
 
 
 def chunk_prompt(
-    tokenizer: CLIPTokenizer, prompt: str, *, pad_id: int = EOS_ID, context_length: int = 77
+    tokenizer: CLIPTokenizer, prompt: str, *, pad_id: int = EOS_ID, context_length: int = 77,
+    comma_backtrack: int = COMMA_BACKTRACK,
 ) -> list[Chunk]:
-    """Tokenize with emphasis and cut into chunks of `context_length − 2` tokens (at least one chunk)."""
+    """Tokenize with emphasis and cut into chunks of `context_length − 2` tokens (at least one chunk).
+
+    As A1111 does, a full chunk whose last comma is at most `comma_backtrack` tokens back ends after that comma,
+    and the tokens after it open the next chunk, so a phrase is not torn between two encoder calls (0 = off)."""
     size = context_length - 2
+    comma = tokenizer.encode(",")[0]
     chunks: list[Chunk] = []
     ids: list[int] = []
     weights: list[float] = []
+    last_comma = -1  # position of the last comma in the open chunk
 
     def close() -> None:
+        nonlocal last_comma
         row = [BOS_ID, *ids, EOS_ID]
         pad = context_length - len(row)
         chunks.append(Chunk(tuple(row + [pad_id] * pad), tuple([1.0, *weights, 1.0] + [1.0] * pad)))
         ids.clear()
         weights.clear()
+        last_comma = -1
 
     for segment in parse_emphasis(prompt):
         if segment.is_break:
             close()
             continue
         for token in tokenizer.encode(segment.text):
+            if token == comma:
+                last_comma = len(ids)
+            elif comma_backtrack and len(ids) == size and last_comma != -1 and size - last_comma <= comma_backtrack:
+                moved = ids[last_comma + 1:], weights[last_comma + 1:]
+                del ids[last_comma + 1:], weights[last_comma + 1:]
+                close()
+                ids.extend(moved[0])
+                weights.extend(moved[1])
             if len(ids) == size:
                 close()
             ids.append(token)

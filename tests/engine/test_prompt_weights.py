@@ -83,6 +83,22 @@ def test_long_prompts_are_cut_into_75_token_chunks(tokenizer):
     assert empty.ids[:2] == (BOS_ID, EOS_ID)
 
 
+def test_a_full_chunk_backtracks_to_a_recent_comma(tokenizer):
+    """A1111's comma_padding_backtrack (20): the chunk ends after a comma at most 20 tokens back, and the words
+    after it open the next chunk; a comma further back, or backtrack 0, gives the hard cut at 75 tokens."""
+    cat, dog, comma = tokenizer.encode("cat")[0], tokenizer.encode("dog")[0], tokenizer.encode(",")[0]
+    prompt = " ".join(["cat"] * 60) + ", " + " ".join(["dog"] * 20)  # 60 + comma + 20 = 81 tokens
+    first, second = chunk_prompt(tokenizer, prompt)
+    assert first.ids[1:63] == (*[cat] * 60, comma, EOS_ID)  # ends after the comma (14 tokens back), padded
+    assert second.ids[:22] == (BOS_ID, *[dog] * 20, EOS_ID)
+    hard = chunk_prompt(tokenizer, prompt, comma_backtrack=0)
+    assert hard[0].ids[1:76] == (*[cat] * 60, comma, *[dog] * 14) and hard[1].ids[:8] == (BOS_ID, *[dog] * 6, EOS_ID)
+    far = " ".join(["cat"] * 40) + ", " + " ".join(["dog"] * 40)  # the comma is 34 tokens back: too far
+    assert chunk_prompt(tokenizer, far)[0].ids[1:76] == (*[cat] * 40, comma, *[dog] * 34)
+    weighted = " ".join(["cat"] * 60) + ", (" + " ".join(["dog"] * 20) + ":1.2)"  # weights move with their tokens
+    assert chunk_prompt(tokenizer, weighted)[1].weights[1:21] == (1.2,) * 20
+
+
 def test_break_starts_a_new_chunk(tokenizer):
     chunks = chunk_prompt(tokenizer, "a cat BREAK a dog")
     assert len(chunks) == 2

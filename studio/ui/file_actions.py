@@ -133,7 +133,7 @@ class FileActions:
             if parameters:
                 self.restore_parameters(parameters, p.name)
                 self.message_bar.success(
-                    f"Restored the generation settings of {p.name}.{self._missing_model_note(parameters)}",
+                    self._restored_message(parameters, p.name),
                     actions=[("Open as image", lambda: self.open_image(image, p.name))],
                 )
             else:
@@ -158,17 +158,18 @@ class FileActions:
 
     def _restore_and_report(self, parameters: str, source: str) -> None:
         self.restore_parameters(parameters, source)
-        self.message_bar.success(f"Restored the generation settings of {source}.{self._missing_model_note(parameters)}")
+        self.message_bar.success(self._restored_message(parameters, source))
 
-    def _missing_model_note(self, parameters: str) -> str:
-        """A picture made with a model this machine does not know: say so, and that the current one stays."""
+    def _restored_message(self, parameters: str, source: str) -> str:
+        """Says so when the picture was made with a model this machine does not know (the current one stays)."""
         from ..engine.images import parse_parameters
 
+        message = f"Restored the generation settings of {source}."
         name = parse_parameters(parameters).get("model")
-        if not name or self._find_model(name) is not None:
-            return ""
-        return (f" It was made with the model \"{name}\", which is not open here; "
-                f"keeping {self.prompt_panel.model.currentText()}.")
+        if name and self._find_model(name) is None:
+            message += (f" It was made with the model \"{name}\", which is not open here; "
+                        f"keeping {self.prompt_panel.model.currentText()}.")
+        return message
 
     def _find_model(self, name: str) -> str | None:
         candidates = list(BUILTIN_MODELS) + self.prompt_panel.recent_models()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 TRAIN_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "dataset_size", "ema_decay", "caption_dropout",
-                   "full_mask", "min_snr_gamma", "kl_weight", "edge_weight", "checkpoint_minutes", "channels_last")
+                   "full_mask", "min_snr_gamma", "kl_weight", "edge_weight", "object_weight", "checkpoint_minutes", "channels_last")
 
 
 def add_training_commands(sub) -> None:
@@ -51,6 +51,7 @@ def add_training_commands(sub) -> None:
     train.add_argument("--min-snr-gamma", type=float)
     train.add_argument("--kl-weight", type=float)
     train.add_argument("--edge-weight", type=float)
+    train.add_argument("--object-weight", type=float, help="stage vae: extra L1 weight around each object, per area")
     train.add_argument("--checkpoint-minutes", type=float)
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     train.set_defaults(handler=run_train)

@@ -102,6 +102,9 @@ class TrainConfig:
     # VAE stage
     kl_weight: float = 1e-4  # per-element KL to N(0, I): keeps the latent tame, small enough not to blur
     edge_weight: float = 1.0  # L1 on image gradients: keeps small rings and star points sharp
+    # per-pixel L1 weight of the pixels around each object, normalised by the object's area (data.vae_batch): 0
+    # is plain L1; 1 made small stars survive the decoder (decoder fine-tuning, session 3)
+    object_weight: float = 0.0
     decoder_only: bool = False  # fine-tune the decoder alone (checkpoint vae-decoder.pt): the latents stay put
     masked_share: float = 0.25  # share of VAE inputs with a grey hole (the inpainting conditioning encodes those)
     channels_last: bool = True  # UNet + text step, batch 64, 1 CPU thread: 71 vs 65 samples/s (interleaved runs)

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from ..engine.model import LatentDiffusion
 from ..engine.tokenizer import CLIPTokenizer
-from .scenes import CANVAS, Scene, SceneObject, caption, random_mask, render_layers, sample_scene
+from .scenes import CANVAS, Scene, SceneObject, caption, caption_words, random_mask, render_layers, sample_scene
+from .scenes import dilate, with_filler
 
 OBJECT_MASK_SHARE = 0.5  # inpainting masks: a square over one object (what "put an X here" looks like), else random
 OBJECT_MASK_MARGIN = (3.0, 9.0)  # px added around the object's box on each side
@@ -63,18 +64,28 @@ def inpaint_mask(rng: np.random.Generator, alphas: np.ndarray) -> np.ndarray:
     return object_mask(rng, alphas) if rng.random() < OBJECT_MASK_SHARE else random_mask(rng)
 
 
-def vae_batch(seed: int, n: int, masked_share: float) -> torch.Tensor:
-    """n fresh scenes in [−1, 1]; a share of them with a grey inpainting hole, one in 32 all grey."""
+def vae_batch(seed: int, n: int, masked_share: float, object_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n fresh scenes in [−1, 1] (a share with a grey inpainting hole, one in 32 all grey) and per-pixel loss weights.
+
+    The weights are 1 + object_weight · Σ_objects [pixel within 2 px of the object] · H·W / (its region's area):
+    every object's surroundings weigh as much as a whole image, so a small star's five points (a few dozen pixels
+    of a 4,096-pixel image) count as much as a large square's edges. Plain L1 lets a decoder round them off."""
     rng = np.random.default_rng(seed)
     images, _, layers = render_scenes(rng, n)
     x = to_unit(images)
+    weights = np.ones((n, 1, CANVAS, CANVAS), np.float32)
     for i in range(n):
         r = rng.random()
         if r < 1 / 32:
             x[i] = 0.0
-        elif r < masked_share:
+            continue
+        if r < masked_share:
             x[i] *= 1.0 - torch.from_numpy(inpaint_mask(rng, layers[i]).astype(np.float32))
-    return x
+        if object_weight:
+            for alpha in layers[i]:
+                region = dilate(alpha > 0.02, 2)
+                weights[i, 0] += object_weight * region * (region.size / max(int(region.sum()), 1))
+    return x, torch.from_numpy(weights)
 
 
 def latent_mask(masks: torch.Tensor, size: int) -> torch.Tensor:
@@ -169,15 +180,23 @@ class UNetBatch:
 class Captioner:
     """Scene → fresh caption → token ids, with caption dropout for classifier-free guidance."""
 
-    def __init__(self, pad_id: int, context_length: int):
+    def __init__(self, pad_id: int, context_length: int, filler: bool = True):
         self.tokenizer = CLIPTokenizer()
         self.pad_id = pad_id
         self.context_length = context_length
+        self.filler = filler_vocabulary(self.tokenizer) if filler else ()
 
     def __call__(self, scenes: list[Scene], rng: np.random.Generator, dropout: float) -> torch.Tensor:
-        texts = ["" if rng.random() < dropout else caption(scene, rng) for scene in scenes]
+        texts = ["" if rng.random() < dropout else with_filler(caption(scene, rng), rng, self.filler) for scene in scenes]
         ids = self.tokenizer(texts, pad_id=self.pad_id, context_length=self.context_length)
         return torch.tensor(ids, dtype=torch.long)
+
+
+def filler_vocabulary(tokenizer: CLIPTokenizer) -> tuple[str, ...]:
+    """Whole English-looking words of CLIP's vocabulary (3–10 letters, one token) that no caption uses."""
+    taken = caption_words()
+    words = (token[:-4] for token in tokenizer.vocab if token.endswith("</w>"))
+    return tuple(sorted(w for w in words if 3 <= len(w) <= 10 and w.isascii() and w.isalpha() and w not in taken))
 
 
 def unet_batch(

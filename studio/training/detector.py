@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .scenes import CANVAS, CELL, COLOURS, SHAPES, SIZE_THRESHOLDS, Scene, SceneObject, grid_cell, position_name
-from .scenes import shape_alpha
+from .scenes import dilate, shape_alpha
 
 FOREGROUND_DISTANCE = 45.0  # RGB distance; palette colours are ≥ 100 apart, σ = 8 noise rarely passes 35
 MIN_AREA = 12  # px; the smallest shape, a small star, covers ~45
@@ -91,7 +91,7 @@ def detect(image: np.ndarray) -> Detection:
         full = np.asarray(COLOURS[colour], np.float32) - np.asarray(COLOURS[background], np.float32)
         length = max(float(np.linalg.norm(direction)), float(np.linalg.norm(full)), 1.0)
         # the anti-aliased and blurred rim lies within 2 px of the component; other objects are ≥ 4 px away
-        region = _dilate(component, 2) & ~_dilate((labels > 0) & ~component, 1)
+        region = dilate(component, 2) & ~dilate((labels > 0) & ~component, 1)
         alpha = np.clip(offset @ (direction / length) / length, -0.5, 1.5) * region
         objects.append(SceneObject(colour=colour, **_fit_shape(alpha, region)))
     objects.sort(key=lambda obj: grid_cell(obj.position))
@@ -168,18 +168,6 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
                         labels[ny, nx] = count
                         stack.append((ny, nx))
     return labels, count
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(radius):
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        grown[:, 1:] |= out[:, :-1]
-        grown[:, :-1] |= out[:, 1:]
-        out = grown
-    return out
 
 
 # ---- scoring --------------------------------------------------------------------------------------------------

@@ -124,6 +124,19 @@ def _widest_gap(first: SceneObject, second: SceneObject) -> float:
     return max(gaps, default=-math.inf)
 
 
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grow a boolean mask by radius pixels (4-neighbourhood steps)."""
+    out = mask.copy()
+    for _ in range(radius):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
 # ---- sampling -------------------------------------------------------------------------------------------------
 
 
@@ -266,6 +279,12 @@ TRAIN_TEMPLATES = {
         "an image with {o} {p} and a {bg} background",
         "{o} placed {p}, background {bg}",
         "{bg} backdrop with {o} {p}",
+        # the background colour without the word "background": what makes a colour the background is that no
+        # shape word owns it, and these teach that rule rather than one keyword
+        "{bg} behind {o} {p}",
+        "{o} {p} set against {bg}",
+        "{o} {p}, all over {bg}",
+        "{o} {p} in front of {bg}",
     ),
     2: (
         "two shapes: {o1} {p1} and {o2} {p2}, {bg} background",
@@ -276,6 +295,8 @@ TRAIN_TEMPLATES = {
         "on a {bg} background, {o1} {p1} and {o2} {p2}",
         "an image with {o1} {p1}, {o2} {p2} and a {bg} background",
         "{o1} placed {p1} and {o2} placed {p2}, background {bg}",
+        "{bg} behind {o1} {p1} and {o2} {p2}",
+        "{o1} {p1} and {o2} {p2} set against {bg}",
     ),
 }
 HELD_OUT_TEMPLATES = {
@@ -330,6 +351,35 @@ def caption(scene: Scene, rng: np.random.Generator, held_out: bool = False) -> s
         fields |= {"o1": nouns[0], "p1": places[0], "o2": nouns[1], "p2": places[1]}
     text = template.format(**fields)
     return re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text)  # "a orange background" -> "an orange background"
+
+
+# Training captions sometimes carry a word or two that says nothing about the scene, drawn from CLIP's whole
+# vocabulary. Most of those tokens are seen a handful of times, so their embeddings stay close to their random
+# start: the model learns to read the facts around words it does not know (a user's "a picture of …", "plain",
+# "canvas") instead of being thrown by them. Words of the held-out sentences and every word a template or a fact
+# uses are excluded, so the held-out test still never sees a word it was trained on for that purpose.
+FILLER_CHANCE = 0.3  # share of training captions with filler; a third of those get two words
+_WORD = re.compile(r"[a-z]+")
+
+
+def caption_words() -> frozenset[str]:
+    """Every word that a template, a noun phrase or a fact can put into a caption, training or held out."""
+    texts = [t for group in (TRAIN_TEMPLATES, HELD_OUT_TEMPLATES) for ts in group.values() for t in ts]
+    texts += [*TRAIN_NOUNS, TRAIN_NOUN_WITHOUT_SIZE, *HELD_OUT_NOUNS]
+    for table in (COLOUR_WORDS, SHAPE_WORDS, SIZE_WORDS, POSITION_WORDS):
+        texts += [phrase for phrases in table.values() for phrase in phrases]
+    words = {w for text in texts for w in _WORD.findall(re.sub(r"\{\w+\}", " ", text.lower()))}
+    return frozenset(words | {"an"})
+
+
+def with_filler(text: str, rng: np.random.Generator, vocabulary: tuple[str, ...]) -> str:
+    """text with 0–2 words from vocabulary inserted at random word boundaries (FILLER_CHANCE of the time)."""
+    if not vocabulary or rng.random() >= FILLER_CHANCE:
+        return text
+    words = text.split(" ")
+    for _ in range(1 + (rng.random() < 1 / 3)):
+        words.insert(int(rng.integers(len(words) + 1)), _pick(rng, vocabulary))
+    return " ".join(words)
 
 
 # ---- batches --------------------------------------------------------------------------------------------------

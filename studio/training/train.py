@@ -118,16 +118,24 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
-def vae_loss(model: LatentDiffusion, x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator):
+def vae_loss(model: LatentDiffusion, x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
+             weights: torch.Tensor | None = None):
     """L1 + edge_weight·L1 of image gradients + kl_weight·KL(q(z|x) ‖ N(0, I)), all per-element means.
+
+    weights (B, 1, H, W), if given, weigh each pixel's L1 and the gradient L1 of each pixel pair (the pair's mean
+    weight); the means stay per element, so a weight of 1 everywhere is the plain loss.
 
     With cfg.decoder_only the encoder is frozen (the UNet's latent space stays put) and only the decoder learns."""
     with torch.no_grad() if cfg.decoder_only else nullcontext():
         posterior = model.vae.encode(x)
     y = model.vae.decode(posterior.sample(generator)).float()
-    l1 = (y - x).abs().mean()
+    if weights is None:
+        weights = torch.ones_like(x[:, :1])
+    wx, wy = (0.5 * (a + b) for a, b in zip((weights[..., :, 1:], weights[..., 1:, :]),
+                                             (weights[..., :, :-1], weights[..., :-1, :])))
+    l1 = ((y - x).abs() * weights).mean()
     (gx, gy), (hx, hy) = image_gradients(y), image_gradients(x)
-    edge = 0.5 * ((gx - hx).abs().mean() + (gy - hy).abs().mean())
+    edge = 0.5 * (((gx - hx).abs() * wx).mean() + ((gy - hy).abs() * wy).mean())
     kl = 0.5 * (posterior.mean.float() ** 2 + posterior.std.float() ** 2 - 1 - posterior.logvar.float()).mean()
     loss = l1 + cfg.edge_weight * edge + cfg.kl_weight * kl
     mse = F.mse_loss(y.detach().clamp(-1, 1), x)
@@ -365,10 +373,11 @@ def train(
             with autocast(device):
                 if stage == "vae":
                     seed = int(data_rng.integers(2**62))
-                    x = vae_batch(seed, cfg.batch_size, cfg.masked_share).to(device)
+                    x, weights = vae_batch(seed, cfg.batch_size, cfg.masked_share, cfg.object_weight)
+                    x, weights = x.to(device), weights.to(device)
                     if cfg.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    loss, extras = vae_loss(model, x, cfg, noise_rng)
+                    loss, extras = vae_loss(model, x, cfg, noise_rng, weights)
                 else:
                     batch = unet_batch(cache, data_rng, cfg.batch_size, captioner,
                                        model.config.vae.scaling_factor, cfg.caption_dropout, cfg.full_mask)

@@ -24,10 +24,12 @@ from studio.training.scenes import (
     Scene,
     SceneObject,
     caption,
+    caption_words,
     grid_cell,
     make_batch,
     random_mask,
     render,
+    with_filler,
     render_layers,
     sample_scene,
     shape_alpha,
@@ -188,3 +190,23 @@ def test_random_masks_cover_between_bounds_and_vary():
     assert sum(f == 1.0 for f in filled) > 20 and sum(f < 0.7 for f in filled) > 60  # boxes and strokes/blobs
     assert np.array_equal(random_mask(np.random.default_rng(9)), random_mask(np.random.default_rng(9)))
     assert random_mask(np.random.default_rng(9), size=128).shape == (128, 128)
+
+
+def test_filler_words_never_carry_a_caption_word():
+    from studio.training.data import filler_vocabulary
+
+    vocabulary = filler_vocabulary(CLIPTokenizer())
+    assert len(vocabulary) > 10_000
+    held_out = {w for ts in HELD_OUT_TEMPLATES.values() for t in ts for w in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", "", t))}
+    assert {"plain", "canvas", "picture", "there"} <= held_out <= caption_words()
+    assert not set(vocabulary) & caption_words()
+    rng = np.random.default_rng(4)
+    scene = sample_scene(rng)
+    base = caption(scene, np.random.default_rng(9))
+    texts = [with_filler(base, rng, vocabulary) for _ in range(600)]
+    extra = [len(t.split(" ")) - len(base.split(" ")) for t in texts]
+    assert set(extra) == {0, 1, 2}
+    assert 0.2 < np.mean([e > 0 for e in extra]) < 0.4
+    for text in texts:  # the caption's own words stay, in order
+        words = iter(text.split(" "))
+        assert all(word in words for word in base.split(" ")), text

@@ -13,7 +13,7 @@ from studio.engine.loading import load_studio_file
 from studio.engine.model import LatentDiffusion
 from studio.training import train as training
 from studio.training.config import TrainConfig, tiny_model_config
-from studio.training.data import Captioner, build_cache, unet_batch, vae_batch
+from studio.training.data import Captioner, build_cache, render_scenes, unet_batch, vae_batch
 
 
 def tiny_model(seed: int = 0) -> LatentDiffusion:
@@ -40,10 +40,10 @@ def fit_fixed_batch(model, stage, loss_fn, steps=12, lr=2e-3):
 
 def test_vae_loss_decreases_on_a_fixed_batch():
     model = tiny_model()
-    x = vae_batch(seed=3, n=8, masked_share=0.25)
+    x, weights = vae_batch(seed=3, n=8, masked_share=0.25, object_weight=1.0)
     cfg = TrainConfig(stage="vae")
     losses = fit_fixed_batch(
-        model, "vae", lambda: training.vae_loss(model, x, cfg, torch.Generator().manual_seed(0))[0]
+        model, "vae", lambda: training.vae_loss(model, x, cfg, torch.Generator().manual_seed(0), weights)[0]
     )
     assert losses[-1] < 0.7 * losses[0]
 
@@ -184,3 +184,31 @@ def test_training_checkpoints_load_without_pickle(tmp_path):
     training.train(tiny_model(), cfg, tmp_path, training.Budget(steps=1), log=lambda line: None)
     state = torch.load(tmp_path / "unet.pt", weights_only=True)
     assert state["progress"]["step"] == 1 and "optimizer" in state
+
+
+def test_object_weights_give_every_object_the_weight_of_a_whole_image():
+    x, weights = vae_batch(seed=11, n=32, masked_share=0.0, object_weight=1.0)
+    plain, ones = vae_batch(seed=11, n=32, masked_share=0.0)
+    torch.testing.assert_close(x, plain)  # the weights change nothing about the images
+    assert torch.all(ones == 1)
+    for i in range(32):
+        extra = weights[i, 0] - 1
+        if torch.all(x[i] == 0):  # the all-grey images have no objects
+            assert torch.all(extra == 0)
+            continue
+        objects = len(render_scenes(np.random.default_rng(11), 32)[1][i].objects)
+        # Σ over pixels of region · H·W / area = H·W per object
+        assert float(extra.sum()) == pytest.approx(objects * 64 * 64, rel=1e-4)
+        assert float(extra.max()) > 64 * 64 / (31 + 4) ** 2  # even a large object's ring weighs several times
+
+
+def test_weighted_vae_loss_is_the_plain_loss_for_unit_weights():
+    model = tiny_model()
+    x, _ = vae_batch(seed=3, n=4, masked_share=0.25)
+    cfg = TrainConfig(stage="vae")
+    plain = training.vae_loss(model, x, cfg, torch.Generator().manual_seed(0))[0]
+    unit = training.vae_loss(model, x, cfg, torch.Generator().manual_seed(0), torch.ones(4, 1, 64, 64))[0]
+    doubled = training.vae_loss(model, x, cfg, torch.Generator().manual_seed(0), torch.full((4, 1, 64, 64), 2.0))[0]
+    torch.testing.assert_close(unit, plain)
+    kl = cfg.kl_weight * training.vae_loss(model, x, cfg, torch.Generator().manual_seed(0))[1]["kl"]
+    assert float(doubled) - kl == pytest.approx(2 * (float(plain) - kl), rel=1e-4)

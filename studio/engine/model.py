@@ -38,7 +38,8 @@ class ModelConfig:
     pad_id: int = EOS_ID  # SD1 pads prompts with <|endoftext|>; SD2 (open_clip) pads with 0
     default_size: int = 512  # pixels; what the model was trained at
     default_cfg: float = 7.5  # the guidance scale the model works best at (SD's customary 7.5 unless measured)
-    latent_rgb: tuple[tuple[float, float, float], ...] | None = None  # fitted preview factors, C rows + bias row
+    latent_rgb: tuple[tuple[float, float, float], ...] | None = None  # fitted preview factors, rows + bias row
+    latent_rgb_hidden: tuple[tuple[float, ...], ...] | None = None  # the preview's hidden layer: C rows + bias row
     name: str = "stable-diffusion"
 
     def to_json(self) -> str:
@@ -52,7 +53,7 @@ class ModelConfig:
         for key, value in raw.items():
             if key in parts:
                 kwargs[key] = _dataclass_from_dict(parts[key], value)
-            elif key == "latent_rgb" and value is not None:
+            elif key in ("latent_rgb", "latent_rgb_hidden") and value is not None:
                 kwargs[key] = tuple(tuple(row) for row in value)
             else:
                 kwargs[key] = value
@@ -99,8 +100,7 @@ class LatentDiffusion(nn.Module):
         with torch.device("cpu"):
             self.schedule = NoiseSchedule(config.schedule)
             if config.latent_rgb is not None:
-                rows = torch.tensor(config.latent_rgb)
-                self.preview = LatentPreview(rows[:-1], rows[-1])
+                self.preview = LatentPreview.from_rows(config.latent_rgb, config.latent_rgb_hidden)
             else:
                 self.preview = LatentPreview.default_for(config.vae.z_channels)
 

@@ -26,6 +26,7 @@ from ..engine.loading import save_studio_file
 from ..engine.model import LatentDiffusion, ModelConfig
 from ..engine.timeline import LatentPreview
 from .config import MODEL_NAME, TrainConfig, shapes_model_config
+from .scenes import COLOURS
 from .data import Captioner, LatentCache, build_cache, render_scenes, to_unit, unet_batch, vae_batch
 
 Log = Callable[[str], None]
@@ -208,15 +209,14 @@ def model_from_checkpoint(state: dict, use_ema: bool) -> LatentDiffusion:
 
 
 @torch.no_grad()
-def fit_latent_rgb(model: LatentDiffusion, n: int = 256, seed: int = 12345) -> tuple[tuple[float, ...], ...]:
-    """Least-squares latent → RGB preview factors on real scenes (C rows + a bias row)."""
+def fit_latent_rgb(model: LatentDiffusion, n: int = 256, seed: int = 12345) -> LatentPreview:
+    """The cheap preview's latent → RGB map (one hidden layer), fitted on real scenes and the flat palette."""
     images, _, _ = render_scenes(np.random.default_rng(seed), n)
-    x = to_unit(images).to(model.device, model.dtype)
+    flat = np.stack([np.full_like(images[0], COLOURS[name]) for name in COLOURS])
+    x = to_unit(np.concatenate([images, flat])).to(model.device, model.dtype)
     z = model.vae.encode(x).mode().float() * model.config.vae.scaling_factor
     small = F.avg_pool2d(x.float(), model.downsample_factor)
-    preview = LatentPreview.fit(z.cpu(), small.cpu())
-    rows = torch.cat([preview.factors, preview.bias[None]]).tolist()
-    return tuple(tuple(round(v, 5) for v in row) for row in rows)
+    return LatentPreview.fit_hidden(z.cpu(), small.cpu())
 
 
 def take_decoder(model: LatentDiffusion, checkpoint: Path) -> bool:
@@ -242,7 +242,8 @@ def export(model: LatentDiffusion, ema: EMA | None, path: Path, decoder_from: Pa
         ema.copy_to(shipped)
     if decoder_from is not None:
         take_decoder(shipped, decoder_from)
-    shipped.config = dataclasses.replace(shipped.config, latent_rgb=fit_latent_rgb(shipped))
+    rows, hidden_rows = fit_latent_rgb(shipped).rows()
+    shipped.config = dataclasses.replace(shipped.config, latent_rgb=rows, latent_rgb_hidden=hidden_rows)
     if shipped.config.name == MODEL_NAME:  # usage settings follow the recipe, also for checkpoints older than them
         shipped.config = dataclasses.replace(shipped.config, default_cfg=shapes_model_config().default_cfg)
     path.parent.mkdir(parents=True, exist_ok=True)

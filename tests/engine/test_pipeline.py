@@ -1,5 +1,6 @@
 """The full pipeline on tiny-random: txt2img, img2img, cancellation, determinism, the timeline."""
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from studio.engine.events import EventKind
+from studio.engine.model import ModelConfig
 from studio.engine.pipeline import Engine
 from studio.engine.request import GenerationRequest, RequestError
 from studio.engine.run import Run
@@ -140,6 +142,33 @@ def test_latent_preview_fit_recovers_a_known_linear_map():
     fitted = LatentPreview.fit(latents, images)
     torch.testing.assert_close(fitted.factors, factors, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fitted.bias, bias, atol=1e-4, rtol=1e-4)
+
+
+def test_latent_preview_hidden_layer_fits_a_nonlinear_map_and_survives_the_config():
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(16, 4, 8, 8, generator=g)
+    # a colour code that no linear map reads: RGB depends on products and a saturation of the channels
+    images = torch.stack([torch.tanh(latents[:, 0] * latents[:, 1]), torch.tanh(2 * latents[:, 2]),
+                          latents[:, 3].abs() - 0.8], dim=1)
+    linear = LatentPreview.fit(latents, images)
+    hidden = LatentPreview.fit_hidden(latents, images, width=32)
+
+    def error(preview):
+        rgb = np.stack([preview.to_rgb(z) for z in latents]).astype(np.float32) / 127.5 - 1
+        return float(np.abs(rgb - images.permute(0, 2, 3, 1).numpy()).mean())
+
+    assert error(hidden) < 0.5 * error(linear)
+    # the numpy preview is the torch map it was fitted as
+    w1, b1 = hidden.hidden
+    reference = (torch.nn.functional.silu(latents[0].permute(1, 2, 0) @ w1 + b1) @ hidden.factors + hidden.bias)
+    expected = ((reference.clamp(-1, 1) + 1) * 127.5).round().numpy()
+    assert np.abs(hidden.to_rgb(latents[0]).astype(np.float32) - expected).max() <= 1
+    # through a ModelConfig (as a model file stores it) and back
+    rows, hidden_rows = hidden.rows()
+    config = ModelConfig.from_json(dataclasses.replace(ModelConfig.tiny(), latent_rgb=rows,
+                                                       latent_rgb_hidden=hidden_rows).to_json())
+    restored = LatentPreview.from_rows(config.latent_rgb, config.latent_rgb_hidden)
+    assert np.abs(restored.to_rgb(latents[0]).astype(int) - hidden.to_rgb(latents[0]).astype(int)).max() <= 1
 
 
 def test_prediction_override_changes_how_the_output_is_read(engine):

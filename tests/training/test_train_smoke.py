@@ -98,7 +98,8 @@ def test_cli_trains_resumes_and_exports(tmp_path, capsys):
     assert "resuming" in log.err and "step 3" in log.out and "ETA" in log.out
     model = load_studio_file(export, torch.device("cpu"), torch.float32)
     assert model.is_inpainting and model.config.prediction == "v" and model.config.latent_rgb is not None
-    assert len(model.config.latent_rgb) == model.latent_channels + 1
+    assert len(model.config.latent_rgb_hidden) == model.latent_channels + 1  # W1 rows + b1
+    assert len(model.config.latent_rgb) == len(model.config.latent_rgb_hidden[0]) + 1  # W2 rows + b2
     assert model.config.vae.scaling_factor != 1.0
     # a later session continues from the shipped file: fresh optimiser, EMA from the file's weights
     again = ["--out", str(tmp_path / "again"), "--batch-size", "4", "--dataset-size", "8"]

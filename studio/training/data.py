@@ -180,11 +180,11 @@ class UNetBatch:
 class Captioner:
     """Scene → fresh caption → token ids, with caption dropout for classifier-free guidance."""
 
-    def __init__(self, pad_id: int, context_length: int, filler: bool = True):
+    def __init__(self, pad_id: int, context_length: int):
         self.tokenizer = CLIPTokenizer()
         self.pad_id = pad_id
         self.context_length = context_length
-        self.filler = filler_vocabulary(self.tokenizer) if filler else ()
+        self.filler = filler_vocabulary(self.tokenizer)
 
     def __call__(self, scenes: list[Scene], rng: np.random.Generator, dropout: float) -> torch.Tensor:
         texts = ["" if rng.random() < dropout else with_filler(caption(scene, rng), rng, self.filler) for scene in scenes]

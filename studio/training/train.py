@@ -26,8 +26,8 @@ from ..engine.loading import save_studio_file
 from ..engine.model import LatentDiffusion, ModelConfig
 from ..engine.timeline import LatentPreview
 from .config import MODEL_NAME, TrainConfig, shapes_model_config
-from .scenes import COLOURS
 from .data import Captioner, LatentCache, build_cache, render_scenes, to_unit, unet_batch, vae_batch
+from .scenes import COLOURS
 
 Log = Callable[[str], None]
 PROGRESS_SECONDS = 30.0
@@ -132,8 +132,8 @@ def vae_loss(model: LatentDiffusion, x: torch.Tensor, cfg: TrainConfig, generato
     y = model.vae.decode(posterior.sample(generator)).float()
     if weights is None:
         weights = torch.ones_like(x[:, :1])
-    wx, wy = (0.5 * (a + b) for a, b in zip((weights[..., :, 1:], weights[..., 1:, :]),
-                                             (weights[..., :, :-1], weights[..., :-1, :])))
+    wx = 0.5 * (weights[..., :, 1:] + weights[..., :, :-1])  # per horizontal pixel pair
+    wy = 0.5 * (weights[..., 1:, :] + weights[..., :-1, :])
     l1 = ((y - x).abs() * weights).mean()
     (gx, gy), (hx, hy) = image_gradients(y), image_gradients(x)
     edge = 0.5 * (((gx - hx).abs() * wx).mean() + ((gy - hy).abs() * wy).mean())

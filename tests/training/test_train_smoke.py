@@ -192,14 +192,14 @@ def test_object_weights_give_every_object_the_weight_of_a_whole_image():
     plain, ones = vae_batch(seed=11, n=32, masked_share=0.0)
     torch.testing.assert_close(x, plain)  # the weights change nothing about the images
     assert torch.all(ones == 1)
+    scenes = render_scenes(np.random.default_rng(11), 32)[1]  # vae_batch's own draw: same seed, same scenes
     for i in range(32):
         extra = weights[i, 0] - 1
         if torch.all(x[i] == 0):  # the all-grey images have no objects
             assert torch.all(extra == 0)
             continue
-        objects = len(render_scenes(np.random.default_rng(11), 32)[1][i].objects)
         # Σ over pixels of region · H·W / area = H·W per object
-        assert float(extra.sum()) == pytest.approx(objects * 64 * 64, rel=1e-4)
+        assert float(extra.sum()) == pytest.approx(len(scenes[i].objects) * 64 * 64, rel=1e-4)
         assert float(extra.max()) > 64 * 64 / (31 + 4) ** 2  # even a large object's ring weighs several times
 
 

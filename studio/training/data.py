@@ -64,12 +64,21 @@ def inpaint_mask(rng: np.random.Generator, alphas: np.ndarray) -> np.ndarray:
     return object_mask(rng, alphas) if rng.random() < OBJECT_MASK_SHARE else random_mask(rng)
 
 
-def vae_batch(seed: int, n: int, masked_share: float, object_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n fresh scenes in [−1, 1] (a share with a grey inpainting hole, one in 32 all grey) and per-pixel loss weights.
+def object_emphasis(alphas: np.ndarray, factor: int = 1, radius: int = 2) -> np.ndarray:
+    """Σ_objects [cell touches the object grown by radius px] · cells / (its region's cells), on a grid of
+    (64 / factor)² cells: every object's surroundings sum to one whole image, so a small star's points (a few
+    dozen of 4,096 pixels, or 9 of 256 latent cells) count as much as a large square's edges. (H, W) float32."""
+    size = CANVAS // factor
+    emphasis = np.zeros((size, size), np.float32)
+    for alpha in alphas:
+        region = dilate(alpha > 0.02, radius).reshape(size, factor, size, factor).any(axis=(1, 3))
+        emphasis += region * (region.size / max(int(region.sum()), 1))
+    return emphasis
 
-    The weights are 1 + object_weight · Σ_objects [pixel within 2 px of the object] · H·W / (its region's area):
-    every object's surroundings weigh as much as a whole image, so a small star's five points (a few dozen pixels
-    of a 4,096-pixel image) count as much as a large square's edges. Plain L1 lets a decoder round them off."""
+
+def vae_batch(seed: int, n: int, masked_share: float, object_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n fresh scenes in [−1, 1] (a share with a grey inpainting hole, one in 32 all grey) and per-pixel loss weights
+    1 + object_weight · object_emphasis: plain L1 lets a decoder round off a small star's points."""
     rng = np.random.default_rng(seed)
     images, _, layers = render_scenes(rng, n)
     x = to_unit(images)
@@ -82,9 +91,7 @@ def vae_batch(seed: int, n: int, masked_share: float, object_weight: float = 0.0
         if r < masked_share:
             x[i] *= 1.0 - torch.from_numpy(inpaint_mask(rng, layers[i]).astype(np.float32))
         if object_weight:
-            for alpha in layers[i]:
-                region = dilate(alpha > 0.02, 2)
-                weights[i, 0] += object_weight * region * (region.size / max(int(region.sum()), 1))
+            weights[i, 0] += object_weight * object_emphasis(layers[i])
     return x, torch.from_numpy(weights)
 
 
@@ -103,6 +110,8 @@ class LatentCache:
     masks: torch.Tensor  # (N, 1, h, w) bool, the inpainting mask at latent resolution
     masked_latents: torch.Tensor  # (N, C, h, w) float16, unscaled mean of image·(1 − mask)
     grey_latent: torch.Tensor  # (C, h, w) float32, unscaled mean of the all-grey image (text-to-image)
+    # (N, 1, h, w) float16, object_emphasis at latent resolution; None in caches written before it existed
+    object_emphasis: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -133,10 +142,25 @@ class LatentCache:
             torch.cat([part.masks for part in parts]),
             torch.cat([part.masked_latents for part in parts]),
             parts[0].grey_latent,
+            None if any(part.object_emphasis is None for part in parts)
+            else torch.cat([part.object_emphasis for part in parts]),
         )
 
     def latent_std(self) -> float:
         return float(self.latents.float().std())
+
+
+def _cache_scenes(n: int, seed: int, chunk: int):
+    """The cache's scenes, chunk by chunk: (images, scenes, layers, inpainting holes (count, 64, 64) float32)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, chunk):
+        images, scenes, layers = render_scenes(rng, min(chunk, n - start))
+        holes = torch.from_numpy(np.stack([inpaint_mask(rng, a) for a in layers]).astype(np.float32))
+        yield images, scenes, layers, holes
+
+
+def _emphasis(layers: list[np.ndarray], size: int) -> torch.Tensor:
+    return torch.from_numpy(np.stack([object_emphasis(a, CANVAS // size) for a in layers]))[:, None].half()
 
 
 @torch.no_grad()
@@ -145,26 +169,36 @@ def build_cache(
 ) -> LatentCache:
     vae = model.vae.eval()
     device = model.device
-    rng = np.random.default_rng(seed)
     scenes: list[Scene] = []
-    latents, masks, masked = [], [], []
+    latents, masks, masked, emphasis = [], [], [], []
     began = time.perf_counter()
-    for start in range(0, n, chunk):
-        count = min(chunk, n - start)
-        images, batch_scenes, layers = render_scenes(rng, count)
-        holes = torch.from_numpy(np.stack([inpaint_mask(rng, a) for a in layers]).astype(np.float32))
+    for images, batch_scenes, layers, holes in _cache_scenes(n, seed, chunk):
+        count = len(batch_scenes)
         x = to_unit(images)
         pair = torch.cat([x, x * (1.0 - holes[:, None])]).to(device)
         z = vae.encode(pair).mode().float().cpu()
         latents.append(z[:count].half())
         masked.append(z[count:].half())
         masks.append(latent_mask(holes, z.shape[-1]).bool())
+        emphasis.append(_emphasis(layers, z.shape[-1]))
         scenes.extend(batch_scenes)
-        done = start + count
+        done = len(scenes)
         rate = done / (time.perf_counter() - began)
         log(f"latent cache: {done}/{n} scenes encoded ({rate:.0f}/s, {(n - done) / rate / 60:.1f} min left)")
     grey = vae.encode(torch.zeros(1, 3, CANVAS, CANVAS, device=device)).mode()[0].float().cpu()
-    return LatentCache(scenes, torch.cat(latents), torch.cat(masks), torch.cat(masked), grey)
+    return LatentCache(scenes, torch.cat(latents), torch.cat(masks), torch.cat(masked), grey, torch.cat(emphasis))
+
+
+def add_object_emphasis(cache: LatentCache, seed: int, chunk: int = 256) -> None:
+    """Fill in object_emphasis for a cache written before it existed: the scenes are re-rendered from the same seed
+    (no VAE needed) and must come out as the cached ones."""
+    emphasis, at = [], 0
+    for _, scenes, layers, _ in _cache_scenes(len(cache), seed, chunk):
+        if scenes != cache.scenes[at:at + len(scenes)]:
+            raise ValueError("the latent cache does not hold the scenes of its seed; delete it to rebuild it")
+        emphasis.append(_emphasis(layers, cache.latents.shape[-1]))
+        at += len(scenes)
+    cache.object_emphasis = torch.cat(emphasis)
 
 
 # ---- UNet batches -----------------------------------------------------------------------------------------------
@@ -175,6 +209,7 @@ class UNetBatch:
     x0: torch.Tensor  # (B, C, h, w) scaled clean latents
     concat: torch.Tensor  # (B, 1 + C, h, w): mask and scaled masked-image latent, SD order
     tokens: torch.Tensor  # (B, 77) caption ids; dropped captions are the ids of ""
+    weights: torch.Tensor | None = None  # (B, 1, h, w) per-latent-cell loss weights; None = uniform
 
 
 class Captioner:
@@ -207,6 +242,7 @@ def unet_batch(
     scaling_factor: float,
     caption_dropout: float,
     full_mask: float,
+    object_weight: float = 0.0,
 ) -> UNetBatch:
     index = torch.from_numpy(rng.integers(len(cache), size=n))
     x0 = cache.latents[index].float() * scaling_factor
@@ -216,4 +252,9 @@ def unet_batch(
     mask = torch.where(text_to_image, torch.ones_like(mask), mask)
     masked = torch.where(text_to_image, cache.grey_latent[None] * scaling_factor, masked)
     tokens = captioner([cache.scenes[i] for i in index.tolist()], rng, caption_dropout)
-    return UNetBatch(x0, torch.cat([mask, masked], dim=1), tokens)
+    weights = None
+    if object_weight:
+        if cache.object_emphasis is None:
+            raise ValueError("object_weight needs a latent cache with object_emphasis (data.add_object_emphasis)")
+        weights = 1.0 + object_weight * cache.object_emphasis[index].float()
+    return UNetBatch(x0, torch.cat([mask, masked], dim=1), tokens, weights)

@@ -26,7 +26,7 @@ from ..engine.loading import save_studio_file
 from ..engine.model import LatentDiffusion, ModelConfig
 from ..engine.timeline import LatentPreview
 from .config import MODEL_NAME, TrainConfig, shapes_model_config
-from .data import Captioner, LatentCache, build_cache, render_scenes, to_unit, unet_batch, vae_batch
+from .data import Captioner, LatentCache, add_object_emphasis, build_cache, render_scenes, to_unit, unet_batch, vae_batch
 from .scenes import COLOURS
 
 Log = Callable[[str], None]
@@ -163,7 +163,10 @@ def diffusion_loss(model: LatentDiffusion, batch, generator: torch.Generator, mi
     target = a4.sqrt() * noise - (1 - a4).sqrt() * x0 if v_prediction else noise
     context = model.text_encoder(batch.tokens.to(device))
     pred = model.unet(torch.cat([x_t, batch.concat.to(device)], dim=1), t.float(), context).float()
-    per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    squared = (pred - target).pow(2)
+    if batch.weights is not None:  # per latent cell, the same for every channel (data.object_emphasis)
+        squared = squared * batch.weights.to(device)
+    per_sample = squared.mean(dim=(1, 2, 3))
     snr = a / (1 - a).clamp_min(1e-8)
     if min_snr_gamma <= 0:
         weight = torch.ones_like(snr)
@@ -306,6 +309,10 @@ def prepare_unet_data(model: LatentDiffusion, cfg: TrainConfig, out: Path, log: 
         if path.exists():
             parts.append(LatentCache.load(path))
             log(f"latent cache: {count} scenes from {path}")
+            if cfg.object_weight and parts[-1].object_emphasis is None:
+                add_object_emphasis(parts[-1], seed=10_000 + data_seed)
+                parts[-1].save(path)
+                log(f"latent cache: object emphasis added to {path}")
         else:
             parts.append(build_cache(model, count, seed=10_000 + data_seed, log=log))
             parts[-1].save(path)
@@ -381,7 +388,8 @@ def train(
                     loss, extras = vae_loss(model, x, cfg, noise_rng, weights)
                 else:
                     batch = unet_batch(cache, data_rng, cfg.batch_size, captioner,
-                                       model.config.vae.scaling_factor, cfg.caption_dropout, cfg.full_mask)
+                                       model.config.vae.scaling_factor, cfg.caption_dropout, cfg.full_mask,
+                                       cfg.object_weight)
                     loss, extras = diffusion_loss(model, batch, noise_rng, cfg.min_snr_gamma)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr or resume")

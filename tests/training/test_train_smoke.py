@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,9 @@ from studio.engine.loading import load_studio_file
 from studio.engine.model import LatentDiffusion
 from studio.training import train as training
 from studio.training.config import TrainConfig, tiny_model_config
-from studio.training.data import Captioner, build_cache, render_scenes, unet_batch, vae_batch
+from studio.training.data import Captioner, add_object_emphasis, build_cache, object_emphasis, render_scenes, unet_batch
+from studio.training.data import vae_batch
+from studio.training.scenes import dilate
 
 
 def tiny_model(seed: int = 0) -> LatentDiffusion:
@@ -213,3 +216,57 @@ def test_weighted_vae_loss_is_the_plain_loss_for_unit_weights():
     torch.testing.assert_close(unit, plain)
     kl = cfg.kl_weight * training.vae_loss(model, x, cfg, torch.Generator().manual_seed(0))[1]["kl"]
     assert float(doubled) - kl == pytest.approx(2 * (float(plain) - kl), rel=1e-4)
+
+
+def test_latent_object_emphasis_weighs_each_object_as_a_whole_latent():
+    images, scenes, layers = render_scenes(np.random.default_rng(4), 24)
+    for alphas, scene in zip(layers, scenes):
+        emphasis = object_emphasis(alphas, factor=4)
+        assert emphasis.shape == (16, 16)
+        assert float(emphasis.sum()) == pytest.approx(len(scene.objects) * 16 * 16, rel=1e-4)
+        touched = dilate_any(alphas)  # cells that hold some object pixel (or one within 2 px) and no others
+        assert np.all((emphasis > 0) == touched)
+        small = [a for a, o in zip(alphas, scene.objects) if o.size == "small"]
+        if small and len(scene.objects) == 1:
+            assert emphasis.max() > 10  # a small object (≤ 5×5 cells with its margin) weighs > 10× per cell
+
+
+def dilate_any(alphas):
+    pixels = np.zeros((64, 64), bool)
+    for alpha in alphas:
+        pixels |= dilate(alpha > 0.02, 2)
+    return pixels.reshape(16, 4, 16, 4).any(axis=(1, 3))
+
+
+def test_older_caches_get_the_object_emphasis_a_fresh_build_has(tmp_path):
+    model = tiny_model()
+    fresh = build_cache(model, 12, seed=9, chunk=5, log=lambda line: None)
+    old = build_cache(model, 12, seed=9, chunk=5, log=lambda line: None)
+    old.object_emphasis = None
+    old.save(tmp_path / "old.pt")
+    loaded = training.LatentCache.load(tmp_path / "old.pt")
+    assert loaded.object_emphasis is None
+    add_object_emphasis(loaded, seed=9, chunk=5)
+    assert torch.equal(loaded.object_emphasis, fresh.object_emphasis)
+    with pytest.raises(ValueError, match="does not hold the scenes"):
+        add_object_emphasis(loaded, seed=10, chunk=5)
+
+
+def test_object_weighted_diffusion_loss():
+    model = tiny_model()
+    cache = build_cache(model, 8, seed=5, chunk=8, log=lambda line: None)
+    captioner = Captioner(model.config.pad_id, 77)
+    plain = unet_batch(cache, np.random.default_rng(2), 6, captioner, 1.0, 0.1, 0.5)
+    weighted = unet_batch(cache, np.random.default_rng(2), 6, captioner, 1.0, 0.1, 0.5, object_weight=1.0)
+    assert plain.weights is None and torch.equal(plain.x0, weighted.x0) and torch.equal(plain.tokens, weighted.tokens)
+    assert weighted.weights.shape == (6, 1, 32, 32) and float(weighted.weights.min()) == 1.0
+
+    @torch.no_grad()
+    def loss(batch):  # the same t and noise for every batch
+        return float(training.diffusion_loss(model, batch, torch.Generator().manual_seed(0))[0])
+
+    unit = dataclasses.replace(plain, weights=torch.ones(6, 1, 32, 32))
+    doubled = dataclasses.replace(plain, weights=torch.full((6, 1, 32, 32), 2.0))
+    assert loss(unit) == pytest.approx(loss(plain), rel=1e-6)
+    assert loss(doubled) == pytest.approx(2 * loss(plain), rel=1e-5)
+    assert loss(weighted) > loss(plain)

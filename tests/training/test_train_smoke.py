@@ -206,6 +206,7 @@ def test_object_weights_give_every_object_the_weight_of_a_whole_image():
         assert float(extra.max()) > 64 * 64 / (31 + 4) ** 2  # even a large object's ring weighs several times
 
 
+@torch.no_grad()
 def test_weighted_vae_loss_is_the_plain_loss_for_unit_weights():
     model = tiny_model()
     x, _ = vae_batch(seed=3, n=4, masked_share=0.25)

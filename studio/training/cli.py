@@ -51,7 +51,8 @@ def add_training_commands(sub) -> None:
     train.add_argument("--min-snr-gamma", type=float)
     train.add_argument("--kl-weight", type=float)
     train.add_argument("--edge-weight", type=float)
-    train.add_argument("--object-weight", type=float, help="extra loss weight around each object, per area (VAE: pixels, UNet: latent cells)")
+    train.add_argument("--object-weight", type=float,
+                       help="extra loss weight around each object, per area (VAE: pixels, UNet: latent cells)")
     train.add_argument("--checkpoint-minutes", type=float)
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     train.set_defaults(handler=run_train)

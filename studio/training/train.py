@@ -306,15 +306,16 @@ def prepare_unet_data(model: LatentDiffusion, cfg: TrainConfig, out: Path, log: 
     parts = []
     for count, data_seed in cache_blocks(cfg):
         path = out / f"latents-{fingerprint}-{count}-{data_seed}.pt"
+        scene_seed = 10_000 + data_seed
         if path.exists():
             parts.append(LatentCache.load(path))
             log(f"latent cache: {count} scenes from {path}")
             if cfg.object_weight and parts[-1].object_emphasis is None:
-                add_object_emphasis(parts[-1], seed=10_000 + data_seed)
+                add_object_emphasis(parts[-1], seed=scene_seed)
                 parts[-1].save(path)
                 log(f"latent cache: object emphasis added to {path}")
         else:
-            parts.append(build_cache(model, count, seed=10_000 + data_seed, log=log))
+            parts.append(build_cache(model, count, seed=scene_seed, log=log))
             parts[-1].save(path)
     return LatentCache.concatenate(parts)
 

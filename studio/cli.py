@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .engine.errors import UserError
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
@@ -25,8 +27,8 @@ REQUEST_OPTIONS = {
 }
 
 
-class CliError(Exception):
-    pass
+class CliError(UserError):
+    """A command-line mistake; shown as one line like every UserError."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args) if hasattr(args, "handler") else COMMANDS[args.command](args)
-    except CliError as exc:
+    except UserError as exc:
         print(f"studio: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

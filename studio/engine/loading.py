@@ -18,6 +18,7 @@ import torch
 
 from ..resources import resources_dir
 from .checkpoint_layout import TensorRef
+from .errors import UserError
 from .cpu_kernels import prepack_for_cpu
 from .model import LatentDiffusion, ModelConfig, Prediction, build_tiny_random
 from .tiling import is_out_of_memory
@@ -33,7 +34,7 @@ SAFETENSORS_DTYPES = {
 }
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """A model that cannot be opened; the message names the file and what is wrong."""
 
 

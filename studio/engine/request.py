@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .errors import UserError
+
 SamplerName = Literal["ddim", "ddpm", "euler_a", "dpmpp_2m"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "fp32", "fp16", "bf16"]
@@ -22,7 +24,7 @@ SAMPLERS_USING_ETA = frozenset({"ddim", "ddpm", "euler_a"})
 SAMPLER_DISPLAY_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M"}
 
 
-class RequestError(ValueError):
+class RequestError(UserError):
     """A request that cannot run as given; the message is meant for the user."""
 
 

@@ -6,7 +6,7 @@
 - diffusers folders (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `scheduler/`, `tokenizer/`).
 
 The architecture comes from the tensors (checkpoint_layout.py); names and shapes are checked before any tensor is
-read (loading.py `materialize`). Families we cannot run yet are named in the error, never a stack trace.
+read (materialize.py). Families we cannot run yet are named in the error, never a stack trace.
 """
 
 from __future__ import annotations
@@ -28,15 +28,8 @@ from .checkpoint_layout import (
     map_diffusers,
     map_single_file,
 )
-from .loading import (
-    CONFIG_METADATA_KEY,
-    ModelLoadError,
-    SafetensorsArchive,
-    SafetensorsHeader,
-    TensorArchive,
-    load_studio_file,
-    materialize,
-)
+from .archives import ModelLoadError, SafetensorsArchive, TensorArchive
+from .materialize import materialize
 from .model import LatentDiffusion, ModelConfig, Prediction
 from .safe_pickle import PickleArchive
 from .schedules import SPACINGS, ScheduleConfig
@@ -59,11 +52,7 @@ def load_checkpoint(
         return _load_diffusers_folder(path, device, dtype, prediction)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        header = SafetensorsHeader(path)
-        if CONFIG_METADATA_KEY in header.metadata:
-            model = load_studio_file(path, device, dtype)
-            return model.with_prediction(prediction) if prediction else model
-        archive: TensorArchive = SafetensorsArchive(path, header)
+        archive: TensorArchive = SafetensorsArchive(path)
     elif suffix in PICKLE_SUFFIXES:
         archive = PickleArchive(path)
     elif suffix in _OTHER_FORMATS:

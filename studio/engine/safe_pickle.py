@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .loading import ModelLoadError
+from .archives import ModelLoadError
 
 
 class _Inert:

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from sd_checkpoint_factory import random_model, sd1_config, sd1_state_dict, sd2_config, sd2_state_dict
-from studio.engine import loading
+from studio.engine import archives
 from studio.engine.checkpoint_layout import detect_text, detect_unet, detect_vae
 from studio.engine.checkpoints import looks_like_v_prediction
 from studio.engine.loading import ModelLoadError, load_model, save_studio_file
@@ -370,7 +370,7 @@ def test_unknown_extension(tmp_path):
 def test_nothing_half_loaded_stays_in_memory(sd1_file, monkeypatch):
     """A read failing midway: every tensor read before it is freed with the error."""
     read: list[weakref.ref] = []
-    original = loading.SafetensorsArchive.get
+    original = archives.SafetensorsArchive.get
 
     def failing_get(self, name):
         if len(read) == 40:
@@ -379,7 +379,7 @@ def test_nothing_half_loaded_stays_in_memory(sd1_file, monkeypatch):
         read.append(weakref.ref(tensor))
         return tensor
 
-    monkeypatch.setattr(loading.SafetensorsArchive, "get", failing_get)
+    monkeypatch.setattr(archives.SafetensorsArchive, "get", failing_get)
     with pytest.raises(ModelLoadError, match="simulated I/O error"):
         load(sd1_file)
     gc.collect()

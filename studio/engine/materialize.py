@@ -1,0 +1,112 @@
+"""Filling a model from a tensor archive without ever holding two copies of the weights.
+
+The model is built on the meta device; every name and shape is checked against the archive before any tensor is
+read; then each tensor is read (from a memory-mapped file when the archive is one), cast to the target dtype and
+device one at a time, and assigned. A float32 file loaded as float32 on the CPU is used in place (no copy at all).
+If anything fails midway, what was read so far is dropped before the error is raised.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .archives import ModelLoadError, TensorArchive
+from .checkpoint_layout import TensorRef
+from .model import LatentDiffusion, ModelConfig
+from .tiling import is_out_of_memory
+
+
+def _cast(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # `.to` returns the tensor itself when nothing changes: a float32 file on the CPU is used in place
+    if tensor.is_floating_point():
+        return tensor.to(device=device, dtype=dtype)
+    return tensor.to(device=device)
+
+
+def materialize(
+    config: ModelConfig,
+    archive: TensorArchive,
+    source: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    refs: Mapping[str, TensorRef] | None = None,
+) -> LatentDiffusion:
+    """Build the model on the meta device and fill it from `archive`. `refs` maps our names to the archive's
+    (identity when None). Names and shapes are all checked first, so a bad file fails before anything is read."""
+    with torch.device("meta"):
+        model = LatentDiffusion(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    refs = refs if refs is not None else {k: TensorRef(k) for k in archive.shapes}
+    check_names_and_shapes(expected, refs, archive.shapes, source)
+
+    tensors: dict[str, torch.Tensor] = {}
+    error: str | None = None
+    try:
+        for key in expected:
+            ref = refs[key]
+            tensor = ref.apply(archive.get(ref.source))
+            if not tensor.is_floating_point():
+                raise ModelLoadError(f"{source.name}: tensor {ref.source} has dtype {tensor.dtype}, expected floats")
+            tensors[key] = _cast(tensor, device, dtype)
+            del tensor
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except ModelLoadError as exc:
+        error = str(exc)
+    except (torch.OutOfMemoryError, RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        size = sum(math.prod(s) for s in expected.values()) * torch.finfo(dtype).bits // 8
+        error = (f"{source.name}: not enough memory to load the model on {device} in {dtype} "
+                 f"(about {size / 2**30:.1f} GiB of weights); try fp16/bf16 on a GPU, or close other programs")
+    finally:
+        tensors.clear()  # the model holds what it needs; on failure nothing half-loaded survives
+    if error is not None:
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise ModelLoadError(error)
+    _rebuild_buffers(model)
+    return model
+
+
+def check_names_and_shapes(
+    expected: Mapping[str, tuple[int, ...]],
+    refs: Mapping[str, TensorRef],
+    shapes: Mapping[str, tuple[int, ...]],
+    source: Path,
+) -> None:
+    missing = [k for k in expected if k not in refs or refs[k].source not in shapes]
+    if missing:
+        parts = sorted({_part_name(k) for k in missing})
+        raise ModelLoadError(
+            f"{source.name}: {len(missing)} tensor(s) missing ({', '.join(parts)}), e.g. {missing[0]}"
+        )
+    for key, want in expected.items():
+        ref = refs[key]
+        got = ref.shape(tuple(shapes[ref.source]))
+        if got != want:
+            raise ModelLoadError(f"{source.name}: tensor {ref.source} has shape {list(got)}, expected {list(want)}")
+
+
+def _part_name(key: str) -> str:
+    if key.startswith("model.diffusion_model."):
+        return "UNet"
+    if key.startswith("first_stage_model."):
+        return "VAE"
+    return "text encoder"
+
+
+def _rebuild_buffers(model: LatentDiffusion) -> None:
+    """Non-persistent buffers made on the meta device have no data; recreate them on the weights' device."""
+    device = next(model.parameters()).device
+    for module in model.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_meta:
+                rebuild = getattr(module, "rebuild_buffers", None)
+                if rebuild is None:
+                    raise ModelLoadError(f"internal: buffer {name} of {type(module).__name__} cannot be rebuilt")
+                rebuild(device)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from studio.engine.model import LatentDiffusion, ModelConfig, build_tiny_random  # noqa: E402
 from studio.engine.pipeline import Engine  # noqa: E402
 from studio.engine.request import GenerationRequest  # noqa: E402
-from studio.engine.samplers import SAMPLERS  # noqa: E402
+from studio.engine.samplers import SAMPLER_TABLE  # noqa: E402
 from studio.engine.tasks import plan  # noqa: E402
 from studio.engine.text_encoder import TextEncoderConfig  # noqa: E402
 from studio.engine.unet import UNetConfig  # noqa: E402
@@ -49,7 +49,7 @@ def bare_sampling(model: LatentDiffusion, request: GenerationRequest) -> float:
         cond = model.encode_text([request.prompt])
         uncond = model.encode_text([request.negative_prompt])
         p, generator = plan(model, request, cond, uncond)
-        for _ in SAMPLERS[request.sampler](p.denoiser, p.x, p.grid, eta=request.eta, generator=generator):
+        for _ in SAMPLER_TABLE[request.sampler].sample(p.denoiser, p.x, p.grid, eta=request.eta, generator=generator):
             pass
     return time.perf_counter() - began
 

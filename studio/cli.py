@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .engine.errors import UserError
+from .engine.samplers import SAMPLER_TABLE
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -75,10 +76,12 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="what to draw")
     p.add_argument("--negative", help="negative prompt (empty: unconditional)")
     p.add_argument("--model", help="default (shipped), tiny-random, or a checkpoint file / diffusers folder")
-    p.add_argument("--sampler", help="ddim, ddpm, euler_a or dpmpp_2m")
+    p.add_argument("--sampler", help=", ".join(SAMPLER_TABLE))
     p.add_argument("--karras", action="store_const", const=True, help="Karras noise levels (e.g. DPM++ 2M Karras)")
     p.add_argument("--steps", type=int)
-    p.add_argument("--eta", type=float, help="noise per step: 0 deterministic DDIM, 1 DDPM-like")
+    noisy = ", ".join(name for name, spec in SAMPLER_TABLE.items() if spec.default_eta > 0)
+    p.add_argument("--eta", type=float,
+                   help=f"noise per step: 0 deterministic, 1 DDPM-like (default 1 for {noisy}, else 0)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the model's, 7.5 for SD)")
     p.add_argument("--seed", type=int)
     p.add_argument("--width", type=int)
@@ -139,8 +142,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise CliError("--from-step needs --branch RUN")
         else:
             base = GenerationRequest()
-            if "eta" not in changes and changes.get("sampler") in ("ddpm", "euler_a"):
-                changes["eta"] = 1.0  # the ancestral samplers' own default
         if args.init is not None:
             changes["init_image"] = load_rgb(args.init)
         if args.mask is not None:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from .request import SAMPLER_DISPLAY_NAMES as DISPLAY_NAMES
 from .request import GenerationRequest, RequestError
+from .samplers import SAMPLER_TABLE
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +86,8 @@ def format_parameters(request: GenerationRequest, model_label: str | None = None
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
-    sampler = DISPLAY_NAMES.get(request.sampler, request.sampler)
+    spec = SAMPLER_TABLE.get(request.sampler)
+    sampler = spec.display_name if spec is not None else request.sampler
     if request.karras:
         sampler += " Karras"
     fields = [
@@ -132,7 +133,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
     if last is None:
         return settings
     fields = {m.group(1).strip(): m.group(2).strip().strip('"') for m in _FIELD.finditer(last)}
-    sampler_names = {v.lower(): k for k, v in DISPLAY_NAMES.items()}
+    sampler_names = {spec.display_name.lower(): name for name, spec in SAMPLER_TABLE.items()}
     converters = {
         "Steps": ("steps", int),
         "CFG scale": ("cfg", float),
@@ -154,7 +155,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
         settings["width"], settings["height"] = int(w), int(h)
     if "Sampler" in fields:
         name = fields["Sampler"].lower()
-        settings["karras"] = name.endswith(" karras")
+        # older A1111 writes "DPM++ 2M Karras", 1.9 and later "Sampler: DPM++ 2M, Schedule type: Karras"
+        settings["karras"] = name.endswith(" karras") or fields.get("Schedule type", "").lower() == "karras"
         name = name.removesuffix(" karras")
         if name in sampler_names:
             settings["sampler"] = sampler_names[name]

@@ -21,7 +21,7 @@ from .loading import ModelLoadError, load_model
 from .model import LatentDiffusion
 from .request import GenerationRequest, RequestError
 from .run import Run
-from .samplers import GRID_END, SAMPLERS, ddim_inversion, predict_x0
+from .samplers import SAMPLER_TABLE, ddim_inversion
 from .tasks import Plan, check_size
 from .tasks import plan as make_plan
 from .timeline import Timeline, View
@@ -31,8 +31,11 @@ ModelLoader = Callable[[str, torch.device, torch.dtype], LatentDiffusion]
 
 def validate(request: GenerationRequest) -> None:
     """Checks that need no model; each failure is one sentence for the user."""
-    if request.sampler not in SAMPLERS:
-        raise RequestError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    spec = SAMPLER_TABLE.get(request.sampler)
+    if spec is None:
+        raise RequestError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_TABLE)}")
+    if request.karras and not spec.supports_karras:
+        raise RequestError(f"{spec.display_name} has no Karras schedule; leave Karras off")
     if not 1 <= request.steps <= 1000:
         raise RequestError(f"steps must be between 1 and 1000, got {request.steps}")
     if not math.isfinite(request.cfg) or request.cfg < 0:
@@ -123,18 +126,19 @@ class Engine:
             cond, uncond = model.encode_prompts(request.prompt, request.negative_prompt, request.clip_skip)
             plan, generator = make_plan(model, request, cond, uncond)
             if parent is not None:
-                run, x, previous_x0 = self._branch_start(request, parent, from_step, plan, generator)
+                run, x, history = self._branch_start(request, parent, from_step, plan, generator)
             else:
-                run, x, previous_x0 = Run(request, plan.grid, Timeline(), kind=plan.kind), plan.x, None
+                run, x, history = Run(request, plan.grid, Timeline(), kind=plan.kind), plan.x, ()
             run.preview = model.preview
-            stochastic = request.sampler == "ddpm" or (request.eta > 0 and request.sampler in ("ddim", "euler_a"))
+            stochastic = SAMPLER_TABLE[request.sampler].draws_noise(request.eta)
             start = len(run.timeline)
             yield Event(EventKind.STARTED, job_id, step=start, total=run.steps, run=run)
 
             began = time.perf_counter()
             rng_state = generator.get_state() if stochastic else None
-            sampler = SAMPLERS[request.sampler]
-            steps = sampler(plan.denoiser, x, run.grid, eta=request.eta, generator=generator, start=start, previous_x0=previous_x0)
+            sampler = SAMPLER_TABLE[request.sampler].sample
+            steps = sampler(plan.denoiser, x, run.grid, eta=request.eta, generator=generator, start=start,
+                            history=history)
             for step in steps:
                 run.timeline.record(step, rng_state)
                 if not torch.isfinite(step.x_next).all():
@@ -162,7 +166,8 @@ class Engine:
             raise RequestError(f"cannot branch from step {k}: the run has steps 0–{len(parent.timeline) - 1}")
         at = parent.timeline[k]
         same_grid = (
-            GRID_END[request.sampler] == GRID_END.get(parent.request.sampler)
+            SAMPLER_TABLE[request.sampler].grid_end
+            == getattr(SAMPLER_TABLE.get(parent.request.sampler), "grid_end", None)
             and request.steps == parent.request.steps
             and request.karras == parent.request.karras
             and request.strength == parent.request.strength
@@ -174,13 +179,11 @@ class Engine:
         if request.seed == parent.request.seed and at.rng_state is not None:
             generator.set_state(at.rng_state)
         device = plan.x.device
-        previous_x0 = None
-        if request.sampler == "dpmpp_2m" and k > 0:  # the multistep history, recomputed exactly from x_{k-1}
-            before = parent.timeline[k - 1]
-            x_before = before.x_t.to(device)
-            previous_x0 = predict_x0(x_before, plan.denoiser(x_before, before.level), before.level.alpha_cumprod)
+        spec = SAMPLER_TABLE[request.sampler]  # a multistep sampler's history, recomputed exactly from x_{k-1}, …
+        before = [parent.timeline[j] for j in range(max(0, k - spec.history_steps), k)]
+        history = spec.resume_history(plan.denoiser, [(s.x_t.to(device), s.level) for s in before])
         run = Run(request, grid, Timeline(parent.timeline, k), kind=parent.kind, parent=parent, from_step=k)
-        return run, at.x_t.to(device).clone(), previous_x0
+        return run, at.x_t.to(device).clone(), history
 
     def invert(self, request: GenerationRequest, *, job_id: int = 0, cancel: threading.Event | None = None,
                refine: int = INVERSION_REFINE) -> Iterator[Event]:
@@ -214,7 +217,7 @@ class Engine:
                     yield Event(EventKind.CANCELLED, job_id, done, total, time.perf_counter() - began)
                     return
             run = Run(request, grid, Timeline(), kind="invert", preview=model.preview)
-            for step in SAMPLERS["ddim"](denoiser, x, grid, eta=0.0, generator=None):
+            for step in SAMPLER_TABLE["ddim"].sample(denoiser, x, grid, eta=0.0, generator=None):
                 run.timeline.record(step)
                 x = step.x_next
                 done = request.steps + step.index + 1

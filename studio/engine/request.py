@@ -10,18 +10,13 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import UserError
+from .samplers import SAMPLER_TABLE
 
-SamplerName = Literal["ddim", "ddpm", "euler_a", "dpmpp_2m"]
+SamplerName = str  # a key of samplers.SAMPLER_TABLE (pipeline.validate checks it)
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "fp32", "fp16", "bf16"]
 InpaintMode = Literal["auto", "blend", "model"]
 MaskFill = Literal["original", "noise", "blur"]
-
-
-# Samplers whose `eta` control means something (the UI enables its spin box for these).
-SAMPLERS_USING_ETA = frozenset({"ddim", "ddpm", "euler_a"})
-# Human-readable names, as the A1111 `parameters` chunk writes them.
-SAMPLER_DISPLAY_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M"}
 
 
 class RequestError(UserError):
@@ -35,7 +30,7 @@ class GenerationRequest:
     model: str = "default"  # "default" (shipped), "tiny-random", or a path to a checkpoint
     sampler: SamplerName = "ddim"
     steps: int = 25
-    eta: float = 0.0  # DDIM/DDPM/Euler-a noise scale: 0 deterministic, 1 ancestral (DDPM-like)
+    eta: float | None = None  # per-step noise scale: 0 deterministic, 1 ancestral; None = the sampler's default_eta
     cfg: float = 7.5  # classifier-free guidance scale s: ε_u + s·(ε_c − ε_u); 1 = no guidance pass
     seed: int = 0
     width: int = 512
@@ -57,7 +52,14 @@ class GenerationRequest:
     fill: MaskFill = "original"
     paste_back: bool = True
 
+    def __post_init__(self) -> None:
+        if self.eta is None:  # a request always carries the η it runs with, so PNGs and saved runs record it
+            spec = SAMPLER_TABLE.get(self.sampler)
+            object.__setattr__(self, "eta", spec.default_eta if spec is not None else 0.0)
+
     def replace(self, **changes: Any) -> "GenerationRequest":
+        if "sampler" in changes and "eta" not in changes and changes["sampler"] != self.sampler:
+            changes["eta"] = None  # another sampler brings its own default η unless one is given
         return dataclasses.replace(self, **changes)
 
     def settings(self) -> dict[str, Any]:

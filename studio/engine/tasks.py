@@ -19,7 +19,7 @@ from .images import image_to_tensor
 from .inpaint import Crop, blend_denoiser, blur_fill, latent_mask, masked_crop, paste_back, prepare_mask
 from .model import LatentDiffusion
 from .request import GenerationRequest, RequestError
-from .samplers import GRID_END, Denoiser
+from .samplers import SAMPLER_TABLE, Denoiser
 from .schedules import NoiseLevel, q_sample, sampling_grid
 
 Kind = Literal["txt2img", "img2img", "inpaint"]
@@ -67,7 +67,8 @@ def plan(model: LatentDiffusion, request: GenerationRequest, cond: torch.Tensor,
     shape = (1, model.latent_channels, request.height // f, request.width // f)
     noise, generator = initial_noise(request.seed, shape)
     noise = noise.to(device)
-    grid = sampling_grid(model.schedule, request.steps, karras=request.karras, final=GRID_END[request.sampler])
+    grid = sampling_grid(model.schedule, request.steps, karras=request.karras,
+                         final=SAMPLER_TABLE[request.sampler].grid_end)
     size = (request.width, request.height)
 
     def guided(concat: torch.Tensor | None) -> Denoiser:

@@ -1,12 +1,16 @@
 """The engine's choices as the UI names them.
 
-Sampler names come from `studio.engine.request`, which (unlike the samplers themselves) imports no torch.
+Sampler facts come from the engine's sampler table (torch-free, so the UI thread may read it before torch loads).
 """
 
 from __future__ import annotations
 
-from ..engine.request import SAMPLER_DISPLAY_NAMES as SAMPLERS
-from ..engine.request import SAMPLERS_USING_ETA as USES_ETA
+from ..engine.samplers import SAMPLER_TABLE
+
+SAMPLERS: dict[str, str] = {name: spec.display_name for name, spec in SAMPLER_TABLE.items()}
+USES_ETA = frozenset(name for name, spec in SAMPLER_TABLE.items() if spec.uses_eta)
+
+
 DTYPES: dict[str, str] = {"auto": "Auto", "fp32": "fp32 (full)", "fp16": "fp16 (half)", "bf16": "bf16"}
 DEVICES: dict[str, str] = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 FILLS: dict[str, str] = {"original": "Original", "noise": "Latent noise", "blur": "Blurred original"}
@@ -14,11 +18,18 @@ INPAINT_MODES: dict[str, str] = {"auto": "Auto", "blend": "Latent blend", "model
 BUILTIN_MODELS: dict[str, str] = {"default": "Built-in shapes model", "tiny-random": "tiny-random (test)"}
 KINDS: dict[str, str] = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint", "invert": "Inversion"}
 
+
+def _listing(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 ETA_TOOLTIP = (
     "η (eta): how much fresh noise each step adds.\n"
     "0 = deterministic DDIM: the same seed always walks the same path.\n"
     "1 = DDPM-like: new random noise at every step (ancestral sampling).\n"
-    "Used by DDIM, DDPM and Euler a; DPM++ 2M ignores it."
+    f"Used by {_listing(SAMPLERS[name] for name in SAMPLERS if name in USES_ETA)}; "
+    f"{_listing(SAMPLERS[name] for name in SAMPLERS if name not in USES_ETA)} ignore it."
 )
 
 

@@ -7,21 +7,36 @@ import torch
 from studio.engine.pipeline import Engine
 from studio.engine.request import GenerationRequest, RequestError
 from studio.engine.run import Run
+from studio.engine.samplers import SAMPLER_TABLE
 
 BASE = GenerationRequest(prompt="a red circle", model="tiny-random", steps=8, width=64, height=64, seed=11, cfg=3.0)
-ETA = {"ddim": 0.5, "ddpm": 1.0, "euler_a": 1.0, "dpmpp_2m": 0.0}
+# every sampler at its own default η (so the stochastic ones draw noise), plus DDIM with some noise
+REPLAYS = [(name, None) for name in SAMPLER_TABLE] + [("ddim", 0.5)]
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(one_thread):
     return Engine()
 
 
-@pytest.mark.parametrize("sampler", sorted(ETA))
+@pytest.fixture(scope="module")
+def parents(engine):
+    cache = {}
+
+    def parent(request):
+        if request not in cache:
+            cache[request] = engine.run(request)
+        return cache[request]
+
+    return parent
+
+
+@pytest.mark.parametrize("sampler, eta", REPLAYS)
 @pytest.mark.parametrize("k", [0, 3, 7])
-def test_branch_with_nothing_changed_reproduces_the_image(engine, sampler, k):
-    request = BASE.replace(sampler=sampler, eta=ETA[sampler])
-    parent = engine.run(request)
+def test_branch_with_nothing_changed_reproduces_the_image(engine, parents, sampler, eta, k):
+    request = BASE.replace(sampler=sampler, eta=eta)
+    assert request.eta == (SAMPLER_TABLE[sampler].default_eta if eta is None else eta)
+    parent = parents(request)
     child = engine.run(request, parent=parent, from_step=k)
     assert np.array_equal(child.image, parent.image)
     assert torch.equal(child.final_latent, parent.final_latent)

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from studio.engine.samplers import (
-    SAMPLERS,
+    SAMPLER_TABLE,
     ddim,
     ddim_sigma,
     ddpm,
     ddpm_posterior,
     dpmpp_2m,
     eps_from_v,
+    euler,
     euler_ancestral,
     predict_eps,
     predict_x0,
@@ -135,33 +136,86 @@ def test_dpmpp_2m_first_step_is_ddim_and_second_uses_the_multistep_formula():
     torch.testing.assert_close(steps[1].x_next, expected)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_euler_is_ddim_eta_zero_on_the_same_grid():
+    """Karras et al. 2022's Euler step in σ, x' = x + (σ' − σ)·(x − x̂0)/σ, is DDIM eq. 12 with η = 0 in VE units."""
+    for karras in (False, True):
+        grid = sampling_grid(SD, 10, karras=karras, final="clean")
+        a = run(euler, scaled_denoiser, grid)
+        b = run(ddim, scaled_denoiser, grid, eta=0.0)
+        for sa, sb in zip(a, b):
+            torch.testing.assert_close(sa.x_next, sb.x_next, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLER_TABLE))
+def test_model_calls_match_the_table(name):
+    """SamplerSpec.model_calls (time estimates) counts what the sampler really asks of the model: Heun twice per
+    step except on the move to σ = 0."""
+    spec = SAMPLER_TABLE[name]
+    calls = []
+
+    def counting(x, level):
+        calls.append(level)
+        return scaled_denoiser(x, level)
+
+    grid = sampling_grid(SD, 7, final=spec.grid_end)
+    run(spec.sample, counting, grid, eta=spec.default_eta)
+    assert len(calls) == spec.model_calls(7)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLER_TABLE))
+def test_draws_noise_says_when_the_generator_is_used(name):
+    """The pipeline records the generator's state per step only when `draws_noise(η)`; a sampler that drew without
+    saying so would break branch replay silently."""
+    spec = SAMPLER_TABLE[name]
+    grid = sampling_grid(SD, 6, final=spec.grid_end)
+    for eta in sorted({0.0, spec.default_eta, 0.5}):
+        generator = torch.Generator().manual_seed(4)
+        before = generator.get_state()
+        list(spec.sample(scaled_denoiser, noise(), grid, eta=eta, generator=generator))
+        assert (not torch.equal(generator.get_state(), before)) == spec.draws_noise(eta), eta
+    assert spec.uses_eta or spec.default_eta == 0
+
+
+def test_sampler_table_names_are_unique_and_torch_free():
+    import subprocess
+    import sys
+
+    names = [spec.display_name.lower() for spec in SAMPLER_TABLE.values()]
+    assert len(set(names)) == len(names)
+    code = "import sys, studio.engine.samplers; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLER_TABLE))
 def test_every_sampler_lands_on_the_data_point_with_an_oracle_denoiser(name):
     target = torch.linspace(-1, 1, 256).reshape(SHAPE)
+    spec = SAMPLER_TABLE[name]
     grid = sampling_grid(SD, 20, final="clean")
-    steps = run(SAMPLERS[name], oracle(target), grid, eta=1.0 if name != "dpmpp_2m" else 0.0)
+    steps = run(spec.sample, oracle(target), grid, eta=spec.default_eta)
     assert len(steps) == 20 and [s.index for s in steps] == list(range(20))
     torch.testing.assert_close(steps[-1].x_next, target, atol=1e-4, rtol=1e-4)
     for s in steps:  # every record carries a consistent (x_t, x̂0, ε̂) triple
         torch.testing.assert_close(predict_x0(s.x_t, s.eps_pred, s.level.alpha_cumprod), s.x0_pred)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_resuming_from_any_step_reproduces_the_run_bit_for_bit(name):
+@pytest.mark.parametrize("name", sorted(SAMPLER_TABLE))
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_resuming_from_any_step_reproduces_the_run_bit_for_bit(name, k):
+    """Resume at step k from the recorded x_t of steps < k alone (SamplerSpec.resume_history), with the
+    generator's state from when step k began: the same bits as the uninterrupted run."""
+    spec = SAMPLER_TABLE[name]
     grid = sampling_grid(SD, 8, final="clean")
     generator = torch.Generator().manual_seed(3)
     states, steps = [], []
-    for step in SAMPLERS[name](scaled_denoiser, noise(), grid, eta=1.0, generator=generator):
+    for step in spec.sample(scaled_denoiser, noise(), grid, eta=1.0, generator=generator):
         steps.append(step)
         states.append(generator.get_state())  # state after step i = state when step i + 1 begins
-    k = 4
     resumed_generator = torch.Generator().manual_seed(999)
     resumed_generator.set_state(states[k - 1])
+    history = spec.resume_history(scaled_denoiser, [(s.x_t.clone(), s.level) for s in steps[:k]])
+    assert len(history) == min(k, spec.history_steps)
     resumed = list(
-        SAMPLERS[name](
-            scaled_denoiser, steps[k].x_t, grid, eta=1.0, generator=resumed_generator, start=k,
-            previous_x0=steps[k - 1].x0_pred,
-        )
+        spec.sample(scaled_denoiser, steps[k].x_t, grid, eta=1.0, generator=resumed_generator, start=k, history=history)
     )
     assert [s.index for s in resumed] == list(range(k, 8))
     assert torch.equal(resumed[-1].x_next, steps[-1].x_next)

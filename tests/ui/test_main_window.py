@@ -41,10 +41,10 @@ def test_eta_is_enabled_only_for_samplers_that_use_it(window):
 
 
 def test_ui_choices_match_the_engine():
-    from studio.engine import samplers
+    from studio.engine.samplers import SAMPLER_TABLE
 
-    assert SAMPLERS == samplers.DISPLAY_NAMES
-    assert USES_ETA == samplers.USES_ETA
+    assert SAMPLERS == {name: spec.display_name for name, spec in SAMPLER_TABLE.items()}
+    assert USES_ETA == {name for name, spec in SAMPLER_TABLE.items() if spec.uses_eta}
 
 
 def test_the_ui_thread_never_imports_torch():

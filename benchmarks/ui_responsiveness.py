@@ -119,7 +119,7 @@ def main() -> int:
 
     # Scrubbing, measured two ways: the synchronous cost of one step (slider → views → repaint) …
     timeline = window.timeline
-    n = len(run.timeline)
+    n = run.recorded
     per_step: list[float] = []
     for _ in range(3):
         for index in list(range(n)) + list(range(n - 1, -1, -1)):

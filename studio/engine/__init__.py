@@ -1,0 +1,93 @@
+"""Diffusion Studio's engine: what the UI, the CLI, training, benchmarks and scripts may use.
+
+Everything named here is the engine's public face; the modules behind it may change. Importing this package
+loads no torch: the torch-backed names (`Engine`, `LocalBackend`, `Run`, `load_model`, …) are imported on first
+use, so the UI thread and `studio --help` stay fast.
+
+    from studio.engine import GenerationRequest, LocalBackend, Generate
+    backend = LocalBackend(); backend.start()
+    for message in backend.execute(Generate(GenerationRequest(prompt="a red circle")), threading.Event()): ...
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .api import (
+    GENERATION_JOBS,
+    VIEWS,
+    Backend,
+    BackendReady,
+    Branch,
+    Decoded,
+    DecodeStep,
+    Event,
+    EventKind,
+    ForgetRun,
+    Generate,
+    Invert,
+    Job,
+    JobFailed,
+    LoadedRun,
+    LoadRuns,
+    Message,
+    ModelInfo,
+    ModelProbed,
+    ProbeModel,
+    RunInfo,
+    RunKind,
+    RunsLoaded,
+    RunSaved,
+    RunStatus,
+    SaveRun,
+    StepInfo,
+    View,
+)
+from .errors import UserError, log_file, report_internal_error
+from .images import format_parameters, load_mask, load_rgb, parse_parameters, read_parameters, save_png
+from .request import GenerationRequest, RequestError
+from .samplers import SAMPLER_TABLE, SamplerSpec
+
+# name → module that defines it; imported (with torch) on first access
+_LAZY = {
+    "Engine": "pipeline",
+    "INVERSION_REFINE": "pipeline",
+    "validate": "pipeline",
+    "LocalBackend": "backend",
+    "Run": "run",
+    "RunEvent": "events",
+    "load_model": "loading",
+    "ModelLoadError": "loading",
+    "LatentDiffusion": "model",
+    "available_devices": "devices",
+    "model_info": "model_info",
+}
+
+__all__ = [
+    "GENERATION_JOBS", "VIEWS", "Backend", "BackendReady", "Branch", "Decoded", "DecodeStep", "Event", "EventKind",
+    "ForgetRun", "Generate", "Invert", "Job", "JobFailed", "LoadedRun", "LoadRuns", "Message", "ModelInfo",
+    "ModelProbed", "ProbeModel", "RunInfo", "RunKind", "RunsLoaded", "RunSaved", "RunStatus", "SaveRun", "StepInfo",
+    "View", "UserError", "log_file", "report_internal_error", "format_parameters", "load_mask", "load_rgb",
+    "parse_parameters", "read_parameters", "save_png", "GenerationRequest", "RequestError", "SAMPLER_TABLE",
+    "SamplerSpec", *_LAZY,
+]
+
+if TYPE_CHECKING:
+    from .backend import LocalBackend
+    from .devices import available_devices
+    from .events import RunEvent
+    from .loading import ModelLoadError, load_model
+    from .model import LatentDiffusion
+    from .model_info import model_info
+    from .pipeline import INVERSION_REFINE, Engine, validate
+    from .run import Run
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -136,7 +136,8 @@ class LoadedRun:
 class RunsLoaded:
     job_id: int
     runs: tuple[LoadedRun, ...]  # in the order asked; a file that failed is named in `errors`
-    errors: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()  # "name: why", one per damaged run file
+    not_runs: tuple[str, ...] = ()  # paths that are no run file at all (a model checkpoint, most likely)
 
 
 @dataclass(frozen=True)

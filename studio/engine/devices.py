@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -16,13 +18,13 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but this torch build sees no CUDA GPU")
+        raise UserError("device 'cuda' was asked for, but this torch build sees no CUDA GPU")
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise ValueError("device 'mps' was asked for, but Metal (MPS) is not available here")
+            raise UserError("device 'mps' was asked for, but Metal (MPS) is not available here")
     if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda or mps")
+        raise UserError(f"unknown device {name!r}; expected auto, cpu, cuda or mps")
     return torch.device(name)
 
 
@@ -31,7 +33,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         # Half precision is the point of a GPU; on the CPU fp16 kernels are slow or missing (engine.md §10).
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected auto, fp32, fp16 or bf16")
+        raise UserError(f"unknown dtype {name!r}; expected auto, fp32, fp16 or bf16")
     return DTYPES[name]
 
 

@@ -1,33 +1,30 @@
-"""The one small typed event API between the engine and whoever drives it (UI worker, CLI, scripts)."""
+"""The engine's own progress record, for code that drives `Engine` directly in one thread (the CLI, scripts,
+tests, training's evaluation). It carries the engine's live `Run`; a UI never sees it: `backend.LocalBackend`
+turns it into the immutable `api.Event` (with a `RunInfo` snapshot) before anything crosses a thread."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .api import EventKind
+
 if TYPE_CHECKING:
     from .run import Run
 
-
-class EventKind(Enum):
-    STARTED = "started"  # the model is loaded and sampling begins; `total` is known
-    STEP = "step"  # one sampler step finished; `preview` is its predicted x0 as RGB
-    FINISHED = "finished"  # `run` holds the image and the timeline
-    CANCELLED = "cancelled"  # stopped at a step boundary; `run` keeps the timeline so far
-    ERROR = "error"  # `message` is one clear sentence for the user
+__all__ = ["EventKind", "RunEvent"]
 
 
 @dataclass(frozen=True)
-class Event:
+class RunEvent:
     kind: EventKind
     job_id: int
     step: int = 0  # steps done so far
-    total: int = 0  # steps in this run
+    total: int = 0  # steps in this job
     elapsed: float = 0.0  # seconds since sampling started
-    preview: np.ndarray | None = None  # HxWx3 uint8 (latent resolution)
+    preview: np.ndarray | None = field(default=None, repr=False)  # HxWx3 uint8 (latent resolution)
     run: "Run | None" = None
     message: str = ""
 

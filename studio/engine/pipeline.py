@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from .devices import resolve_device, resolve_dtype
-from .events import Event, EventKind
+from .errors import UserError
+from .events import EventKind, RunEvent
 from .images import image_to_tensor, tensor_to_image
-from .loading import ModelLoadError, load_model
+from .loading import load_model
 from .model import LatentDiffusion
 from .request import GenerationRequest, RequestError
 from .run import Run
@@ -84,12 +85,12 @@ class Engine:
         cancel: threading.Event | None = None,
         parent: Run | None = None,
         from_step: int = 0,
-    ) -> Iterator[Event]:
+    ) -> Iterator[RunEvent]:
         """Run `request` (or continue `parent` from `from_step` with it), yielding STARTED, STEP…, then FINISHED,
         CANCELLED or ERROR. Errors are reported as events with one clear message, never raised."""
         yield from self._reporting_errors(self._generate(request, job_id, cancel, parent, from_step), request, job_id)
 
-    def _reporting_errors(self, events: Iterator[Event], request: GenerationRequest, job_id: int) -> Iterator[Event]:
+    def _reporting_errors(self, events: Iterator[RunEvent], request: GenerationRequest, job_id: int) -> Iterator[RunEvent]:
         """Pass events through; a user error, NaN or out-of-memory ends the stream with one ERROR event that keeps
         the run so far (status "failed": its steps can still be scrubbed and branched from)."""
         run: Run | None = None
@@ -98,7 +99,7 @@ class Engine:
                 run = event.run or run
                 yield event
             return
-        except (RequestError, ModelLoadError, FloatingPointError, ValueError) as exc:
+        except (UserError, FloatingPointError) as exc:
             message = str(exc)
         except torch.cuda.OutOfMemoryError:
             message = _oom_message(request)
@@ -108,7 +109,7 @@ class Engine:
             message = _oom_message(request)
         if run is not None:
             run.status = "failed"
-        yield Event(EventKind.ERROR, job_id, run=run, message=message)
+        yield RunEvent(EventKind.ERROR, job_id, run=run, message=message)
 
     def run(self, request: GenerationRequest, **kwargs) -> Run:
         """Blocking convenience for scripts: the finished (or cancelled) run, or a RequestError."""
@@ -119,7 +120,7 @@ class Engine:
                 return event.run
         raise RuntimeError("generation ended without a result")
 
-    def _generate(self, request, job_id, cancel, parent, from_step) -> Iterator[Event]:
+    def _generate(self, request, job_id, cancel, parent, from_step) -> Iterator[RunEvent]:
         validate(request)
         model = self.model(request.model, request.device, request.dtype)
         with torch.inference_mode():
@@ -132,32 +133,19 @@ class Engine:
             run.preview = model.preview
             stochastic = SAMPLER_TABLE[request.sampler].draws_noise(request.eta)
             start = len(run.timeline)
-            yield Event(EventKind.STARTED, job_id, step=start, total=run.steps, run=run)
+            yield RunEvent(EventKind.STARTED, job_id, step=start, total=run.steps, run=run)
 
             began = time.perf_counter()
-            rng_state = generator.get_state() if stochastic else None
             sampler = SAMPLER_TABLE[request.sampler].sample
             steps = sampler(plan.denoiser, x, run.grid, eta=request.eta, generator=generator, start=start,
                             history=history)
-            for step in steps:
-                run.timeline.record(step, rng_state)
-                if not torch.isfinite(step.x_next).all():
-                    raise FloatingPointError("the model produced NaN values; try fp32, another seed or lower CFG")
-                x = step.x_next
-                done = step.index + 1
-                preview = model.preview.to_rgb(step.x0_pred)
-                yield Event(EventKind.STEP, job_id, done, run.steps, time.perf_counter() - began, preview, run)
-                if stochastic:
-                    rng_state = generator.get_state()
-                if cancel is not None and cancel.is_set() and done < run.steps:
-                    run.status = "cancelled"
-                    yield Event(EventKind.CANCELLED, job_id, done, run.steps, time.perf_counter() - began, preview, run)
-                    return
-
+            x = yield from self._sample(run, steps, x, job_id, cancel, began, generator if stochastic else None)
+            if x is None:
+                return
             run.final_latent = x.detach().float().cpu()
             run.image = plan.finish(tensor_to_image(model.decode_latent(x)))
             run.status = "finished"
-            yield Event(EventKind.FINISHED, job_id, run.steps, run.steps, time.perf_counter() - began, run=run)
+            yield RunEvent(EventKind.FINISHED, job_id, run.steps, run.steps, time.perf_counter() - began, run=run)
 
     def _branch_start(self, request: GenerationRequest, parent: Run, k: int, plan: Plan, generator: torch.Generator):
         """Continue `parent` from its step k with `request`: same x_t, the parent's noise stream if the seed is
@@ -186,13 +174,13 @@ class Engine:
         return run, at.x_t.to(device).clone(), history
 
     def invert(self, request: GenerationRequest, *, job_id: int = 0, cancel: threading.Event | None = None,
-               refine: int = INVERSION_REFINE) -> Iterator[Event]:
+               refine: int = INVERSION_REFINE) -> Iterator[RunEvent]:
         """DDIM inversion (η = 0 run backwards, engine.md §3.3) of `request.init_image`, then the forward DDIM pass
         from the found x_T, recorded as an ordinary run (kind "invert") to branch from. `refine`: fixed-point
         iterations per step (samplers.ddim_inversion), each one more model call per step."""
         yield from self._reporting_errors(self._invert(request, job_id, cancel, refine), request, job_id)
 
-    def _invert(self, request, job_id, cancel, refine) -> Iterator[Event]:
+    def _invert(self, request, job_id, cancel, refine) -> Iterator[RunEvent]:
         if request.init_image is None:
             raise RequestError("inversion needs an image")
         image = np.asarray(request.init_image)
@@ -208,34 +196,54 @@ class Engine:
             x = model.encode_image(image_to_tensor(image)).to(model.device)
             total = 2 * request.steps
             began = time.perf_counter()
-            yield Event(EventKind.STARTED, job_id, 0, total)
-            for step in ddim_inversion(denoiser, x, grid, refine=refine):
+            yield RunEvent(EventKind.STARTED, job_id, 0, total)
+            for step in ddim_inversion(denoiser, x, grid, refine=refine):  # upward: not a run, nothing recorded
                 x = step.x_next
                 done = step.index + 1
-                yield Event(EventKind.STEP, job_id, done, total, time.perf_counter() - began, model.preview.to_rgb(step.x0_pred))
+                yield RunEvent(EventKind.STEP, job_id, done, total, time.perf_counter() - began, model.preview.to_rgb(step.x0_pred))
                 if cancel is not None and cancel.is_set():
-                    yield Event(EventKind.CANCELLED, job_id, done, total, time.perf_counter() - began)
+                    yield RunEvent(EventKind.CANCELLED, job_id, done, total, time.perf_counter() - began)
                     return
             run = Run(request, grid, Timeline(), kind="invert", preview=model.preview)
-            for step in SAMPLER_TABLE["ddim"].sample(denoiser, x, grid, eta=0.0, generator=None):
-                run.timeline.record(step)
-                x = step.x_next
-                done = request.steps + step.index + 1
-                yield Event(EventKind.STEP, job_id, done, total, time.perf_counter() - began, model.preview.to_rgb(step.x0_pred), run)
-                if cancel is not None and cancel.is_set() and done < total:
-                    run.status = "cancelled"
-                    yield Event(EventKind.CANCELLED, job_id, done, total, time.perf_counter() - began, run=run)
-                    return
+            steps = SAMPLER_TABLE["ddim"].sample(denoiser, x, grid, eta=0.0, generator=None)
+            x = yield from self._sample(run, steps, x, job_id, cancel, began, None, done_before=request.steps, total=total)
+            if x is None:
+                return
             run.final_latent = x.detach().float().cpu()
             run.image = tensor_to_image(model.decode_latent(x))
             run.status = "finished"
-            yield Event(EventKind.FINISHED, job_id, total, total, time.perf_counter() - began, run=run)
+            yield RunEvent(EventKind.FINISHED, job_id, total, total, time.perf_counter() - began, run=run)
+
+    def _sample(self, run: Run, steps: Iterator, x: torch.Tensor, job_id: int, cancel: threading.Event | None,
+                began: float, generator: torch.Generator | None, *, done_before: int = 0, total: int | None = None):
+        """The one sampling loop of generate, branch and invert: record each step on `run`'s timeline (with the
+        noise generator's state when the step began, for a stochastic run), refuse NaN, yield a STEP event (the
+        preview point) and stop at the step boundary when `cancel` is set. Returns the final latent, or None when
+        cancelled (after a CANCELLED event)."""
+        total = run.steps if total is None else total
+        rng_state = generator.get_state() if generator is not None else None
+        for step in steps:
+            run.timeline.record(step, rng_state)
+            if not torch.isfinite(step.x_next).all():
+                raise FloatingPointError("the model produced NaN values; try fp32, another seed or lower CFG")
+            x = step.x_next
+            done = done_before + step.index + 1
+            preview = run.preview.to_rgb(step.x0_pred)
+            yield RunEvent(EventKind.STEP, job_id, done, total, time.perf_counter() - began, preview, run)
+            if generator is not None:
+                rng_state = generator.get_state()
+            if cancel is not None and cancel.is_set() and done < total:
+                run.status = "cancelled"
+                yield RunEvent(EventKind.CANCELLED, job_id, done, total, time.perf_counter() - began, preview, run)
+                return None
+        return x
 
     # -- timeline views ---------------------------------------------------------------------------------------------
     def decode_step(self, run: Run, index: int, view: View = "x0") -> np.ndarray:
-        """Full VAE decode of one step's x_t or x̂0 (cached on the timeline)."""
+        """Full VAE decode of one step's x_t or x̂0 (not cached here: whoever shows it keeps it)."""
         model = self.model(run.request.model, run.request.device, run.request.dtype)
-        return run.timeline.decoded(index, view, lambda z: tensor_to_image(model.decode_latent(z.to(model.device))))
+        with torch.inference_mode():
+            return tensor_to_image(model.decode_latent(run.timeline[index].view(view).to(model.device)))
 
 
 def _oom_message(request: GenerationRequest) -> str:

@@ -6,17 +6,20 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
+from .api import VIEWS, RunInfo, RunKind, RunStatus, StepInfo, frozen_array
 from .request import GenerationRequest, RequestError
 from .schedules import NoiseLevel
 from .timeline import LatentPreview, Timeline, TimelineStep, View
 
-RunStatus = Literal["running", "finished", "cancelled", "failed"]
 RUN_FORMAT = "diffusion-studio-run/1"
+
+
+class NotARunFile(RequestError):
+    """A readable safetensors file that is not one of our runs (a model checkpoint, most likely)."""
 
 
 @dataclass(eq=False)
@@ -24,7 +27,7 @@ class Run:
     request: GenerationRequest
     grid: list[NoiseLevel]  # steps + 1 levels; timeline[i] sits at grid[i]
     timeline: Timeline
-    kind: Literal["txt2img", "img2img", "inpaint", "invert"] = "txt2img"
+    kind: RunKind = "txt2img"
     status: RunStatus = "running"
     image: np.ndarray | None = None  # HxWx3 uint8 result
     final_latent: torch.Tensor | None = None  # float32 CPU, at grid[-1]
@@ -35,10 +38,25 @@ class Run:
     preview: LatentPreview | None = field(default=None, repr=False)  # the model's latent → RGB map
 
     def step_image(self, index: int, view: View) -> np.ndarray:
-        """Cheap RGB of one step's x_t, x̂0 or ε̂ at latent resolution (no VAE; safe on the UI thread)."""
+        """Cheap RGB of one step's x_t, x̂0 or ε̂ at latent resolution (no VAE; numpy only, cheap on any thread)."""
         preview = self.preview or LatentPreview.default_for(self.timeline[index].x_t.shape[1])
         array = self.timeline[index].view_array(view)
         return preview.noise_to_rgb(array) if view == "eps" else preview.to_rgb(array)
+
+    # -- immutable views for whoever shows the run (api.py) -----------------------------------------------------------
+    def info(self) -> RunInfo:
+        """A snapshot of the run as it stands; the engine goes on writing the run, never the snapshot."""
+        return RunInfo(
+            id=self.id, request=self.request, kind=self.kind, status=self.status, steps=self.steps,
+            recorded=len(self.timeline), sigmas=tuple(level.sigma for level in self.grid),
+            parent_id=self.parent_id, from_step=self.from_step, image=frozen_array(self.image),
+        )
+
+    def step_info(self, index: int) -> StepInfo:
+        step = self.timeline[index]
+        previews = {view: frozen_array(self.step_image(index, view)) for view in VIEWS}
+        level = step.level
+        return StepInfo(index, level.timestep, level.alpha_cumprod, level.sigma, previews)
 
     def __post_init__(self) -> None:
         if self.parent is not None:
@@ -100,7 +118,7 @@ class Run:
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise RequestError(f"cannot read run file {path.name}: {exc}") from None
         if meta.get("format") != RUN_FORMAT:
-            raise RequestError(f"{path.name} is not a Diffusion Studio run file")
+            raise NotARunFile(f"{path.name} is not a Diffusion Studio run file")
         try:
             settings = json.loads(meta["request"])
             grid = [NoiseLevel(float(t), float(a)) for t, a in json.loads(meta["grid"])]

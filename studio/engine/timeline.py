@@ -9,17 +9,15 @@ steps and reads earlier ones from its parent (shared, never copied).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .api import VIEWS, View  # noqa: F401  (re-exported: the names the timeline's views go by)
 from .samplers import Step, predict_x0
 from .schedules import NoiseLevel
-
-View = Literal["x_t", "x0", "eps"]
-VIEWS: tuple[View, ...] = ("x_t", "x0", "eps")
 
 
 @dataclass(frozen=True)
@@ -177,7 +175,6 @@ class Timeline:
         self.parent = parent
         self.from_step = from_step if parent is not None else 0
         self._own: list[TimelineStep] = []
-        self._decoded: dict[tuple[int, View], np.ndarray] = {}
 
     def record(self, step: Step, rng_state: torch.Tensor | None = None) -> TimelineStep:
         """Keep `step`; `rng_state` is the noise generator's state when the step began (stochastic samplers)."""
@@ -220,13 +217,3 @@ class Timeline:
     def nbytes(self) -> int:
         """Bytes held by this timeline itself (a branch's shared prefix is counted in its parent)."""
         return sum(s.nbytes for s in self._own)
-
-    def noise_levels(self) -> list[NoiseLevel]:
-        return [step.level for step in self]
-
-    def decoded(self, index: int, which: View, decode: Callable[[torch.Tensor], np.ndarray]) -> np.ndarray:
-        """Full-quality VAE decode of one step's view, computed once and cached."""
-        key = (index, which)
-        if key not in self._decoded:
-            self._decoded[key] = decode(self[index].view(which))
-        return self._decoded[key]

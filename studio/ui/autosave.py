@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PySide6.QtCore import QLockFile
@@ -111,13 +111,14 @@ class Autosave:
         session = {"version": 1, "settings": settings, "runs": run_ids, "selected": selected}
         _atomic_text(self.current / SESSION, json.dumps(session, indent=1, default=str))
 
-    def save_run(self, run: Any) -> None:
-        """Write a finished or cancelled run once (`Run.save` is itself atomic)."""
+    def save_run(self, run: Any, write: Callable[[str, str], Any]) -> None:
+        """Have a finished or cancelled run written once: `write(run_id, path)` asks the engine, which owns the
+        run's tensors, to write the file (atomically)."""
         if run.id in self._saved_runs or run.status == "running":
             return
         folder = self.current / "runs"
         folder.mkdir(parents=True, exist_ok=True)
-        run.save(folder / f"{run.id}.safetensors")
+        write(run.id, str(folder / f"{run.id}.safetensors"))
         self._saved_runs.add(run.id)
 
 

@@ -17,7 +17,13 @@ class CanvasToolbar(QToolBar):
         self.setMovable(False)
         self.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         self.canvas = canvas
+        self._add_tools(canvas)
+        self._add_mask_display(canvas)
+        self.addSeparator()
+        self._add_mask_edits(canvas)
 
+    def _add_tools(self, canvas: MaskCanvas) -> None:
+        """Brush / eraser (one of the two) and the brush size."""
         tools = QActionGroup(self)
         self.brush_action = QAction("Brush", self, checkable=True, checked=True)
         self.brush_action.setObjectName("brushAction")
@@ -46,6 +52,7 @@ class CanvasToolbar(QToolBar):
         self.addWidget(QLabel(" Size "))
         self.addWidget(self.size_spin)
 
+    def _add_mask_display(self, canvas: MaskCanvas) -> None:
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setObjectName("maskOpacitySlider")
         self.opacity.setRange(0, 100)
@@ -62,8 +69,8 @@ class CanvasToolbar(QToolBar):
         self.feathered.toggled.connect(canvas.set_show_feathered)
         self.addWidget(QLabel(" "))
         self.addWidget(self.feathered)
-        self.addSeparator()
 
+    def _add_mask_edits(self, canvas: MaskCanvas) -> None:
         self.undo_action = self._button("Undo", "undoButton", "Undo the last stroke (Ctrl+Z)", canvas.mask.undo)
         self.redo_action = self._button("Redo", "redoButton", "Redo the stroke (Ctrl+Shift+Z / Ctrl+Y)", canvas.mask.redo)
         self.clear_action = self._button("Clear", "clearMaskButton", "Clear the mask (Ctrl+Shift+Backspace)", canvas.mask.clear)

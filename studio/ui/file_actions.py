@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QApplication
 
+from ..engine import RunsLoaded, format_parameters, parse_parameters, save_png
 from .choices import BUILTIN_MODELS
 from .dialogs import ask_directory, ask_open_file, ask_save_file
 from .image_io import (
@@ -26,18 +27,6 @@ from .image_io import (
 )
 from .images import qimage_to_rgb
 from .timeline_export import export_gif, export_pngs
-
-
-def _load_run_or_none(path: str) -> Any:
-    from ..engine.request import RequestError
-    from ..engine.run import Run
-
-    try:
-        return Run.load(path)
-    except RequestError as exc:
-        if "not a Diffusion Studio run file" in str(exc):
-            return None  # a model checkpoint, most likely
-        raise
 
 
 class FileActions:
@@ -145,8 +134,6 @@ class FileActions:
         self.message_bar.error(f"Cannot open {p.name}: not an image, a run or a model.")
 
     def restore_parameters(self, parameters: str, source: str = "") -> dict[str, Any]:
-        from ..engine.images import parse_parameters
-
         settings = parse_parameters(parameters)
         model = settings.pop("model", None)
         if model:
@@ -162,13 +149,11 @@ class FileActions:
 
     def _restored_message(self, parameters: str, source: str) -> str:
         """Says so when the picture was made with a model this machine does not know (the current one stays)."""
-        from ..engine.images import parse_parameters
-
         message = f"Restored the generation settings of {source}."
         name = parse_parameters(parameters).get("model")
         if name and self._find_model(name) is None:
             message += (f" It was made with the model \"{name}\", which is not open here; "
-                        f"keeping {self.prompt_panel.model.currentText()}.")
+                        f"keeping {self.prompt_panel.model_name()}.")
         return message
 
     def _find_model(self, name: str) -> str | None:
@@ -183,18 +168,16 @@ class FileActions:
         ask_open_file(self, "Open run", RUN_FILTER, self._last_dir(), self.open_run_or_model)
 
     def open_run_or_model(self, path: str) -> None:
-        if not path:
-            return
-        job = self.worker.call(lambda: _load_run_or_none(path))
-        self._pending_calls[job] = lambda run: self._opened_run_or_model(run, path)
+        if path:
+            self.load_run_files([path], lambda loaded: self._opened_run_or_model(loaded, path))
 
-    def _opened_run_or_model(self, run: Any, path: str) -> None:
-        if run is None:
-            self.use_model(path)
-            return
-        self.history.add(run, select=True)
-        self.autosave.save_run(run)
-        self.message_bar.success(f"Opened run {Path(path).name}: scrub it or branch from any step.")
+    def _opened_run_or_model(self, loaded: RunsLoaded, path: str) -> None:
+        if loaded.not_runs:
+            self.use_model(path)  # a safetensors file that is no run: a model checkpoint
+        elif loaded.errors:
+            self.message_bar.error(f"Cannot open the run {loaded.errors[0]}")
+        elif self.add_loaded_runs(loaded, select=True):
+            self.message_bar.success(f"Opened run {Path(path).name}: scrub it or branch from any step.")
 
     def open_checkpoint_dialog(self, folder: bool) -> None:
         if folder:
@@ -221,8 +204,6 @@ class FileActions:
                       lambda path: self.save_image(run, path))
 
     def save_image(self, run: Any, path: str) -> bool:
-        from ..engine.images import format_parameters, save_png
-
         if not path:
             return False
         spec = run.request.model
@@ -257,14 +238,8 @@ class FileActions:
                       lambda path: self._save_run(run, path))
 
     def _save_run(self, run: Any, path: str) -> None:
-        if not path:
-            return
-        try:
-            run.save(path)
-        except Exception as exc:
-            self.message_bar.error(f"Cannot save the run: {exc}")
-            return
-        self.message_bar.success(f"Saved the run with {len(run.timeline)} steps to {Path(path).name}.")
+        if path:
+            self.write_run_file(run.id, path, f"Saved the run with {run.recorded} steps to {Path(path).name}.")
 
     def export_timeline(self, run: Any, fmt: str) -> None:
         if fmt == "gif":

@@ -6,13 +6,12 @@ It owns the "what is running" state and keeps the RunHistory up to date; widgets
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from ..engine.events import Event, EventKind
-from ..engine.request import GenerationRequest
+from ..engine import Branch, Event, EventKind, Generate, GenerationRequest, Invert
 from .run_history import RunHistory
+from .run_record import RunRecord
 from .worker import EngineWorker
 
 
@@ -35,11 +34,10 @@ def format_seconds(seconds: float) -> str:
 class GenerationController(QObject):
     started = Signal(object)  # Event (STARTED)
     step = Signal(object)  # Event (STEP)
-    finished = Signal(object)  # Event (FINISHED); event.run holds the result
+    finished = Signal(object)  # Event (FINISHED); the record is `controller.record`
     cancelled = Signal(object)  # Event (CANCELLED)
     failed = Signal(str)  # one sentence for the message bar
     runningChanged = Signal(bool)
-    runAppeared = Signal(object)  # a Run entered the history (first event that carried it)
 
     def __init__(self, worker: EngineWorker, history: RunHistory, parent: QObject | None = None):
         super().__init__(parent)
@@ -47,35 +45,35 @@ class GenerationController(QObject):
         self.history = history
         self.job_id = 0
         self.kind = ""  # "generate" | "branch" | "invert"
-        self.run: Any = None  # the Run of the current job, once the engine has made it
+        self.record: RunRecord | None = None  # the run of the current job, once the engine has made it
         self.last_event: Event | None = None
-        worker.event.connect(self.on_event)
 
     @property
     def running(self) -> bool:
         return self.job_id != 0
 
-    def generate(self, request: GenerationRequest, parent: Any = None, from_step: int = 0) -> int:
+    def generate(self, request: GenerationRequest, parent: RunRecord | None = None, from_step: int = 0) -> int:
         if self.running:
             return 0
-        self._begin("branch" if parent is not None else "generate")
-        self.job_id = self.worker.generate(request, parent=parent, from_step=from_step)
-        return self.job_id
+        if parent is not None:
+            return self._begin("branch", Branch(request, parent.id, from_step))
+        return self._begin("generate", Generate(request))
 
-    def invert(self, request: GenerationRequest) -> int:
+    def invert(self, request: GenerationRequest, refine: int | None = None) -> int:
         if self.running:
             return 0
-        self._begin("invert")
-        self.job_id = self.worker.invert(request)
-        return self.job_id
+        return self._begin("invert", Invert(request, refine))
 
     def cancel(self) -> None:
         if self.running:
             self.worker.cancel(self.job_id)
 
-    def _begin(self, kind: str) -> None:
-        self.kind, self.run, self.last_event = kind, None, None
-        self.runningChanged.emit(True)
+    def _begin(self, kind: str, job) -> int:
+        self.kind, self.record, self.last_event = kind, None, None
+        self.job_id = self.worker.submit(job)
+        if self.job_id:
+            self.runningChanged.emit(True)
+        return self.job_id
 
     def _end(self) -> None:
         self.job_id = 0
@@ -86,10 +84,7 @@ class GenerationController(QObject):
         if event.job_id != self.job_id or not self.running:
             return  # a stale event from a job that was already settled
         self.last_event = event
-        if event.run is not None and event.run is not self.run:
-            self.run = event.run
-            self.history.add(event.run, select=True)
-            self.runAppeared.emit(event.run)
+        self._follow(event)
         match event.kind:
             case EventKind.STARTED:
                 self.started.emit(event)
@@ -97,19 +92,25 @@ class GenerationController(QObject):
                 self.step.emit(event)
             case EventKind.FINISHED:
                 self._end()
-                if self.run is not None:
-                    self.history.changed(self.run)
                 self.finished.emit(event)
             case EventKind.CANCELLED:
                 self._end()
-                if self.run is not None:
-                    self.run.status = "cancelled"
-                    self.history.changed(self.run)
                 self.cancelled.emit(event)
             case EventKind.ERROR:
                 self._end()
-                if self.run is not None:
-                    if self.run.status == "running":
-                        self.run.status = "failed"
-                    self.history.changed(self.run)  # its steps so far can still be scrubbed and branched from
                 self.failed.emit(event.message or "generation failed")
+
+    def _follow(self, event: Event) -> None:
+        """Keep the UI's record of the run in step with the engine's snapshots (the only writer is the engine)."""
+        if event.run is None:
+            return
+        record = self.record
+        if record is None or record.id != event.run.id:
+            record = self.record = RunRecord(event.run, parent=self.history.by_id(event.run.parent_id))
+            self.history.add(record, select=True)
+        else:
+            record.update(event.run)
+        if event.step_info is not None:
+            record.add_step(event.step_info)
+            record.preview = event.preview  # the history thumbnail until the final image exists
+        self.history.changed(record)

@@ -115,11 +115,11 @@ class HistoryPanel(QWidget):
             return
         request = run.request
         number = self.history.number(run)
-        status = {"running": " · running…", "cancelled": f" · stopped at {len(run.timeline)}/{run.steps}",
-                  "failed": f" · failed at {len(run.timeline)}/{run.steps}"}.get(run.status, "")
+        status = {"running": " · running…", "cancelled": f" · stopped at {run.recorded}/{run.steps}",
+                  "failed": f" · failed at {run.recorded}/{run.steps}"}.get(run.status, "")
         first = f"#{number} {KINDS.get(run.kind, run.kind)}{status}"
         second = f"{SAMPLERS.get(request.sampler, request.sampler)} · {request.steps} steps · seed {request.seed}"
-        if getattr(run, "parent", None) is not None or getattr(run, "parent_id", None):
+        if run.parent is not None or run.parent_id:
             second = f"↳ step {run.from_step + 1} · " + second
         prompt = request.prompt.strip().replace("\n", " ") or "(no prompt)"
         item.setText(0, f"{first}\n{second}\n{prompt}")
@@ -129,7 +129,7 @@ class HistoryPanel(QWidget):
             f"Negative: {request.negative_prompt}\nCFG {request.cfg:g}, eta {request.eta:g}, "
             f"{request.width}×{request.height}",
         )
-        image = run.image if run.image is not None else getattr(run, "_ui_preview", None)
+        image = run.image if run.image is not None else run.preview
         item.setIcon(0, QIcon(thumbnail(image, THUMB)))
 
     def _remove(self, run: Any) -> None:

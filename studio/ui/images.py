@@ -34,13 +34,6 @@ def qimage_to_rgb(qimage: QImage) -> np.ndarray:
     return buffer[:, : 3 * w].reshape(h, w, 3).copy()
 
 
-def mask_to_qimage(mask: np.ndarray) -> QImage:
-    """HxW float [0, 1] → Grayscale8 QImage (255 = repaint)."""
-    data = np.ascontiguousarray(np.clip(np.round(np.asarray(mask, dtype=np.float32) * 255), 0, 255).astype(np.uint8))
-    h, w = data.shape
-    return QImage(data.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
-
-
 def qimage_to_mask(qimage: QImage) -> np.ndarray:
     """Grayscale8 (or any) QImage → HxW float32 in [0, 1]."""
     return qimage_to_gray(qimage).astype(np.float32) / 255.0

@@ -14,7 +14,20 @@ from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
-from ..engine.events import Event
+from ..engine import (
+    Backend,
+    BackendReady,
+    Decoded,
+    DecodeStep,
+    Event,
+    ForgetRun,
+    JobFailed,
+    Message,
+    ModelProbed,
+    ProbeModel,
+    RunSaved,
+    RunsLoaded,
+)
 from .autosave import Autosave
 from .canvas_toolbar import CanvasToolbar, CanvasViewBar
 from .file_actions import FileActions
@@ -27,13 +40,14 @@ from .run_history import RunHistory
 from .session import SessionPersistence
 from .timeline_panel import TimelinePanel
 from .window_menus import build_menus
+from .run_record import RunRecord
 from .worker import EngineWorker
 
 
 class MainWindow(FileActions, SessionPersistence, QMainWindow):
     closed = Signal()
 
-    def __init__(self, *, autosave_dir: str | Path | None = None, engine_factory: Callable[[], Any] | None = None,
+    def __init__(self, *, autosave_dir: str | Path | None = None, backend_factory: Callable[[], Backend] | None = None,
                  offer_restore: bool = True, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("mainWindow")
@@ -45,11 +59,12 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self._closing = False
         self._image_name: str | None = None
         self._result_image: np.ndarray | None = None
-        self._pending_calls: dict[int, Callable[[Any], None]] = {}
+        self._pending_loads: dict[int, Callable[[RunsLoaded], None]] = {}  # job id → what to do with the runs
+        self._pending_saves: dict[int, str] = {}  # job id → what to say when the run file is written
         self._probe_job = 0
 
         self.history = RunHistory(self)
-        self.worker = EngineWorker(engine_factory, self)
+        self.worker = EngineWorker(backend_factory, self)
         self.controller = GenerationController(self.worker, self.history, self)
 
         self.message_bar = MessageBar()
@@ -59,23 +74,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.prompt_panel = PromptPanel()
         self.timeline = TimelinePanel()
         self.history_panel = HistoryPanel(self.history)
-        central = QWidget()
-        central.setObjectName("centralArea")
-        layout = QVBoxLayout(central)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(0)
-        layout.addWidget(self.message_bar)
-        layout.addWidget(self.toolbar)
-        layout.addWidget(self.canvas, 1)
-        layout.addWidget(self.viewbar)
-        self.setCentralWidget(central)
-        self.prompt_dock = self._dock("Generate", "promptDock", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
-        self.history_dock = self._dock("History", "historyDock", self.history_panel, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.timeline_dock = self._dock("Timeline", "timelineDock", self.timeline, Qt.DockWidgetArea.BottomDockWidgetArea)
-        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
-        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.resizeDocks([self.prompt_dock, self.history_dock], [340, 270], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.timeline_dock], [300], Qt.Orientation.Vertical)
+        self._build_layout()
         self.engine_label = QLabel("Starting the engine…")
         self.engine_label.setObjectName("engineStatusLabel")
         self.statusBar().addWidget(self.engine_label, 1)
@@ -94,6 +93,26 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         if previous is not None and offer_restore:
             self.offer_restore(previous)
 
+    def _build_layout(self) -> None:
+        """The canvas with its message bar and toolbars in the middle; prompt, history and timeline docked."""
+        central = QWidget()
+        central.setObjectName("centralArea")
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.message_bar)
+        layout.addWidget(self.toolbar)
+        layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.viewbar)
+        self.setCentralWidget(central)
+        self.prompt_dock = self._dock("Generate", "promptDock", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.history_dock = self._dock("History", "historyDock", self.history_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.timeline_dock = self._dock("Timeline", "timelineDock", self.timeline, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.resizeDocks([self.prompt_dock, self.history_dock], [340, 270], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.timeline_dock], [300], Qt.Orientation.Vertical)
+
     def _dock(self, title: str, name: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
         dock = QDockWidget(title, self)
         dock.setObjectName(name)
@@ -111,9 +130,9 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         panel.openCheckpointRequested.connect(self.open_checkpoint_dialog)
         panel.modelChanged.connect(self._model_changed)
         panel.sizeChanged.connect(self._size_changed)
-        panel.inpaintOptionsChanged.connect(lambda: canvas.set_feather(panel.feather.value(), panel.grow.value()))
+        panel.inpaintOptionsChanged.connect(lambda: canvas.set_feather(*panel.feather_and_grow()))
         panel.changed.connect(self.schedule_autosave)
-        canvas.set_feather(panel.feather.value(), panel.grow.value())
+        canvas.set_feather(*panel.feather_and_grow())
         canvas.mask.changed.connect(self._update_mode)
         canvas.mask.changed.connect(self.schedule_autosave)
         canvas.stepKey.connect(self.timeline.step_by)
@@ -123,6 +142,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
 
         self.history.selectionChanged.connect(self._show_run)
         self.history.runRemoved.connect(self.schedule_autosave)
+        self.history.runRemoved.connect(lambda run: self.worker.submit(ForgetRun(run.id)))
         self.history.cleared.connect(self.schedule_autosave)
         self.history_panel.tree.itemClicked.connect(lambda *_: self.activate_run(self.history.selected))
         self.history_panel.invertRequested.connect(self.invert_image)
@@ -132,12 +152,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.timeline.decodeRequested.connect(self.decode_step)
         self.timeline.exportRequested.connect(self.export_timeline)
 
-        w = self.worker
-        w.ready.connect(self._engine_ready)
-        w.decoded.connect(self._on_decoded)
-        w.modelProbed.connect(self._on_model_probed)
-        w.called.connect(self._on_called)
-        w.failed.connect(self._on_worker_failed)
+        self.worker.message.connect(self._on_message)
 
     def _connect_controller(self) -> None:
         c = self.controller
@@ -161,7 +176,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
     def generate(self) -> None:
         if self.controller.running:
             return
-        if self.prompt_panel.random_each.isChecked():
+        if self.prompt_panel.settings_model.random_each:
             self.prompt_panel.randomize_seed()
         self.timeline.stop()
         self.controller.generate(self.build_request())
@@ -169,7 +184,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
     def cancel(self) -> None:
         if self.controller.running:
             self.controller.cancel()
-            self.prompt_panel.progress.setFormat("Stopping at the next step…")
+            self.prompt_panel.set_progress_text("Stopping at the next step…")
 
     def branch(self, run: Any, index: int) -> None:
         if run is None:
@@ -177,7 +192,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         if self.controller.running:
             self.message_bar.warning("Wait for the current run to finish (or cancel it) before branching.")
             return
-        if not 0 <= index < len(run.timeline):
+        if not 0 <= index < run.recorded:
             self.message_bar.warning("Pick a step on the timeline to branch from.")
             return
         parent = run.request
@@ -199,14 +214,14 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         request = self.prompt_panel.request(width=image.shape[1], height=image.shape[0], init_image=image)
         self.controller.invert(request)
 
-    def decode_step(self, run: Any, index: int) -> None:
-        if run is None or not 0 <= index < len(run.timeline):
+    def decode_step(self, run: RunRecord | None, index: int) -> None:
+        if run is None or not 0 <= index < run.recorded:
             return
-        cached = self.timeline.decoded(run, index)
+        cached = run.decoded(index, "x0")
         if cached is not None:
-            self._on_decoded(0, run, index, "x0", cached)
+            self._show_decoded(run, index, cached)
             return
-        self.worker.decode(run, index, "x0")
+        self.worker.submit(DecodeStep(run.id, index, "x0"))
         queued = " (after the current run)" if self.controller.running else ""
         self.message_bar.info(f"Decoding step {index + 1} at full quality{queued}…")
 
@@ -216,7 +231,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.cancel_action.setEnabled(running)
         self.generate_action.setEnabled(not running)
         self.branch_action.setEnabled(not running)
-        self.timeline.branch_button.setEnabled(not running and self.timeline.slider.maximum() >= 0 and self.timeline.run is not None)
+        self.timeline.set_busy(running)
         self.history_panel.invert_button.setEnabled(not running)
         self.history_panel.clear_button.setEnabled(not running and len(self.history) > 0)
         if running:
@@ -232,16 +247,15 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         if event.preview is not None:
             self.canvas.set_preview(event.preview, f"{label} {event.step}/{event.total} · preview")
             self.viewbar.sync()
-        if event.run is not None:
-            event.run._ui_preview = event.preview  # the history thumbnail until the final image exists
-            self.history.changed(event.run)
-            if event.run is self.timeline.run:
-                self.timeline.run_progressed(event.run)
+        record = self.controller.record
+        if record is not None:
+            if record is self.timeline.run:
+                self.timeline.run_progressed(record)
             else:
-                self.timeline.set_run(event.run)
+                self.timeline.set_run(record)
 
     def _on_finished(self, event: Event) -> None:
-        run = event.run
+        run = self.controller.record
         self.prompt_panel.show_progress(event.total, event.total,
                                         f"Done · {event.total} steps in {format_seconds(event.elapsed)}")
         if run is None:
@@ -255,8 +269,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
 
     def _on_cancelled(self, event: Event) -> None:
         self.prompt_panel.show_progress(event.step, max(1, event.total), f"Cancelled at step {event.step}/{event.total}")
-        if event.run is not None:
-            self.timeline.run_finished(event.run)
+        if self.controller.record is not None:
+            self.timeline.run_finished(self.controller.record)
             self.autosave_now()
         self.message_bar.info(f"Cancelled at step {event.step} of {event.total}; its steps stay on the timeline.")
 
@@ -266,7 +280,29 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         if self.timeline.run is not None:
             self.timeline.run_finished(self.timeline.run)
 
-    # -- worker events --------------------------------------------------------------------------------------------
+    # -- worker messages ------------------------------------------------------------------------------------------
+    def _on_message(self, message: Message) -> None:
+        """The one dispatch point for everything the engine says."""
+        match message:
+            case Event():
+                self.controller.on_event(message)
+            case Decoded():
+                self._on_decoded(message)
+            case ModelProbed():
+                self._on_model_probed(message)
+            case RunsLoaded():
+                callback = self._pending_loads.pop(message.job_id, None)
+                if callback is not None:
+                    callback(message)
+            case RunSaved():
+                text = self._pending_saves.pop(message.job_id, None)
+                if text:
+                    self.message_bar.success(text)
+            case JobFailed():
+                self._on_worker_failed(message)
+            case BackendReady():
+                self._engine_ready(list(message.devices))
+
     def _engine_ready(self, devices: list) -> None:
         self.prompt_panel.set_devices([str(d) for d in devices])
         names = ", ".join(d for d in devices if d != "auto")
@@ -274,30 +310,34 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         # Load the selected model now (on the worker): the first Generate starts at once, at the model's own size.
         self._model_changed(self.prompt_panel.model_spec())
 
-    def _on_decoded(self, _job: int, run: Any, index: int, view: str, image: np.ndarray) -> None:
-        self.timeline.add_decoded(run, index, view, image)
+    def _on_decoded(self, message: Decoded) -> None:
+        run = self.history.by_id(message.run_id)
+        if run is None:
+            return
+        run.add_decoded(message.index, message.view, message.image)
+        self._show_decoded(run, message.index, message.image)
+
+    def _show_decoded(self, run: RunRecord, index: int, image: np.ndarray) -> None:
+        self.timeline.decoded_arrived(run, index)
         if run is self.timeline.run:
             self.canvas.set_preview(image, f"Step {index + 1} · x̂0 decoded")
             self.viewbar.sync()
             if self.message_bar.text().startswith("Decoding"):
                 self.message_bar.dismiss()
 
-    def _on_model_probed(self, job: int, spec: str, size: int, cfg: float) -> None:
-        if job == self._probe_job and spec == self.prompt_panel.model_spec():
-            self.prompt_panel.follow_model_cfg(cfg)
-            self.engine_label.setText(f"Model ready: {self.prompt_panel.model.currentText()} ({size} px)")
+    def _on_model_probed(self, message: ModelProbed) -> None:
+        info = message.info
+        if message.job_id == self._probe_job and info.spec == self.prompt_panel.model_spec():
+            self.prompt_panel.follow_model_cfg(info.default_cfg)
+            self.engine_label.setText(f"Model ready: {self.prompt_panel.model_name()} ({info.default_size} px)")
             if not self.canvas.has_image():
-                self.prompt_panel.width_spin.setValue(size)
-                self.prompt_panel.height_spin.setValue(size)
+                self.prompt_panel.set_size(info.default_size, info.default_size)
 
-    def _on_called(self, job: int, result: Any) -> None:
-        callback = self._pending_calls.pop(job, None)
-        if callback is not None:
-            callback(result)
-
-    def _on_worker_failed(self, job: int, message: str) -> None:
-        self._pending_calls.pop(job, None)
-        self.message_bar.error(message[:1].upper() + message[1:])
+    def _on_worker_failed(self, message: JobFailed) -> None:
+        self._pending_loads.pop(message.job_id, None)
+        self._pending_saves.pop(message.job_id, None)
+        text = message.message
+        self.message_bar.error(text[:1].upper() + text[1:])
 
     # -- runs, results and the canvas -----------------------------------------------------------------------------
     def _show_run(self, run: Any) -> None:
@@ -338,7 +378,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             panel.set_image_mode(True, (size.width(), size.height()))
         else:
             panel.set_image_mode(False)
-            canvas.set_blank_size(panel.width_spin.value(), panel.height_spin.value())
+            canvas.set_blank_size(*panel.generation_size())
         name = self._image_name
         self.setWindowTitle(f"{name} — Diffusion Studio" if name else "Diffusion Studio")
         self.viewbar.sync()
@@ -355,7 +395,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         else:
             covered = float((self.canvas.mask.array() > 0).mean()) * 100
             mode = f"Inpaint · mask covers {covered:.0f} %"
-        self.prompt_panel.mode_label.setText(f"{mode} · {dims}")
+        self.prompt_panel.set_mode_text(f"{mode} · {dims}")
         self.viewbar.info_label.setText(f"  {dims} px")
 
     def _size_changed(self, width: int, height: int) -> None:
@@ -364,9 +404,9 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             self._update_mode()
 
     def _model_changed(self, spec: str) -> None:
-        self.engine_label.setText(f"Loading {self.prompt_panel.model.currentText()}…")
+        self.engine_label.setText(f"Loading {self.prompt_panel.model_name()}…")
         panel = self.prompt_panel
-        self._probe_job = self.worker.probe_model(spec, panel.device.currentData(), panel.dtype.currentData())
+        self._probe_job = self.worker.submit(ProbeModel(spec, panel.settings_model.device, panel.settings_model.dtype))
 
     # -- help -----------------------------------------------------------------------------------------------------
     def _show_shortcuts(self) -> None:
@@ -391,10 +431,10 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             self._closing = True
             self.timeline.stop()
             self.controller.cancel()
+            self.autosave_now()  # queues the run files not yet written; the worker finishes them before it stops
             self.worker.stop()  # cancels the run at its next step and joins the engine thread
             self.controller.job_id = 0
             self.save_settings()
-            self.autosave_now()
             self.autosave.close()
             self.closed.emit()
         super().closeEvent(event)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 from PySide6.QtCore import QObject, Signal
 
-Run = Any  # studio.engine.run.Run; not imported here so the UI thread never imports torch for a type
+from .run_record import RunRecord as Run
 
 
 class RunHistory(QObject):
     runAdded = Signal(object)  # Run
-    runChanged = Signal(object)  # Run: status, image or timeline length changed
+    runChanged = Signal(object)  # Run: status, image or number of steps changed
     runRemoved = Signal(object)
     selectionChanged = Signal(object)  # Run | None
     cleared = Signal()
@@ -44,15 +44,12 @@ class RunHistory(QObject):
         return next((r for r in self._runs if r.id == run_id), None) if run_id else None
 
     def parent_of(self, run: Run) -> Run | None:
-        if getattr(run, "parent", None) is not None and run.parent in self:
+        if run.parent is not None and run.parent in self:
             return run.parent
-        return self.by_id(getattr(run, "parent_id", None))
+        return self.by_id(run.parent_id)
 
     def children(self, run: Run) -> list[Run]:
         return [r for r in self._runs if self.parent_of(r) is run]
-
-    def roots(self) -> list[Run]:
-        return [r for r in self._runs if self.parent_of(r) is None]
 
     def add(self, run: Run, select: bool = True) -> None:
         if run in self:

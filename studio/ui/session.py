@@ -7,31 +7,16 @@ is written once, so a crash or a kill loses at most the last second of mask pain
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from PySide6.QtCore import QByteArray
 
+from ..engine import LoadRuns, RunsLoaded, SaveRun
 from .autosave import Session
+from .run_record import RunRecord
 from .theme import apply_theme
 
 AUTOSAVE_DELAY_MS = 1000
-
-
-def _load_runs(paths: list) -> tuple[list, list[str]]:
-    """On the engine thread: read saved runs, link branches to their parents; errors are collected, not raised."""
-    from ..engine.run import Run
-
-    runs, errors = [], []
-    for path in paths:
-        try:
-            runs.append(Run.load(path))
-        except Exception as exc:
-            errors.append(f"{path.name}: {exc}")
-    by_id = {run.id: run for run in runs}
-    for run in runs:
-        if run.parent_id in by_id:
-            run.parent = by_id[run.parent_id]
-    return runs, errors
 
 
 class SessionPersistence:
@@ -46,7 +31,7 @@ class SessionPersistence:
                 self.prompt_panel.apply_settings(json.loads(str(raw)))
             except (ValueError, TypeError):
                 pass
-        self.prompt_panel.random_each.setChecked(_bool(s.value("generation/randomEachRun", False)))
+        self.prompt_panel.settings_model.random_each = _bool(s.value("generation/randomEachRun", False))
         self.canvas.set_brush_size(int(s.value("canvas/brushSize", self.canvas.brush_size)))
         self.toolbar.opacity.setValue(int(s.value("canvas/maskOpacity", self.toolbar.opacity.value())))
         self.toolbar.feathered.setChecked(_bool(s.value("canvas/showFeathered", True)))
@@ -62,7 +47,7 @@ class SessionPersistence:
     def save_settings(self) -> None:
         s = self.settings
         s.setValue("generation/settings", json.dumps(self.prompt_panel.settings()))
-        s.setValue("generation/randomEachRun", self.prompt_panel.random_each.isChecked())
+        s.setValue("generation/randomEachRun", self.prompt_panel.settings_model.random_each)
         s.setValue("models/recent", self.prompt_panel.recent_models()[:8])
         s.setValue("canvas/brushSize", self.canvas.brush_size)
         s.setValue("canvas/maskOpacity", self.toolbar.opacity.value())
@@ -89,7 +74,7 @@ class SessionPersistence:
         runs = [r for r in self.history if r.status != "running"]
         try:
             for run in runs:
-                self.autosave.save_run(run)
+                self.autosave.save_run(run, self.write_run_file)
             selected = self.history.selected
             self.autosave.save_state(
                 settings=self.prompt_panel.settings(),
@@ -120,14 +105,31 @@ class SessionPersistence:
             self.autosave.discard_previous()
             self.message_bar.success("Restored your last session.")
             return
-        job = self.worker.call(lambda: _load_runs(paths))
-        self._pending_calls[job] = lambda loaded: self._restored_runs(loaded, session)
+        self.load_run_files([str(p) for p in paths], lambda loaded: self._restored_runs(loaded, session))
 
-    def _restored_runs(self, loaded: tuple[list, list[str]], session: Session) -> None:
-        runs, errors = loaded
-        for run in runs:
-            self.history.add(run, select=False)
-            self.autosave.save_run(run)
+    def load_run_files(self, paths: list[str], then: Callable[[RunsLoaded], None]) -> None:
+        """Ask the engine to read run files; `then` gets its answer (branches are linked to their parents)."""
+        job = self.worker.submit(LoadRuns(tuple(paths)))
+        if job:
+            self._pending_loads[job] = then
+
+    def add_loaded_runs(self, loaded: RunsLoaded, select: bool) -> list[RunRecord]:
+        records = []
+        for item in loaded.runs:
+            record = RunRecord(item.run, item.steps, parent=self.history.by_id(item.run.parent_id))
+            self.history.add(record, select=select)
+            self.autosave.save_run(record, self.write_run_file)
+            records.append(record)
+        return records
+
+    def write_run_file(self, run_id: str, path: str, say: str = "") -> None:
+        """Have the engine write run `run_id` to `path`; `say` is shown when it is done."""
+        job = self.worker.submit(SaveRun(run_id, path))
+        if job and say:
+            self._pending_saves[job] = say
+
+    def _restored_runs(self, loaded: RunsLoaded, session: Session) -> None:
+        runs, errors = self.add_loaded_runs(loaded, select=False), list(loaded.errors)
         selected = self.history.by_id(session.selected)
         if selected is not None:
             self.history.select(selected)

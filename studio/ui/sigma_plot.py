@@ -71,7 +71,18 @@ class SigmaPlot(QWidget):
         lo, hi = min(self.sigmas), max(self.sigmas)
         if hi / lo < 1.5:
             lo, hi = lo / 1.5, hi * 1.5
-        # decade gridlines
+        self._paint_decades(painter, rect, lo, hi, grid_color, text_color)
+        points = [QPointF(self._x(rect, i), self._y(rect, s, lo, hi)) for i, s in enumerate(self.sigmas)]
+        self._paint_curve(painter, points, palette.color(palette.ColorRole.Highlight), text_color)
+        self._paint_markers(painter, rect, points, grid_color, text_color)
+        painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
+        painter.drawText(QRectF(rect.left(), rect.bottom() + 2, rect.width(), metrics.height()),
+                         Qt.AlignmentFlag.AlignCenter, f"step 1 … {len(self.sigmas)}   (log scale)")
+        painter.end()
+
+    def _paint_decades(self, painter: QPainter, rect: QRectF, lo: float, hi: float, grid_color: QColor,
+                       text_color: QColor) -> None:
+        """Dotted gridlines at each power of ten, labelled in the left margin."""
         painter.setPen(QPen(grid_color, 1, Qt.PenStyle.DotLine))
         for exponent in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
             value = 10.0**exponent
@@ -83,8 +94,9 @@ class SigmaPlot(QWidget):
                                  Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
                                  f"{value:g}" if -2 < exponent < 3 else f"1e{exponent}")  # fits the margin
                 painter.setPen(QPen(grid_color, 1, Qt.PenStyle.DotLine))
-        points = [QPointF(self._x(rect, i), self._y(rect, s, lo, hi)) for i, s in enumerate(self.sigmas)]
-        accent = palette.color(palette.ColorRole.Highlight)
+
+    def _paint_curve(self, painter: QPainter, points: list[QPointF], accent: QColor, text_color: QColor) -> None:
+        """The whole schedule dashed; the steps computed so far solid, with a dot each."""
         pending = QColor(text_color)
         pending.setAlpha(110)
         painter.setPen(QPen(pending, 1.2, Qt.PenStyle.DashLine))
@@ -95,6 +107,11 @@ class SigmaPlot(QWidget):
             painter.setBrush(accent)
             for p in points[: self.done]:
                 painter.drawEllipse(p, 2, 2)
+
+    def _paint_markers(self, painter: QPainter, rect: QRectF, points: list[QPointF], grid_color: QColor,
+                       text_color: QColor) -> None:
+        """Where this run branched off its parent, and the selected step with its σ."""
+        palette, metrics = self.palette(), self.fontMetrics()
         if 0 < self.branch < len(points):
             x = points[self.branch].x()
             painter.setPen(QPen(grid_color.lighter(160), 1, Qt.PenStyle.DashLine))
@@ -113,10 +130,6 @@ class SigmaPlot(QWidget):
             x = min(max(rect.left() + 2, p.x() + 6), rect.right() - width - 2)
             painter.setPen(text_color)
             painter.drawText(QRectF(x, rect.top() + 2, width, metrics.height()), Qt.AlignmentFlag.AlignLeft, label)
-        painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
-        painter.drawText(QRectF(rect.left(), rect.bottom() + 2, rect.width(), metrics.height()),
-                         Qt.AlignmentFlag.AlignCenter, f"step 1 … {len(self.sigmas)}   (log scale)")
-        painter.end()
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
         if event.button() == Qt.MouseButton.LeftButton:

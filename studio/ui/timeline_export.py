@@ -22,7 +22,7 @@ def export_gif(run: Any, path: str | Path, view: str = "x0", frame_ms: int = 90,
     """Every step's `view`, then the final image (held longer); returns the number of frames."""
     size = _frame_size(run, min(side, max(run.request.width, run.request.height)))
     frames = [Image.fromarray(run.step_image(i, view)).resize(size, Image.Resampling.BICUBIC)
-              for i in range(len(run.timeline))]
+              for i in range(run.recorded)]
     durations = [frame_ms] * len(frames)
     if run.image is not None:
         frames.append(Image.fromarray(run.image).resize(size, Image.Resampling.LANCZOS))
@@ -39,7 +39,7 @@ def export_pngs(run: Any, folder: str | Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     size = (run.request.width, run.request.height)
     count = 0
-    for i in range(len(run.timeline)):
+    for i in range(run.recorded):
         for view, name in VIEW_NAMES.items():
             image = Image.fromarray(run.step_image(i, view))
             resample = Image.Resampling.NEAREST if view == "eps" else Image.Resampling.BICUBIC

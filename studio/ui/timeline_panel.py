@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
@@ -46,8 +45,21 @@ class TimelinePanel(QWidget):
         self.setObjectName("timelinePanel")
         self.run: Any = None
         self._follow = True  # during a run, the slider tracks the newest step until the user moves it
-        self._decoded: dict[tuple[str, int], np.ndarray] = {}
+        self._busy = False  # a job is running: no branching until it ends
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 6, 8, 6)
+        layout.setSpacing(6)
+        layout.addLayout(self._build_scrubber())
+        layout.addLayout(self._build_views(), 1)
+        layout.addLayout(self._build_actions())
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+        self._timer = QTimer(self)
+        self._timer.setInterval(PLAY_INTERVAL_MS)
+        self._timer.timeout.connect(self._advance)
+        self._update_enabled()
 
+    def _build_scrubber(self) -> QHBoxLayout:
+        """Play / pause, the step slider and the selected step's t, σ and ᾱ."""
         self.play_button = QToolButton()
         self.play_button.setObjectName("playButton")
         self.play_button.setCheckable(True)
@@ -66,9 +78,19 @@ class TimelinePanel(QWidget):
         self.step_label.setObjectName("stepLabel")
         self.step_label.setMinimumWidth(300)
         self.step_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        row = QHBoxLayout()
+        row.setSpacing(8)
+        row.addWidget(self.play_button)
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.step_label)
+        return row
 
+    def _build_views(self) -> QHBoxLayout:
+        """x_t, x̂0 and ε̂ of the selected step side by side, then the σ plot."""
         self.views: dict[str, StepView] = {}
         self.captions: dict[str, QLabel] = {}
+        row = QHBoxLayout()
+        row.setSpacing(8)
         for key, name, title, tip in VIEWS:
             self.views[key] = StepView(name, tip)
             caption = QLabel(title)
@@ -76,9 +98,15 @@ class TimelinePanel(QWidget):
             caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
             caption.setTextFormat(Qt.TextFormat.RichText)
             self.captions[key] = caption
+            row.addLayout(_captioned(self.views[key], caption), 3)
         self.plot = SigmaPlot()
         self.plot.stepClicked.connect(self.set_index)
+        plot_caption = QLabel("noise level σ per step")
+        plot_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        row.addLayout(_captioned(self.plot, plot_caption), 3)
+        return row
 
+    def _build_actions(self) -> QHBoxLayout:
         self.smooth = QCheckBox("Smooth")
         self.smooth.setObjectName("smoothViewsCheck")
         self.smooth.setToolTip("Smooth the upscaled latent previews (off: show latent pixels as squares)")
@@ -98,45 +126,12 @@ class TimelinePanel(QWidget):
         self.branch_button.setObjectName("branchButton")
         self.branch_button.setToolTip("Start a new run from this step with the current prompt, sampler, eta and CFG")
         self.branch_button.clicked.connect(lambda: self.run is not None and self.branchRequested.emit(self.run, self.index()))
-
-        top = QHBoxLayout()
-        top.setSpacing(8)
-        top.addWidget(self.play_button)
-        top.addWidget(self.slider, 1)
-        top.addWidget(self.step_label)
-        views = QHBoxLayout()
-        views.setSpacing(8)
-        for key, view in self.views.items():
-            column = QVBoxLayout()
-            column.setSpacing(2)
-            column.addWidget(view, 1)
-            column.addWidget(self.captions[key])
-            views.addLayout(column, 3)
-        plot_column = QVBoxLayout()
-        plot_column.setSpacing(2)
-        plot_column.addWidget(self.plot, 1)
-        plot_caption = QLabel("noise level σ per step")
-        plot_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        plot_column.addWidget(plot_caption)
-        views.addLayout(plot_column, 3)
-        actions = QHBoxLayout()
-        actions.addWidget(self.smooth)
-        actions.addStretch(1)
-        actions.addWidget(self.decode_button)
-        actions.addWidget(self.export_button)
-        actions.addWidget(self.branch_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(8, 6, 8, 6)
-        layout.setSpacing(6)
-        layout.addLayout(top)
-        layout.addLayout(views, 1)
-        layout.addLayout(actions)
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
-
-        self._timer = QTimer(self)
-        self._timer.setInterval(PLAY_INTERVAL_MS)
-        self._timer.timeout.connect(self._advance)
-        self._update_enabled()
+        row = QHBoxLayout()
+        row.addWidget(self.smooth)
+        row.addStretch(1)
+        for button in (self.decode_button, self.export_button, self.branch_button):
+            row.addWidget(button)
+        return row
 
     # -- the run --------------------------------------------------------------------------------------------------
     def set_run(self, run: Any, index: int | None = None) -> None:
@@ -169,16 +164,13 @@ class TimelinePanel(QWidget):
             self._sync_range()
             self.refresh()
 
-    def add_decoded(self, run: Any, index: int, view: str, image: np.ndarray) -> None:
-        self._decoded[(run.id, index, view)] = image
+    def decoded_arrived(self, run: Any, index: int) -> None:
+        """A full-quality decode of `run`'s step `index` is now in its record."""
         if run is self.run and index == self.index():
             self.refresh()
 
-    def decoded(self, run: Any, index: int, view: str = "x0") -> np.ndarray | None:
-        return self._decoded.get((run.id, index, view)) if run is not None else None
-
     def _length(self) -> int:
-        return len(self.run.timeline) if self.run is not None else 0
+        return self.run.recorded if self.run is not None else 0
 
     def _sync_range(self) -> None:
         self.slider.blockSignals(True)
@@ -187,10 +179,16 @@ class TimelinePanel(QWidget):
         self.slider.blockSignals(False)
         self._update_enabled()
 
+    def set_busy(self, busy: bool) -> None:
+        """While a job runs, branching waits (as the Branch menu action does); scrubbing goes on."""
+        self._busy = busy
+        self._update_enabled()
+
     def _update_enabled(self) -> None:
         has_steps = self._length() > 0
-        for widget in (self.slider, self.play_button, self.decode_button, self.export_button, self.branch_button):
+        for widget in (self.slider, self.play_button, self.decode_button, self.export_button):
             widget.setEnabled(has_steps)
+        self.branch_button.setEnabled(has_steps and not self._busy)
 
     # -- the selected step ----------------------------------------------------------------------------------------
     def index(self) -> int:
@@ -223,15 +221,14 @@ class TimelinePanel(QWidget):
             return
         i = min(self.index(), n - 1)
         for key, view in self.views.items():
-            decoded = self.decoded(run, i, key)
+            decoded = run.decoded(i, key)
             view.set_image(decoded if decoded is not None else run.step_image(i, key), "decoded" if decoded is not None else "")
-        levels = run.grid[: run.steps]
-        self.plot.set_levels([lv.sigma for lv in levels], n, branch=run.from_step if run.parent is not None else -1)
+        branch = run.from_step if run.parent is not None or run.parent_id else -1
+        self.plot.set_levels(list(run.sigmas[: run.steps]), n, branch=branch)
         self.plot.set_current(i)
-        level = run.timeline[i].level
-        total = run.steps
+        step = run.step(i)
         self.step_label.setText(
-            f"Step {i + 1} of {total}   t = {level.timestep:.0f}   σ = {level.sigma:.3g}   ᾱ = {level.alpha_cumprod:.3g}"
+            f"Step {i + 1} of {run.steps}   t = {step.timestep:.0f}   σ = {step.sigma:.3g}   ᾱ = {step.alpha_cumprod:.3g}"
         )
 
     # -- play -----------------------------------------------------------------------------------------------------
@@ -262,3 +259,11 @@ class TimelinePanel(QWidget):
             self.play_button.toggle()
         else:
             super().keyPressEvent(event)
+
+
+def _captioned(widget: QWidget, caption: QLabel) -> QVBoxLayout:
+    column = QVBoxLayout()
+    column.setSpacing(2)
+    column.addWidget(widget, 1)
+    column.addWidget(caption)
+    return column

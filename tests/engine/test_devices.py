@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from studio.engine.errors import UserError
 from studio.engine.devices import available_devices, resolve_device, resolve_dtype
 from studio.engine.model import build_tiny_random
 from studio.engine.pipeline import Engine
@@ -28,7 +29,7 @@ def test_auto_dtype_is_fp32_on_cpu_and_half_on_gpus():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_asking_for_a_missing_gpu_is_a_clear_error():
-    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+    with pytest.raises(UserError, match="sees no CUDA GPU"):
         resolve_device("cuda")
     events = list(Engine().generate(GenerationRequest(model="tiny-random", device="cuda", width=64, height=64)))
     assert events[-1].kind.value == "error" and "CUDA" in events[-1].message

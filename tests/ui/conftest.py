@@ -59,9 +59,15 @@ def cached_loader(spec, device, dtype):
 
 
 def make_engine():
-    from studio.engine.pipeline import Engine
+    from studio.engine import Engine
 
     return Engine(loader=cached_loader)
+
+
+def make_backend():
+    from studio.engine import LocalBackend
+
+    return LocalBackend(make_engine)
 
 
 @pytest.fixture
@@ -72,7 +78,7 @@ def make_window(qtbot, tmp_path):
     windows = []
 
     def make(autosave_dir=None, **kwargs):
-        window = MainWindow(autosave_dir=autosave_dir or tmp_path / "autosave", engine_factory=make_engine, **kwargs)
+        window = MainWindow(autosave_dir=autosave_dir or tmp_path / "autosave", backend_factory=make_backend, **kwargs)
         qtbot.addWidget(window)
         panel = window.prompt_panel
         panel.set_model("tiny-random")

@@ -142,7 +142,7 @@ def test_autosave_offers_restore_in_the_message_bar(make_window, qtbot, tmp_path
     mask = first.canvas.mask.array()
     with qtbot.waitSignal(first.controller.finished, timeout=GENERATION_TIMEOUT_MS):
         first.generate()
-    run_id, steps = first.history.selected.id, len(first.history.selected.timeline)
+    run_id, steps = first.history.selected.id, first.history.selected.recorded
     qtbot.waitUntil(lambda: (folder / "current" / "runs" / f"{run_id}.safetensors").exists(), timeout=5000)
     qtbot.waitUntil(lambda: run_id in (folder / "current" / "session.json").read_text(), timeout=5000)
     assert (folder / "current" / "mask.npy").exists()
@@ -162,7 +162,7 @@ def test_autosave_offers_restore_in_the_message_bar(make_window, qtbot, tmp_path
     assert len(second.history) == 1, bar.text()
     assert second.canvas.has_image()
     np.testing.assert_array_equal(second.canvas.mask.array(), mask)
-    assert second.history.selected.id == run_id and len(second.timeline.run.timeline) == steps
+    assert second.history.selected.id == run_id and second.timeline.run.recorded == steps
     assert not (folder / "previous").exists()
 
 

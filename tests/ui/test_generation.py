@@ -6,7 +6,7 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QPushButton, QSlider
 from ui_helpers import GENERATION_TIMEOUT_MS, paint_stroke, sample_image
 
-from studio.engine.events import EventKind
+from studio.engine import Decoded, EventKind
 
 
 def record(window):
@@ -31,7 +31,7 @@ def test_inpainting_run_streams_steps_in_order_and_fills_the_timeline(window, qt
     run = window.history.selected
     assert run.kind == "inpaint" and run.status == "finished"
     assert run.request.mask is not None and run.request.init_image is not None
-    assert len(run.timeline) == steps
+    assert run.recorded == steps
     slider = window.findChild(QSlider, "timelineSlider")
     assert slider.maximum() == steps - 1 and slider.value() == steps - 1
 
@@ -89,7 +89,7 @@ def test_cancel_stops_within_one_step(window, qtbot):
     assert event.step <= cancelled_at[0] + 1 < 8
     assert not any(getattr(e, "kind", None) is EventKind.FINISHED for e in events)
     run = window.history.selected
-    assert run.status == "cancelled" and len(run.timeline) == event.step
+    assert run.status == "cancelled" and run.recorded == event.step
     assert window.findChild(QPushButton, "generateButton").isEnabled()
     # still usable: the next run completes
     with qtbot.waitSignal(window.controller.finished, timeout=GENERATION_TIMEOUT_MS):
@@ -112,7 +112,8 @@ def test_branch_from_a_step_appears_under_its_parent(window, qtbot):
     window.prompt_panel.sampler.setCurrentIndex(window.prompt_panel.sampler.findData("euler_a"))
     with qtbot.waitSignal(window.controller.finished, timeout=GENERATION_TIMEOUT_MS) as blocker:
         window.findChild(QPushButton, "branchButton").click()
-    child = blocker.args[0].run
+    child = window.controller.record
+    assert blocker.args[0].run.id == child.id
     assert child.parent is parent and child.from_step == 3
     assert child.request.prompt == "a blue square"
     assert window.history.children(parent) == [child]
@@ -131,10 +132,13 @@ def test_decode_step_runs_on_the_worker(window, qtbot):
     with qtbot.waitSignal(window.controller.finished, timeout=GENERATION_TIMEOUT_MS):
         window.generate()
     window.timeline.slider.setValue(2)
-    with qtbot.waitSignal(window.worker.decoded, timeout=GENERATION_TIMEOUT_MS) as blocker:
+    with qtbot.waitSignal(window.worker.message, timeout=GENERATION_TIMEOUT_MS,
+                          check_params_cb=lambda m: isinstance(m, Decoded)) as blocker:
         window.findChild(QPushButton, "decodeStepButton").click()
-    _job, run, index, view, image = blocker.args
-    assert (index, view) == (2, "x0") and image.shape == (64, 64, 3)
+    decoded = blocker.args[0]
+    assert (decoded.run_id, decoded.index, decoded.view) == (window.timeline.run.id, 2, "x0")
+    assert decoded.image.shape == (64, 64, 3) and not decoded.image.flags.writeable
+    assert window.timeline.run.decoded(2, "x0") is decoded.image  # the one decode cache: the run's record
     assert window.timeline.views["x0"].note == "decoded"
     assert "decoded" in window.canvas._caption
 
@@ -145,7 +149,7 @@ def test_invert_image_opens_a_run_to_branch_from(window, qtbot):
     with qtbot.waitSignal(window.controller.finished, timeout=GENERATION_TIMEOUT_MS):
         window.findChild(QPushButton, "invertButton").click()
     run = window.history.selected
-    assert run.kind == "invert" and len(run.timeline) == 3
+    assert run.kind == "invert" and run.recorded == 3
     assert window.timeline.run is run and window.timeline.branch_button.isEnabled()
 
 

@@ -42,7 +42,9 @@ class GenerationRequest:
     dtype: DtypeName = "auto"
     # img2img / inpainting; images are HxWxC uint8 arrays (C = 3), masks HxW float32 in [0, 1], 1 = repaint
     init_image: np.ndarray | None = field(default=None, compare=False, repr=False)
-    strength: float = 1.0  # fraction of the schedule re-run over init_image (SDEdit); 1 = from pure noise
+    # fraction of the schedule re-run over init_image (SDEdit); 1 = from pure noise. 0.75 is A1111's img2img default;
+    # txt2img ignores it.
+    strength: float = 0.75
     mask: np.ndarray | None = field(default=None, compare=False, repr=False)
     feather: float = 4.0  # Gaussian mask feather in pixels (A1111's default blur)
     grow: int = 0  # pixels to dilate the mask by before feathering

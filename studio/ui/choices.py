@@ -5,10 +5,21 @@ Sampler facts come from the engine's sampler table (torch-free, so the UI thread
 
 from __future__ import annotations
 
-from ..engine.samplers import SAMPLER_TABLE
+from ..engine import SAMPLER_TABLE
 
 SAMPLERS: dict[str, str] = {name: spec.display_name for name, spec in SAMPLER_TABLE.items()}
 USES_ETA = frozenset(name for name, spec in SAMPLER_TABLE.items() if spec.uses_eta)
+
+
+def default_eta(sampler: str) -> float:
+    """η = 1 for the ancestral and SDE samplers (fresh noise each step), 0 for the deterministic ones."""
+    spec = SAMPLER_TABLE.get(sampler)
+    return float(spec.default_eta) if spec is not None else 0.0
+
+
+def supports_karras(sampler: str) -> bool:
+    spec = SAMPLER_TABLE.get(sampler)
+    return spec is not None and spec.supports_karras
 
 
 DTYPES: dict[str, str] = {"auto": "Auto", "fp32": "fp32 (full)", "fp16": "fp16 (half)", "bf16": "bf16"}

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox
+from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QPlainTextEdit, QSpinBox
+
+from .settings_model import LIMITS, GenerationSettings, bind
 
 
 def spin(name: str, lo: int, hi: int, value: int, step: int = 1, suffix: str = "") -> QSpinBox:
@@ -53,3 +55,44 @@ def set_combo(combo: QComboBox, value: Any) -> None:
     index = combo.findData(value)
     if index >= 0:
         combo.setCurrentIndex(index)
+
+
+# -- controls bound to a generation setting (range and decimals from the settings model's limits) ---------------------
+QT_INT_MAX = 2**31 - 1
+
+
+def bound_spin(settings: GenerationSettings, name: str, object_name: str, step: float, suffix: str = "",
+               tooltip: str = "") -> QSpinBox | QDoubleSpinBox:
+    limits = LIMITS[name]
+    if limits.decimals or limits.hi > QT_INT_MAX:  # QSpinBox holds 32-bit ints; seeds go past that
+        box = dspin(object_name, limits.lo, limits.hi, settings.get(name), step, limits.decimals, suffix)
+    else:
+        box = spin(object_name, int(limits.lo), int(limits.hi), settings.get(name), int(step), suffix)
+    box.setToolTip(tooltip)
+    bind(settings, name, box)
+    return box
+
+
+def bound_combo(settings: GenerationSettings, name: str, object_name: str, items: dict[str, str],
+                tooltip: str = "") -> QComboBox:
+    box = combo(object_name, items)
+    box.setToolTip(tooltip)
+    bind(settings, name, box)
+    return box
+
+
+def bound_check(settings: GenerationSettings, name: str, object_name: str, text: str, tooltip: str = "") -> QCheckBox:
+    box = QCheckBox(text)
+    box.setObjectName(object_name)
+    box.setToolTip(tooltip)
+    bind(settings, name, box)
+    return box
+
+
+def text_edit(object_name: str, placeholder: str, min_height: int) -> QPlainTextEdit:
+    edit = QPlainTextEdit()
+    edit.setObjectName(object_name)
+    edit.setPlaceholderText(placeholder)
+    edit.setTabChangesFocus(True)
+    edit.setMinimumHeight(min_height)
+    return edit

@@ -1,0 +1,267 @@
+"""The generation settings as one observable model; the prompt panel's widgets bind to it.
+
+Every setting of a `GenerationRequest` except its images lives here, with the request's own defaults (request.py
+defines each once), plus two of the UI's own: a new seed on every run, and the recently opened models. Settings
+arrive from widgets (`bind`), from a PNG's `parameters`, a saved run, the autosave or QSettings (`apply`, which
+checks each value and skips what it cannot use), and leave as a request (`to_request`) or a dict (`to_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QPlainTextEdit, QSpinBox, QWidget
+
+from ..engine import GenerationRequest
+from .choices import BUILTIN_MODELS, SAMPLERS, default_eta, supports_karras
+
+MAX_SEED = 2**32 - 1  # A1111 and ComfyUI seeds fit; the engine takes up to 2^63 − 1
+IMAGE_FIELDS = ("init_image", "mask")  # the canvas supplies these per run; they are not settings
+
+
+@dataclass(frozen=True)
+class Limits:
+    lo: float
+    hi: float
+    decimals: int = 0  # 0: a whole number
+
+
+# The ranges the controls offer (the engine itself accepts wider ones); `apply` clamps into them.
+LIMITS: dict[str, Limits] = {
+    "steps": Limits(1, 1000),
+    "eta": Limits(0.0, 1.0, 2),
+    "cfg": Limits(0.0, 30.0, 1),
+    "seed": Limits(0, MAX_SEED),
+    "width": Limits(64, 4096),
+    "height": Limits(64, 4096),
+    "clip_skip": Limits(1, 12),
+    "strength": Limits(0.01, 1.0, 2),
+    "feather": Limits(0.0, 128.0, 1),
+    "grow": Limits(0, 128),
+    "padding": Limits(0, 512),
+}
+
+
+# Read from a default request, not the dataclass fields: the request resolves some (eta from its sampler).
+_DEFAULT_REQUEST = GenerationRequest()
+REQUEST_DEFAULTS: dict[str, Any] = {
+    f.name: getattr(_DEFAULT_REQUEST, f.name)
+    for f in dataclasses.fields(GenerationRequest) if f.name not in IMAGE_FIELDS
+}
+UI_DEFAULTS: dict[str, Any] = {"random_each": False, "recent_models": ()}
+DEFAULTS: dict[str, Any] = {**REQUEST_DEFAULTS, **UI_DEFAULTS}
+
+
+def _literal_choices() -> dict[str, tuple]:
+    """The allowed values of every request field typed as a Literal (sampler, device, dtype, fill, …)."""
+    hints = typing.get_type_hints(GenerationRequest)
+    return {name: typing.get_args(hint) for name, hint in hints.items() if typing.get_origin(hint) is typing.Literal}
+
+
+CHOICES: dict[str, tuple] = {**_literal_choices(), "sampler": tuple(SAMPLERS)}
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a switch is not a number")
+    number = float(value)  # numbers and numeric text; anything else raises
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+def _switch(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()  # QSettings' ini files give back "true" / "false"
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"not a switch: {value!r}")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """`value` as setting `name` holds it: clamped into its limits, rounded to its decimals; ValueError if unusable."""
+    default = DEFAULTS[name]
+    if name in CHOICES:
+        if value not in CHOICES[name]:
+            raise ValueError(f"{name} cannot be {value!r}")
+        return value
+    if name == "recent_models":
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ValueError("recent models are a list of paths")
+        return tuple(dict.fromkeys(str(path) for path in value if path))
+    if isinstance(default, bool):
+        return _switch(value)
+    if isinstance(default, (int, float)):
+        limits = LIMITS.get(name)
+        number = _number(value)
+        if limits is not None:
+            number = min(max(number, limits.lo), limits.hi)
+        if isinstance(default, int):
+            return int(round(number))
+        return round(number, limits.decimals if limits is not None else 4)
+    if isinstance(default, str):
+        if not isinstance(value, str) or (name == "model" and not value):
+            raise ValueError(f"{name} must be text")
+        return value
+    return value
+
+
+class GenerationSettings(QObject):
+    """Read a setting as an attribute (`settings.steps`); change it with `settings.steps = 30` or `set`."""
+
+    changed = Signal(str, object)  # setting name, new value
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._values: dict[str, Any] = dict(DEFAULTS)
+        # True while the guidance scale is the loaded model's recommendation; any other change is the user's choice.
+        self.cfg_follows_model = True
+        self._following_model_cfg = False
+
+    def get(self, name: str) -> Any:
+        return self._values[name]
+
+    def set(self, name: str, value: Any) -> None:
+        """Raises KeyError for an unknown setting and ValueError for an unusable value."""
+        if name not in self._values:
+            raise KeyError(name)
+        value = coerce(name, value)
+        if self._values[name] == value:
+            return
+        self._values[name] = value
+        if name == "cfg" and not self._following_model_cfg:
+            self.cfg_follows_model = False
+        self.changed.emit(name, value)
+        self._follow(name, value)
+
+    def _follow(self, name: str, value: Any) -> None:
+        """Settings that depend on the one just changed."""
+        if name == "sampler":
+            self.set("eta", default_eta(value))
+            if not supports_karras(value):
+                self.set("karras", False)
+        elif name in ("model", "recent_models"):
+            self._list_current_model()
+            if name == "model":
+                self.set("prediction", REQUEST_DEFAULTS["prediction"])  # a property of the file: detect it anew
+
+    def _list_current_model(self) -> None:
+        model, recent = self._values["model"], self._values["recent_models"]
+        if model not in BUILTIN_MODELS and model not in recent:
+            self.set("recent_models", (model, *recent))
+
+    def apply(self, settings: Mapping[str, Any]) -> list[str]:
+        """Set every known setting `settings` names; returns the names whose values were unusable (and skipped).
+
+        Settings are applied in field order, so a sampler comes before its eta and a model before its prediction:
+        a value given for the dependent one wins over the default the first one brings."""
+        rejected = []
+        for name in self._values:
+            if name in settings:
+                try:
+                    self.set(name, settings[name])
+                except (TypeError, ValueError):
+                    rejected.append(name)
+        return rejected
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dict(self._values)
+        values["recent_models"] = list(values["recent_models"])
+        return values
+
+    def to_request(self, **overrides: Any) -> GenerationRequest:
+        values = {name: self._values[name] for name in REQUEST_DEFAULTS}
+        values.update(overrides)
+        return GenerationRequest(**values)
+
+    def follow_model_cfg(self, cfg: float) -> None:
+        """The loaded model's recommended guidance scale, unless the user has chosen one."""
+        if self.cfg_follows_model:
+            self._following_model_cfg = True
+            try:
+                self.set("cfg", cfg)
+            finally:
+                self._following_model_cfg = False
+
+
+class _Setting:
+    """`settings.<name>` reads the value; assigning to it goes through `set` (checked, signalled)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, settings: GenerationSettings | None, owner: type) -> Any:
+        return self if settings is None else settings.get(self.name)
+
+    def __set__(self, settings: GenerationSettings, value: Any) -> None:
+        settings.set(self.name, value)
+
+
+for _name in DEFAULTS:
+    assert not hasattr(GenerationSettings, _name), f"setting {_name!r} would hide a method"
+    setattr(GenerationSettings, _name, _Setting(_name))
+
+
+# -- binding widgets ---------------------------------------------------------------------------------------------------
+class Binding(QObject):
+    """Keeps one widget showing one setting, both ways. A child of the widget: it goes when the widget goes.
+
+    A guard stops the widget's own change signal from echoing a value the model has just written."""
+
+    def __init__(self, settings: GenerationSettings, name: str, widget: QWidget,
+                 read: Callable[[], Any], write: Callable[[Any], None], signal: Any):
+        super().__init__(widget)
+        self._settings, self._name, self._read, self._write = settings, name, read, write
+        self._writing = False
+        signal.connect(self._from_widget)
+        settings.changed.connect(self._from_model)
+        self._from_model(name, settings.get(name))
+
+    def _from_widget(self, *_: Any) -> None:
+        if self._writing:
+            return
+        try:
+            self._settings.set(self._name, self._read())
+        except ValueError:  # the widget holds what the model refuses: show the model's value again
+            self._from_model(self._name, self._settings.get(self._name))
+
+    def _from_model(self, name: str, value: Any) -> None:
+        if name != self._name or self._read() == value:
+            return
+        self._writing = True
+        try:
+            self._write(value)
+        finally:
+            self._writing = False
+
+
+def _select_data(combo: QComboBox, value: Any) -> None:
+    index = combo.findData(value)
+    if index >= 0:
+        combo.setCurrentIndex(index)
+
+
+def bind(settings: GenerationSettings, name: str, widget: QWidget) -> Binding:
+    """Two-way binding of setting `name` to a spin box, a combo box (by item data), a check box or a text edit."""
+    if isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+        return Binding(settings, name, widget, widget.value, widget.setValue, widget.valueChanged)
+    if isinstance(widget, QComboBox):
+        return Binding(settings, name, widget, widget.currentData, lambda v: _select_data(widget, v),
+                       widget.currentIndexChanged)
+    if isinstance(widget, QCheckBox):
+        return Binding(settings, name, widget, widget.isChecked, widget.setChecked, widget.toggled)
+    if isinstance(widget, QPlainTextEdit):
+        return Binding(settings, name, widget, widget.toPlainText, widget.setPlainText, widget.textChanged)
+    if isinstance(widget, QLineEdit):
+        return Binding(settings, name, widget, widget.text, widget.setText, widget.textChanged)
+    raise TypeError(f"cannot bind {type(widget).__name__}")

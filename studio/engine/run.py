@@ -98,6 +98,8 @@ class Run:
             "parent_id": self.parent_id or "",
             "from_step": str(self.from_step),
         }
+        if self.preview is not None:
+            meta["preview"] = self.preview.to_json()  # the model's own latent → RGB map, for restored sessions
         path = Path(path)
         tmp = path.with_name(path.name + ".partial")
         save_file(tensors, str(tmp), metadata=meta)
@@ -148,4 +150,16 @@ class Run:
             parent_id=meta.get("parent_id") or None,
             from_step=int(meta.get("from_step", "0")),
             id=meta.get("id") or uuid.uuid4().hex[:12],
+            preview=_preview(meta.get("preview")),
         )
+
+
+def _preview(text: str | None) -> LatentPreview | None:
+    """The saved latent → RGB map; a run file from before it was saved (or a damaged one) falls back to the
+    default map for its channel count."""
+    if not text:
+        return None
+    try:
+        return LatentPreview.from_json(text)
+    except (ValueError, KeyError, TypeError, RuntimeError):
+        return None

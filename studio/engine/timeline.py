@@ -8,6 +8,7 @@ steps and reads earlier ones from its parent (shared, never copied).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -93,6 +94,20 @@ class LatentPreview:
         def table(matrix: torch.Tensor, last: torch.Tensor) -> tuple[tuple[float, ...], ...]:
             return tuple(tuple(round(v, 5) for v in row) for row in torch.cat([matrix, last[None]]).tolist())
         return table(self.factors, self.bias), None if self.hidden is None else table(*self.hidden)
+
+    def to_json(self) -> str:
+        """Exact (float32 values as JSON numbers), for run files: a restored run previews as it did live."""
+        state = {"factors": self.factors.tolist(), "bias": self.bias.tolist()}
+        if self.hidden is not None:
+            state["hidden"] = [self.hidden[0].tolist(), self.hidden[1].tolist()]
+        return json.dumps(state)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LatentPreview":
+        state = json.loads(text)
+        hidden = state.get("hidden")
+        return cls(torch.tensor(state["factors"]), torch.tensor(state["bias"]),
+                   None if hidden is None else (torch.tensor(hidden[0]), torch.tensor(hidden[1])))
 
     @classmethod
     def default_for(cls, channels: int) -> "LatentPreview":

@@ -168,3 +168,17 @@ def test_inversion_is_a_run_to_branch_from(backend):
     assert messages[-1].kind is EventKind.FINISHED and run.kind == "invert" and run.recorded == 3
     branch = run_job(backend, Branch(REQUEST.replace(steps=3, prompt="a blue square"), run.id, 1))
     assert branch[-1].kind is EventKind.FINISHED
+
+
+def test_a_restored_run_previews_with_the_models_own_colours(backend, tmp_path):
+    """A run file carries its model's latent → RGB map: restored previews equal the live ones, bit for bit."""
+    shipped = REQUEST.replace(model="default", steps=3)  # its own (hidden-layer) map, unlike tiny-random's SD 1.5 one
+    messages = run_job(backend, Generate(shipped))
+    live = [m.step_info for m in messages if m.kind is EventKind.STEP]
+    path = str(tmp_path / "run.safetensors")
+    run_job(backend, SaveRun(messages[-1].run.id, path))
+    fresh = LocalBackend(lambda: backend.engine)  # a new session: nothing in memory but the file
+    (loaded,) = run_job(fresh, LoadRuns((path,)))
+    for before, after in zip(live, loaded.runs[0].steps):
+        for view in VIEWS:
+            np.testing.assert_array_equal(before.previews[view], after.previews[view])

@@ -127,12 +127,13 @@ class LatentDiffusion(nn.Module):
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this: the VAE factor times the UNet's own downsampling."""
-        return self.vae.downsample_factor * self.unet.downsample_factor
+        """Image sides must be multiples of this: the VAE factor alone (8 for SD), since the UNet takes any latent
+        size (unet.py: each upsampler lands on its skip's size), as in diffusers and A1111."""
+        return self.vae.downsample_factor
 
     @property
     def is_inpainting(self) -> bool:
-        # 9-channel UNet: noisy latent (4) + mask (1) + masked-image latent (4), engine.md §6.1
+        # 9-channel UNet: noisy latent (4) + mask (1) + masked-image latent (4), the LDM paper's Sec. 4.5
         return self.config.unet.in_channels == 2 * self.latent_channels + 1
 
     @property
@@ -154,7 +155,7 @@ class LatentDiffusion(nn.Module):
     @torch.inference_mode()
     def encode_text(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
         """Prompts (A1111 emphasis syntax, any length) → context (B, 77·k, D) in the model's dtype, where k is the
-        most 75-token chunks any of them needs (engine.md §8, prompt_weights.py). Prompts encoded in one call
+        most 75-token chunks any of them needs (A1111's chunking, prompt_weights.py). Prompts encoded in one call
         always get the same length, so cond and uncond for guidance must be encoded together (`encode_prompts`).
         clip_skip: 1 = the encoder's last layer, 2 = the one before (A1111's convention)."""
         length = self.config.text.max_length

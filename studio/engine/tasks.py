@@ -43,6 +43,7 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torc
 
 
 def check_size(model: LatentDiffusion, width: int, height: int) -> None:
+    """Sides must be whole latent pixels; the UNet takes any latent size (unet.py)."""
     factor = model.size_multiple
     if width % factor or height % factor:
         raise RequestError(f"width and height must be multiples of {factor} for this model, got {width}x{height}")
@@ -79,7 +80,8 @@ def plan(model: LatentDiffusion, request: GenerationRequest, cond: torch.Tensor,
         return model.encode_image(image_to_tensor(image)).to(device)
 
     def inpaint_concat(mask: np.ndarray, image: np.ndarray) -> torch.Tensor:
-        # SD inpainting UNets take [mask (nearest-downsampled, binary), VAE latent of image·(mask < 0.5)], §6.1
+        # SD inpainting UNets take [mask (nearest-downsampled, binary), VAE latent of image·(mask < 0.5)] (LDM paper
+        # Sec. 4.5's concatenation; binarised at 0.5 as runwayml's inpaint_st.py and diffusers' inpaint pipeline do)
         m = torch.from_numpy(np.ascontiguousarray(mask))[None, None]
         m_lat = torch.nn.functional.interpolate(m, size=shape[2:], mode="nearest").to(device)
         masked = image_to_tensor(image) * (1 - m.round())
@@ -89,7 +91,8 @@ def plan(model: LatentDiffusion, request: GenerationRequest, cond: torch.Tensor,
         steps = len(grid_) - 1
         if request.strength >= 1 or z_init is None:
             return grid_, noise.clone()
-        # SDEdit: keep the last int(N·s) levels and noise the image latent to the first of them (engine.md §2)
+        # SDEdit (Meng et al. 2022, Algorithm 1): noise the image latent by q(x_t | x_0) (DDPM eq. 4) to t₀, the
+        # first of the last int(N·s) levels (the count diffusers' img2img keeps), and denoise from there
         kept = min(int(steps * request.strength), steps)
         if kept < 1:
             raise RequestError(f"strength {request.strength} re-runs no step out of {steps}; raise strength or steps")

@@ -1,8 +1,14 @@
 """The Stable Diffusion UNet (LDM `openaimodel.py UNetModel`), with the checkpoint's own module names.
 
 Every attribute path below is a key path of `model.diffusion_model.*` in an original SD single-file checkpoint
-(engine.md §7.2), so `UNetModel(UNetConfig.sd1()).load_state_dict(sd, strict=True)` needs no mapping table.
+(the LDM UNet of Rombach et al. 2022, built after Dhariwal & Nichol 2021's ADM), so
+`UNetModel(UNetConfig.sd1()).load_state_dict(sd, strict=True)` needs no mapping table.
 Shapes for SD1 at 512 px: latent (B, 4, 64, 64), context (B, 77, 768); levels 64 → 32 → 16 → 8 px.
+
+Latent sides need not be multiples of the UNet's downsampling: a stride-2 conv takes a side n to ⌈n/2⌉, and each
+upsampler is handed the size of the skip it will be concatenated with and resamples (nearest) to exactly that
+size, as diffusers' `UNet2DConditionModel` does with `upsample_size`. So a 96×64 image (latent 12×8) works:
+12 → 6 → 3 → 2 on the way down, 2 → 3 → 6 → 12 on the way up.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class UNetConfig:
-    in_channels: int = 4  # latent channels; 9 for inpainting (latent + mask + masked latent), engine.md §6.1
+    in_channels: int = 4  # latent channels; 9 for inpainting (latent + mask + masked latent; LDM paper Sec. 4.5)
     out_channels: int = 4  # ε or v, same shape as the latent
     model_channels: int = 320  # width of the first level; time embedding is 4× this
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)  # width per level: 320, 640, 1280, 1280
@@ -29,7 +35,7 @@ class UNetConfig:
     transformer_depth: int = 1  # BasicTransformerBlocks per SpatialTransformer
     use_linear_projection: bool = False  # SD2: proj_in/proj_out are Linear on (B, HW, C), SD1: 1×1 convs
     norm_groups: int = 32  # GroupNorm groups everywhere
-    upcast_attention: bool = False  # run half-precision attention in float32 (SD 2.1 overflows in fp16, §10)
+    upcast_attention: bool = False  # fp16/bf16 attention in float32 (SD 2.1 NaNs without it; Stability ATTN_PRECISION)
 
     @classmethod
     def sd1(cls) -> "UNetConfig":
@@ -229,23 +235,31 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest-neighbour resampling, ×2 or to `size` (the skip it will meet when a side was odd), then conv3×3."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        if size is None or (size[0] == 2 * x.shape[-2] and size[1] == 2 * x.shape[-1]):
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
 class TimestepEmbedSequential(nn.Sequential):
-    """A Sequential that hands each layer what it reads: ResBlocks the time embedding, transformers the text."""
+    """A Sequential that hands each layer what it reads: ResBlocks the time embedding, transformers the text,
+    an upsampler the size of the skip connection that waits for its output."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
+                upsample_size: tuple[int, int] | None = None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, upsample_size)
             else:
                 x = layer(x)
         return x
@@ -298,14 +312,11 @@ class UNetModel(nn.Module):
 
     @property
     def downsample_factor(self) -> int:
-        """Latent sides must be multiples of this so every skip lines up with its upsampled partner."""
+        """How much smaller the deepest level is than the latent (any latent size works, see the module note)."""
         return 2 ** (len(self.config.channel_mult) - 1)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, H, W), timesteps (B,) float (or a scalar), context (B, L, context_dim) → (B, C_out, H, W)."""
-        f = self.downsample_factor
-        if x.shape[-2] % f or x.shape[-1] % f:
-            raise ValueError(f"UNet input {x.shape[-2]}×{x.shape[-1]} must have sides divisible by {f}")
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(x.shape[0])
         t_emb = timestep_embedding(timesteps, self.config.model_channels)
@@ -318,5 +329,7 @@ class UNetModel(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+            h = torch.cat([h, skips.pop()], dim=1)
+            # the block's upsampler (if any) must land on the next skip's size: ⌈n/2⌉ below may double to n + 1
+            h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
         return self.out(h)

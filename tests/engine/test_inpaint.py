@@ -11,6 +11,8 @@ from studio.engine.request import GenerationRequest, RequestError
 from studio.engine.schedules import q_sample
 from studio.engine.unet import UNetConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread (2 contend on a busy CPU)
+
 SIZE = 64
 
 
@@ -26,7 +28,7 @@ def square_mask(size=SIZE, lo=24, hi=40):
 
 
 BASE = GenerationRequest(prompt="a green star", model="tiny-random", steps=5, width=SIZE, height=SIZE, seed=3,
-                         cfg=2.0, init_image=picture(), mask=square_mask())
+                         cfg=2.0, init_image=picture(), mask=square_mask(), strength=1.0)
 
 
 def tiny_inpainting_model() -> LatentDiffusion:
@@ -159,9 +161,27 @@ def test_blur_fill_only_touches_the_hole():
     assert not np.array_equal(filled[edit == 1], image[edit == 1])
 
 
-def test_full_mask_is_plain_generation_over_the_image(engine):
-    run = engine.run(BASE.replace(mask=np.ones((SIZE, SIZE), np.float32), feather=0))
-    assert run.image.shape == (SIZE, SIZE, 3)
+@pytest.mark.parametrize("mode", ["blend", "model"])
+def test_full_mask_at_strength_one_is_txt2img_whatever_the_image(engine, inpaint_engine, mode):
+    """Everything masked (m = 1) and strength 1: the start is the seed's noise, latent blending weighs the image's
+    latent by 1 − m = 0 exactly, the 9-channel conditioning sees image·(mask < 0.5) = 0, and paste-back takes the
+    generated pixels with weight 1. So the picture cannot matter (byte-identical results for two pictures), and the
+    result is txt2img with the same seed: byte for byte on the 9-channel model (its txt2img conditions on the same
+    all-masked, all-zero input), within float rounding for blending (its ε̂ goes through x̂0 and back)."""
+    eng = engine if mode == "blend" else inpaint_engine
+    full = BASE.replace(mask=np.ones((SIZE, SIZE), np.float32), feather=0, strength=1.0, inpaint_mode=mode)
+    run = eng.run(full)
+    other = eng.run(full.replace(init_image=np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), np.uint8)))
+    plain = eng.run(full.replace(init_image=None, mask=None))
+    assert run.kind == "inpaint" and plain.kind == "txt2img"
+    assert np.array_equal(run.image, other.image)
+    assert torch.equal(run.final_latent, other.final_latent)
+    if mode == "model":
+        assert np.array_equal(run.image, plain.image)
+    else:
+        torch.testing.assert_close(run.final_latent, plain.final_latent, atol=1e-4, rtol=1e-4)
+        assert np.abs(run.image.astype(int) - plain.image).max() <= 1
+    assert np.abs(run.image.astype(int) - BASE.init_image).mean() > 5  # it painted, it did not return the image
 
 
 def test_bad_masks_are_clear_errors(engine):

@@ -15,10 +15,11 @@ from PySide6.QtWidgets import QApplication
 
 from ..engine import RunsLoaded, format_parameters, parse_parameters, save_png
 from .choices import BUILTIN_MODELS
-from .dialogs import ask_directory, ask_open_file, ask_save_file
+from .dialogs import ask_crop_or_pad, ask_directory, ask_open_file, ask_save_file
 from .image_io import (
     CHECKPOINT_FILTER,
     IMAGE_FILTER,
+    MAX_SIDE,
     MODEL_SUFFIXES,
     RUN_FILTER,
     fit_for_model,
@@ -52,8 +53,19 @@ class FileActions:
         return True
 
     def open_image(self, image: np.ndarray, name: str | None = None, quiet: bool = False) -> bool:
+        """Make `image` the input. Sides that are not multiples of the model's size multiple are cropped or padded
+        (centred): the user is asked which, unless `quiet` (restores and our own results), which crops."""
+        image = np.asarray(image)
+        multiple = self.size_multiple
+        h, w = image.shape[:2]
+        if quiet or (w % multiple == 0 and h % multiple == 0) or max(w, h) > MAX_SIDE:
+            return self._open_fitted(image, name, quiet, "crop")
+        ask_crop_or_pad(self, w, h, multiple, lambda how: how and self._open_fitted(image, name, quiet, how))
+        return True
+
+    def _open_fitted(self, image: np.ndarray, name: str | None, quiet: bool, how: str) -> bool:
         try:
-            image, note = fit_for_model(np.asarray(image))
+            image, note = fit_for_model(image, self.size_multiple, how)
         except ValueError as exc:
             self.message_bar.error(str(exc))
             return False
@@ -63,6 +75,12 @@ class FileActions:
         if note and not quiet:
             self.message_bar.warning(f"Opened {name or 'the image'}: {note}.")
         return True
+
+    def refit_input(self, how: str) -> None:
+        """Crop or pad the current input to the model's size multiple (offered when the model changes)."""
+        image = self.canvas.image_array()
+        if image is not None:
+            self._open_fitted(image, self._image_name, False, how)
 
     def new_blank_canvas(self) -> None:
         self.canvas.set_image(None)

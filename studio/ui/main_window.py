@@ -62,6 +62,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self._pending_loads: dict[int, Callable[[RunsLoaded], None]] = {}  # job id → what to do with the runs
         self._pending_saves: dict[int, str] = {}  # job id → what to say when the run file is written
         self._probe_job = 0
+        self.size_multiple = 8  # image sides must be multiples of this; the probed model says its own
 
         self.history = RunHistory(self)
         self.worker = EngineWorker(backend_factory, self)
@@ -328,10 +329,23 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
     def _on_model_probed(self, message: ModelProbed) -> None:
         info = message.info
         if message.job_id == self._probe_job and info.spec == self.prompt_panel.model_spec():
+            self._fit_to_model(info.size_multiple)
             self.prompt_panel.follow_model_cfg(info.default_cfg)
             self.engine_label.setText(f"Model ready: {self.prompt_panel.model_name()} ({info.default_size} px)")
             if not self.canvas.has_image():
                 self.prompt_panel.set_size(info.default_size, info.default_size)
+
+    def _fit_to_model(self, multiple: int) -> None:
+        """The model's own size rule: the size boxes step by it, and an input that does not fit is offered a fix."""
+        self.size_multiple = multiple
+        self.prompt_panel.set_size_multiple(multiple)
+        size = self.canvas.image_size()
+        if self.canvas.has_image() and (size.width() % multiple or size.height() % multiple):
+            self.message_bar.warning(
+                f"This model needs sides that are multiples of {multiple} px; the input is "
+                f"{size.width()}×{size.height()}.",
+                actions=[("Crop", lambda: self.refit_input("crop")), ("Pad", lambda: self.refit_input("pad"))],
+            )
 
     def _on_worker_failed(self, message: JobFailed) -> None:
         self._pending_loads.pop(message.job_id, None)

@@ -75,7 +75,6 @@ class PackedConv2d(nn.Conv2d):
 
 
 _SWAPS = {nn.Linear: PackedLinear, nn.Conv2d: PackedConv2d}
-_BACK = {packed: plain for plain, packed in _SWAPS.items()}
 
 
 def kernels_work() -> bool:
@@ -115,10 +114,3 @@ def prepack_for_cpu(model: nn.Module, *, headroom: float = 0.5) -> int:
             count += 1
     return count
 
-
-def unpack(model: nn.Module) -> None:
-    """Back to the stock modules, dropping the packed copies."""
-    for module in model.modules():
-        if type(module) in _BACK:
-            module.__dict__.pop("_pack", None)
-            module.__class__ = _BACK[type(module)]

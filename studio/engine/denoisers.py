@@ -48,14 +48,4 @@ def guided_denoiser(
     return denoise
 
 
-def counting(denoiser: Denoiser, counter: list[int]) -> Denoiser:
-    """Wrap a denoiser to count calls (tests and benchmarks)."""
-
-    def denoise(x: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
-        counter[0] += 1
-        return denoiser(x, level)
-
-    return denoise
-
-
 DenoiserFactory = Callable[[torch.Tensor, torch.Tensor], Denoiser]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .masks import grow_mask
 from .request import RequestError
 from .samplers import Denoiser, predict_eps, predict_x0
 from .schedules import NoiseLevel, q_sample
@@ -21,18 +23,6 @@ from .schedules import NoiseLevel, q_sample
 
 def binarise(mask: np.ndarray) -> np.ndarray:
     return (np.asarray(mask, dtype=np.float32) >= 0.5).astype(np.float32)
-
-
-def grow_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Dilate by a disk of radius `pixels` (Euclidean), via a max over the disk's offsets."""
-    if pixels <= 0:
-        return mask
-    t = torch.from_numpy(mask)[None, None]
-    r = int(pixels)
-    yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
-    disk = ((yy**2 + xx**2) <= r * r).float()[None, None]
-    grown = F.conv2d(F.pad(t, (r, r, r, r)), disk) > 0
-    return grown[0, 0].float().numpy()
 
 
 def gaussian_kernel(radius: int) -> torch.Tensor:
@@ -63,10 +53,6 @@ class PreparedMask:
     edit: np.ndarray  # binarised + grown, HxW in {0, 1}
     blend: np.ndarray  # edit, feathered: the paste-back weights
 
-    @property
-    def is_full(self) -> bool:
-        return bool(self.edit.min() >= 1.0)
-
 
 def prepare_mask(mask: np.ndarray, shape: tuple[int, int], grow: int, feather: float) -> PreparedMask:
     mask = np.asarray(mask, dtype=np.float32)
@@ -74,16 +60,29 @@ def prepare_mask(mask: np.ndarray, shape: tuple[int, int], grow: int, feather: f
         raise RequestError(f"the mask must be a single-channel HxW array, got shape {mask.shape}")
     if mask.shape != shape:
         raise RequestError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}")
-    edit = grow_mask(binarise(mask), grow)
+    edit = grow_mask(binarise(mask), grow).astype(np.float32)  # masks.py: dilation by a disk
     if edit.max() <= 0:
         raise RequestError("the mask is empty: paint the area to repaint (white = repaint)")
     return PreparedMask(edit, feather_mask(edit, feather))
 
 
-def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """Pixel mask → (1, 1, h, w) in [0, 1] at latent size (area average keeps the feathered edge)."""
-    t = torch.from_numpy(np.array(mask, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=latent_hw, mode="area").to(device)
+def latent_mask(
+    mask: np.ndarray | torch.Tensor,
+    latent_hw: tuple[int, int],
+    device: torch.device | None = None,
+    *,
+    mode: Literal["area", "nearest"] = "area",
+) -> torch.Tensor:
+    """Pixel mask(s), HxW or NxHxW → (N, 1, h, w) float32 at latent size.
+
+    "area" averages each latent cell's pixels and keeps a feathered edge: the weights of latent blending.
+    "nearest" takes one pixel per cell, which is how SD's 9-channel inpainting UNets were trained to see their mask
+    channel (docs/checkpoints.md, "Inpainting UNets"); training our own inpainting model uses the same."""
+    t = torch.from_numpy(np.array(mask, dtype=np.float32)) if isinstance(mask, np.ndarray) else mask.float()
+    if t.dim() == 2:
+        t = t[None]
+    out = F.interpolate(t[:, None], size=tuple(latent_hw), mode=mode)
+    return out if device is None else out.to(device)
 
 
 def blend_denoiser(denoiser: Denoiser, z0: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> Denoiser:

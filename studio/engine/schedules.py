@@ -83,17 +83,6 @@ class NoiseSchedule:
             raise ValueError(f"unknown timestep spacing {self.config.spacing!r}")
         return sorted((min(max(v, 0), t - 1) for v in ts), reverse=True)
 
-    def alpha_cumprod_at(self, t: float) -> float:
-        """ᾱ at a possibly fractional timestep, interpolating log σ (k-diffusion's t→σ)."""
-        return 1.0 / (1.0 + self.sigma_at(t) ** 2)
-
-    def sigma_at(self, t: float) -> float:
-        t = min(max(float(t), 0.0), self.num_train_timesteps - 1.0)
-        low = int(math.floor(t))
-        high = min(low + 1, self.num_train_timesteps - 1)
-        w = t - low
-        return math.exp((1 - w) * float(self._log_sigmas[low]) + w * float(self._log_sigmas[high]))
-
     def t_at_sigma(self, sigma: float) -> float:
         """Fractional timestep whose σ is `sigma` (piecewise-linear in log σ; k-diffusion sigma_to_t)."""
         log_sigma = math.log(max(sigma, 1e-12))
@@ -142,6 +131,7 @@ def sampling_grid(schedule: NoiseSchedule, steps: int, *, karras: bool = False, 
     return levels + [end]
 
 
-def q_sample(x0: torch.Tensor, noise: torch.Tensor, alpha_cumprod: float) -> torch.Tensor:
-    """Closed-form forward process q(x_t | x0) (DDPM eq. 4)."""
+def q_sample(x0: torch.Tensor, noise: torch.Tensor, alpha_cumprod: float | torch.Tensor) -> torch.Tensor:
+    """Closed-form forward process q(x_t | x0) (DDPM eq. 4); `alpha_cumprod` may be a tensor broadcast over x0,
+    one ᾱ per sample of a training batch."""
     return alpha_cumprod**0.5 * x0 + (1 - alpha_cumprod) ** 0.5 * noise

@@ -21,12 +21,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..engine.inpaint import latent_mask
+from ..engine.masks import grow_mask
 from ..engine.model import LatentDiffusion
 from ..engine.tokenizer import CLIPTokenizer
 from .scenes import CANVAS, Scene, SceneObject, caption, caption_words, random_mask, render_layers, sample_scene
-from .scenes import dilate, with_filler
+from .scenes import with_filler
 
 OBJECT_MASK_SHARE = 0.5  # inpainting masks: a square over one object (what "put an X here" looks like), else random
 OBJECT_MASK_MARGIN = (3.0, 9.0)  # px added around the object's box on each side
@@ -71,7 +72,7 @@ def object_emphasis(alphas: np.ndarray, factor: int = 1, radius: int = 2) -> np.
     size = CANVAS // factor
     emphasis = np.zeros((size, size), np.float32)
     for alpha in alphas:
-        region = dilate(alpha > 0.02, radius).reshape(size, factor, size, factor).any(axis=(1, 3))
+        region = grow_mask(alpha > 0.02, radius).reshape(size, factor, size, factor).any(axis=(1, 3))
         emphasis += region * (region.size / max(int(region.sum()), 1))
     return emphasis
 
@@ -93,11 +94,6 @@ def vae_batch(seed: int, n: int, masked_share: float, object_weight: float = 0.0
         if object_weight:
             weights[i, 0] += object_weight * object_emphasis(layers[i])
     return x, torch.from_numpy(weights)
-
-
-def latent_mask(masks: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, H, W) binary → (N, 1, size, size), nearest, as tasks.inpaint_concat."""
-    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")
 
 
 # ---- the latent cache -------------------------------------------------------------------------------------------
@@ -179,7 +175,7 @@ def build_cache(
         z = vae.encode(pair).mode().float().cpu()
         latents.append(z[:count].half())
         masked.append(z[count:].half())
-        masks.append(latent_mask(holes, z.shape[-1]).bool())
+        masks.append(latent_mask(holes, (z.shape[-1], z.shape[-1]), mode="nearest").bool())
         emphasis.append(_emphasis(layers, z.shape[-1]))
         scenes.extend(batch_scenes)
         done = len(scenes)

@@ -26,8 +26,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..engine.masks import grow_mask
 from .scenes import CANVAS, CELL, COLOURS, SHAPES, SIZE_THRESHOLDS, Scene, SceneObject, grid_cell, position_name
-from .scenes import dilate, shape_alpha
+from .scenes import shape_alpha
 
 FOREGROUND_DISTANCE = 45.0  # RGB distance; palette colours are ≥ 100 apart, σ = 8 noise rarely passes 35
 MIN_AREA = 12  # px; the smallest shape, a small star, covers ~45
@@ -91,7 +92,7 @@ def detect(image: np.ndarray) -> Detection:
         full = np.asarray(COLOURS[colour], np.float32) - np.asarray(COLOURS[background], np.float32)
         length = max(float(np.linalg.norm(direction)), float(np.linalg.norm(full)), 1.0)
         # the anti-aliased and blurred rim lies within 2 px of the component; other objects are ≥ 4 px away
-        region = dilate(component, 2) & ~dilate((labels > 0) & ~component, 1)
+        region = grow_mask(component, 2) & ~grow_mask((labels > 0) & ~component, 1)
         alpha = np.clip(offset @ (direction / length) / length, -0.5, 1.5) * region
         objects.append(SceneObject(colour=colour, **_fit_shape(alpha, region)))
     objects.sort(key=lambda obj: grid_cell(obj.position))

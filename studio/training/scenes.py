@@ -124,19 +124,6 @@ def _widest_gap(first: SceneObject, second: SceneObject) -> float:
     return max(gaps, default=-math.inf)
 
 
-def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Grow a boolean mask by radius pixels (4-neighbourhood steps)."""
-    out = mask.copy()
-    for _ in range(radius):
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        grown[:, 1:] |= out[:, :-1]
-        grown[:, :-1] |= out[:, 1:]
-        out = grown
-    return out
-
-
 # ---- sampling -------------------------------------------------------------------------------------------------
 
 

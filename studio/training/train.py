@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from ..engine.loading import save_studio_file
 from ..engine.model import LatentDiffusion, ModelConfig
+from ..engine.samplers import v_from_eps
+from ..engine.schedules import q_sample
 from ..engine.timeline import LatentPreview
 from .config import MODEL_NAME, TrainConfig, shapes_model_config
 from .data import Captioner, LatentCache, add_object_emphasis, build_cache, render_scenes, to_unit, unet_batch, vae_batch
@@ -157,10 +159,10 @@ def diffusion_loss(model: LatentDiffusion, batch, generator: torch.Generator, mi
     t = torch.randint(0, model.schedule.num_train_timesteps, (n,), generator=generator, device=device)
     a = model.schedule.alphas_cumprod.to(device)[t].float()
     noise = torch.randn(x0.shape, generator=generator, device=device)
-    a4 = a[:, None, None, None]
-    x_t = a4.sqrt() * x0 + (1 - a4).sqrt() * noise
+    a4 = a[:, None, None, None]  # one ᾱ per sample, broadcast over (C, H, W)
+    x_t = q_sample(x0, noise, a4)
     v_prediction = model.config.prediction == "v"
-    target = a4.sqrt() * noise - (1 - a4).sqrt() * x0 if v_prediction else noise
+    target = v_from_eps(x0, noise, a4) if v_prediction else noise
     context = model.text_encoder(batch.tokens.to(device))
     pred = model.unet(torch.cat([x_t, batch.concat.to(device)], dim=1), t.float(), context).float()
     squared = (pred - target).pow(2)

@@ -73,13 +73,14 @@ def test_karras_sigmas_match_k_diffusion():
     assert SD.karras_sigmas(10) == pytest.approx(expected, abs=1e-4)
 
 
-def test_sigma_and_timestep_interpolation_round_trip():
-    for t in (0.0, 1.0, 17.25, 500.5, 998.9):
-        assert SD.t_at_sigma(SD.sigma_at(t)) == pytest.approx(t, abs=1e-6)
-    assert SD.sigma_at(499) == pytest.approx(1.612886, rel=1e-5)
-    # between two integer timesteps the log σ is linear
-    mid = SD.sigma_at(499.5)
-    assert math.log(mid) == pytest.approx((math.log(SD.sigma_at(499)) + math.log(SD.sigma_at(500))) / 2)
+def test_timestep_of_a_sigma_interpolates_log_sigma():
+    for t in (0, 1, 17, 500, 999):
+        assert SD.t_at_sigma(float(SD.sigmas[t])) == pytest.approx(t, abs=1e-6)
+    assert SD.t_at_sigma(1.612886) == pytest.approx(499, abs=1e-4)
+    # between two integer timesteps t is linear in log σ (k-diffusion's sigma_to_t)
+    mid = math.exp((math.log(SD.sigmas[499]) + math.log(SD.sigmas[500])) / 2)
+    assert SD.t_at_sigma(mid) == pytest.approx(499.5, abs=1e-9)
+    assert SD.t_at_sigma(1e-9) == 0.0 and SD.t_at_sigma(1e9) == 999.0
 
 
 def test_grids_end_where_each_sampler_family_ends():

@@ -16,7 +16,7 @@ from studio.training import train as training
 from studio.training.config import TrainConfig, tiny_model_config
 from studio.training.data import Captioner, add_object_emphasis, build_cache, object_emphasis, render_scenes, unet_batch
 from studio.training.data import vae_batch
-from studio.training.scenes import dilate
+from studio.engine.masks import grow_mask
 
 
 def tiny_model(seed: int = 0) -> LatentDiffusion:
@@ -235,7 +235,7 @@ def test_latent_object_emphasis_weighs_each_object_as_a_whole_latent():
 def dilate_any(alphas):
     pixels = np.zeros((64, 64), bool)
     for alpha in alphas:
-        pixels |= dilate(alpha > 0.02, 2)
+        pixels |= grow_mask(alpha > 0.02, 2)
     return pixels.reshape(16, 4, 16, 4).any(axis=(1, 3))
 
 

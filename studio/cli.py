@@ -1,6 +1,7 @@
 """`studio generate|invert|train|evaluate …`: the engine from the command line.
 
-Bad input exits non-zero with one clear line on stderr and writes no file.
+Bad input exits non-zero with one clear line on stderr and writes no file. The CLI uses only the engine's public
+package (`studio.engine`); building the parser imports no torch, so `studio --help` answers at once.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .engine.errors import UserError
-from .engine.samplers import SAMPLER_TABLE
+from .engine import SAMPLER_TABLE, UserError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -123,10 +123,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .engine.images import load_mask, load_rgb
-    from .engine.pipeline import Engine, validate
-    from .engine.request import GenerationRequest, RequestError
-    from .engine.run import Run
+    from .engine import Engine, GenerationRequest, RequestError, Run, load_mask, load_rgb, validate
 
     changes = _given(args)
     parent = None
@@ -149,8 +146,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise CliError("--mask needs --init IMG (the image to inpaint)")
             changes["mask"] = load_mask(args.mask)
         request = base.replace(**changes)
-        if args.init is not None and "strength" not in changes and args.mask is None:
-            request = request.replace(strength=0.75)  # img2img's customary default
         engine = Engine()
         request = _model_defaults(engine, request, changes, fill_cfg=parent is None)
         validate(request)
@@ -188,12 +183,7 @@ def _model_defaults(engine, request, changes: dict[str, Any], fill_cfg: bool):
 
 
 def _model_config(engine, request):
-    from .engine.loading import ModelLoadError
-
-    try:
-        return engine.model(request.model, request.device, request.dtype).config
-    except (ModelLoadError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+    return engine.model(request.model, request.device, request.dtype).config  # a UserError reaches main()
 
 
 def _read_prompts(path: Path) -> list[str]:
@@ -216,7 +206,7 @@ def _check_output(path: Path) -> None:
 
 
 def _generate_one(engine, request, args: argparse.Namespace, out: Path, parent=None, from_step: int = 0) -> None:
-    from .engine.images import format_parameters, save_png
+    from .engine import format_parameters, save_png
 
     run, previews = _consume(engine.generate(request, parent=parent, from_step=from_step), args.quiet)
     save_png(run.image, out, format_parameters(request))
@@ -229,7 +219,7 @@ def _generate_one(engine, request, args: argparse.Namespace, out: Path, parent=N
 
 
 def _consume(events, quiet: bool):
-    from .engine.events import EventKind
+    from .engine import EventKind
 
     previews: list[np.ndarray] = []
     run = None
@@ -253,9 +243,7 @@ def _consume(events, quiet: bool):
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    from .engine.images import format_parameters, load_rgb, save_png
-    from .engine.pipeline import INVERSION_REFINE, Engine
-    from .engine.request import GenerationRequest, RequestError
+    from .engine import INVERSION_REFINE, Engine, GenerationRequest, RequestError, format_parameters, load_rgb, save_png
 
     if args.out is not None:
         _check_output(args.out)

@@ -7,6 +7,8 @@
 A stage resumes from `<out>/<stage>.pt` when it exists. A fresh UNet stage starts from `--init`: a VAE-stage
 checkpoint (`<out>/vae.pt` by default, when present), a training checkpoint, a model file, or `default` (the
 shipped weights, to continue their training).
+
+Building the parser imports no torch (`studio --help` answers at once); the handlers import it when they run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+from ..engine import UserError
 
 TRAIN_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "dataset_size", "ema_decay", "caption_dropout",
                    "full_mask", "min_snr_gamma", "kl_weight", "edge_weight", "object_weight", "checkpoint_minutes", "channels_last")
@@ -74,22 +76,20 @@ def add_training_commands(sub) -> None:
     ev.set_defaults(handler=run_evaluate)
 
 
-def _error(message: str):
-    from ..cli import CliError
+def _device(name: str):
+    import torch
 
-    return CliError(message)
-
-
-def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise _error("--device cuda: no CUDA device is available")
+        raise UserError("--device cuda: no CUDA device is available")
     return torch.device(name)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..engine.loading import ModelLoadError
+    import torch
+
+    from ..engine import ModelLoadError
     from . import train as training
     from .config import TrainConfig, shapes_model_config, tiny_model_config
 
@@ -99,12 +99,12 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k, None) is not None}
     if args.decoder_only:
         if args.stage != "vae":
-            raise _error("--decoder-only is for --stage vae")
+            raise UserError("--decoder-only is for --stage vae")
         overrides["decoder_only"] = True
     checkpoint = out / training.checkpoint_name(TrainConfig(stage=args.stage, decoder_only=args.decoder_only))
     if args.export_only:
         if args.export is None or not checkpoint.exists():
-            raise _error(f"--export-only needs --export FILE and an existing {checkpoint}")
+            raise UserError(f"--export-only needs --export FILE and an existing {checkpoint}")
         state = training.load_checkpoint(checkpoint)
         model = training.model_from_checkpoint(state, use_ema=False)
         saved = TrainConfig.from_dict(json.loads(state["train_config"]))
@@ -124,34 +124,35 @@ def run_train(args: argparse.Namespace) -> int:
         try:
             model = _initial_model(args, out, tiny_model_config() if args.tiny else shapes_model_config())
         except (ModelLoadError, OSError) as exc:
-            raise _error(str(exc)) from None
+            raise UserError(str(exc)) from None
     model.to(device)
     if args.steps is None and args.minutes is None:
-        raise _error("give a budget: --minutes and/or --steps")
+        raise UserError("give a budget: --minutes and/or --steps")
     training.train(model, cfg, out, training.Budget(args.steps, args.minutes), resume, args.export,
                    log=lambda line: print(line, flush=True), decoder_from=args.decoder_from)
     return 0
 
 
 def _initial_model(args: argparse.Namespace, out: Path, config):
-    from ..engine.loading import load_model
-    from ..engine.model import LatentDiffusion
+    import torch
+
+    from ..engine import LatentDiffusion, load_model
     from . import train as training
 
     init = args.init
     if args.decoder_only and init is None:
         init = str(out / "vae.pt")
         if not Path(init).exists():
-            raise _error(f"--decoder-only fine-tunes {init}, which does not exist")
+            raise UserError(f"--decoder-only fine-tunes {init}, which does not exist")
     if init is None and args.stage == "unet":
         init = str(out / "vae.pt") if (out / "vae.pt").exists() else None
         if init is None:
-            raise _error(f"no VAE for the UNet stage: train --stage vae first, or pass --init default")
+            raise UserError(f"no VAE for the UNet stage: train --stage vae first, or pass --init default")
     if init is None:
         return LatentDiffusion(config)
     if init.endswith(".pt"):
         if not Path(init).exists():
-            raise _error(f"--init: no such checkpoint {init}")
+            raise UserError(f"--init: no such checkpoint {init}")
         state = training.load_checkpoint(Path(init))
         model = training.model_from_checkpoint(state, use_ema=True)
         if state["stage"] == "vae" and args.stage == "unet":
@@ -164,13 +165,15 @@ def _initial_model(args: argparse.Namespace, out: Path, config):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from .evaluate import evaluate_spec, format_table
 
     torch.set_num_threads(args.threads)
     try:
         report = evaluate_spec(args)
     except FileNotFoundError as exc:
-        raise _error(str(exc)) from None
+        raise UserError(str(exc)) from None
     print(format_table(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

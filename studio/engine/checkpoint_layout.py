@@ -1,11 +1,12 @@
 """Checkpoint layouts: which family a set of tensor names is, how its names map onto ours, what shapes imply.
 
-Our module names are the original SD single-file names (engine.md §7.1–7.4), so an SD1 file maps onto itself.
+Our module names are the original SD single-file names (docs/checkpoints.md), so an SD1 file maps onto itself.
 Everything else that needs translating is in this file, and only here:
 
-- SD2's OpenCLIP text tower (`cond_stage_model.model.*`, engine.md §7.5) → the HF CLIP layout we build;
+- SD2's OpenCLIP text tower (`cond_stage_model.model.*`) → the HF CLIP layout we build (docs/checkpoints.md,
+  "Text encoders");
 - very old SD1 files whose text encoder lacks the `text_model.` level;
-- diffusers folders (`unet/`, `vae/`, `text_encoder/`, engine.md §7.6) → the original names.
+- diffusers folders (`unet/`, `vae/`, `text_encoder/`, docs/checkpoints.md) → the original names.
 
 Names are mapped to `TensorRef`s (where our tensor comes from in the file, and how it is cut or reshaped), so every
 name and shape can be checked against the model before a single tensor is read. `detect_config` then reads the
@@ -110,7 +111,7 @@ _IGNORED_PREFIXES = (
     "cond_stage_model.transformer.vision_model.",
 )
 _IGNORED_NAMES = {
-    # LDM's schedule buffers (engine.md §1); we compute the schedule ourselves
+    # LDM's schedule buffers (docs/checkpoints.md); we compute the schedule ourselves
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
@@ -155,8 +156,9 @@ _OPEN_CLIP_BLOCK = {
 
 
 def _open_clip_refs(local: str, name: str, layers: int) -> list[tuple[str, TensorRef]]:
-    """OpenCLIP text-tower name → HF CLIP names (engine.md §7.5). SD2 reads the penultimate block's output
-    ("penultimate" in Stability's FrozenOpenCLIPEmbedder), so the last block is dropped: 24 stored, 23 used."""
+    """OpenCLIP text-tower name → HF CLIP names (docs/checkpoints.md, "Text encoders"). SD2 reads the penultimate
+    block's output ("penultimate" in Stability's FrozenOpenCLIPEmbedder), so the last block is dropped: 24 stored,
+    23 used."""
     if local == "token_embedding.weight":
         return [("embeddings.token_embedding.weight", TensorRef(name))]
     if local == "positional_embedding":
@@ -180,7 +182,7 @@ def _open_clip_refs(local: str, name: str, layers: int) -> list[tuple[str, Tenso
     return []
 
 
-# -- diffusers folders (engine.md §7.6) ---------------------------------------------------------------------------
+# -- diffusers folders (docs/checkpoints.md) ----------------------------------------------------------------------
 
 _DIFFUSERS_RESNET = {
     "norm1": "in_layers.0",
@@ -329,8 +331,9 @@ def detect_unet(shapes: Shapes, overrides: dict[str, Any] | None = None) -> UNet
     depth = len(_indices(shapes, re.escape(t) + r"transformer_blocks\.(\d+)\."))
     widths = [model_channels * m for m in mult]
     attn_widths = [widths[lv] for lv in attention] + [widths[-1]]
-    # Head count is not in the shapes (engine.md §7.7): SD2 (linear projections, context 1024) uses 64-channel
-    # heads, SD1 8 heads; reduced-width models of either topology keep the rule where the widths allow.
+    # Head count is not in the shapes (docs/checkpoints.md, "Telling variants apart"): SD2 (linear projections,
+    # context 1024) uses 64-channel heads, SD1 8 heads; reduced-width models of either topology keep the rule where
+    # the widths allow.
     if linear and all(w % 64 == 0 for w in attn_widths):
         heads: dict[str, Any] = {"num_heads": None, "num_head_channels": 64}
     elif all(w % 8 == 0 for w in attn_widths):
@@ -341,7 +344,7 @@ def detect_unet(shapes: Shapes, overrides: dict[str, Any] | None = None) -> UNet
         in_channels=in_channels, out_channels=out_channels, model_channels=model_channels, channel_mult=tuple(mult),
         num_res_blocks=per_level, attention_levels=tuple(attention), context_dim=context, transformer_depth=depth,
         use_linear_projection=linear, norm_groups=_groups(widths),
-        upcast_attention=linear or context == 1024,  # SD2 overflows in fp16 attention (engine.md §10)
+        upcast_attention=linear or context == 1024,  # SD2 overflows in fp16 attention (docs/numerics.md)
         **heads,
     )
     fields.update(overrides or {})

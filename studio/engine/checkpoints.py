@@ -1,6 +1,6 @@
 """Opening the Stable Diffusion checkpoints users already have: single files and diffusers folders.
 
-- `.safetensors` single files in the original layout (engine.md §7.1), memory-mapped;
+- `.safetensors` single files in the original layout (docs/checkpoints.md), memory-mapped;
 - `.ckpt` / `.pt` / `.pth` / `.bin` only through `torch.load(weights_only=True)` (safe_pickle.py): nothing in
   the file is ever run, and a file that asks to run something is refused, naming what it asked for;
 - diffusers folders (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `scheduler/`, `tokenizer/`).
@@ -85,7 +85,7 @@ def _load_single_file(
             unet=detect_unet(shapes),
             vae=detect_vae(shapes),
             text=detect_text(shapes, "gelu" if open_clip else "quick_gelu"),
-            pad_id=0 if open_clip else EOS_ID,  # open_clip pads with 0, HF's CLIP-L tokenizer with eos (§8)
+            pad_id=0 if open_clip else EOS_ID,  # open_clip pads with 0, HF's CLIP-L with eos (docs/checkpoints.md)
             name=path.stem,
         )
     except LayoutError as exc:
@@ -94,7 +94,7 @@ def _load_single_file(
     prediction = prediction or _sidecar_prediction(path)
     model = materialize(config, archive, path, device, dtype, refs)
     if prediction is None:
-        # SD1 and all inpainting models predict ε; SD2-768 (v) and SD2-base (ε) look alike (engine.md §7.7)
+        # SD1 and all inpainting models predict ε; SD2-768 (v) and SD2-base (ε) look alike (docs/checkpoints.md)
         sd2_like = config.unet.context_dim == 1024 or config.unet.use_linear_projection
         prediction = "v" if sd2_like and not model.is_inpainting and looks_like_v_prediction(model) else "epsilon"
     default_size = 768 if prediction == "v" and config.unet.context_dim == 1024 else 512
@@ -297,7 +297,7 @@ def _unet_overrides(cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]], pat
                 norm_groups="norm_num_groups")
     if cfg.get("flip_sin_to_cos") is False or cfg.get("freq_shift", 0) != 0:
         raise ModelLoadError(f"{path.name}: the UNet's timestep embedding differs from SD's; not supported")
-    # diffusers' historic misnomer: for SD, attention_head_dim holds the number of heads (engine.md §7.6)
+    # diffusers' historic misnomer: for SD, attention_head_dim holds the number of heads (docs/checkpoints.md)
     heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim")
     if heads is None:
         return out
@@ -334,7 +334,8 @@ def _schedule_from(cfg: dict[str, Any], path: Path) -> tuple[ScheduleConfig, Pre
 
 
 def _pad_id(path: Path) -> int:
-    """SD2's diffusers tokenizer pads with "!" (id 0, as open_clip does); SD1's with <|endoftext|> (§8)."""
+    """SD2's diffusers tokenizer pads with "!" (id 0, as open_clip does); SD1's with <|endoftext|>
+    (docs/checkpoints.md, "Tokenizer")."""
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         pad = _read_json(path / "tokenizer" / name, path).get("pad_token")
         if isinstance(pad, dict):

@@ -30,7 +30,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
-        # Half precision is the point of a GPU; on the CPU fp16 kernels are slow or missing (engine.md §10).
+        # Half precision is the point of a GPU; on the CPU fp16 kernels are slow or missing (docs/numerics.md).
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if name not in DTYPES:
         raise UserError(f"unknown dtype {name!r}; expected auto, fp32, fp16 or bf16")

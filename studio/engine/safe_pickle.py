@@ -1,6 +1,7 @@
 """Pickle checkpoints (`.ckpt`, `.pt`, `.pth`, `.bin`) read without running any of their code.
 
-A pickle can name any importable callable to be called while it loads (engine.md §9), so these files are only
+A pickle can name any importable callable to be called while it loads (docs/checkpoints.md, "Pickle checkpoints"),
+so these files are only
 ever opened with torch's weights-only unpickler, which builds tensors and plain containers and refuses the rest.
 Some old SD `.ckpt` files also carry training metadata (PyTorch Lightning callback objects, numpy scalars): those
 names are bound to an inert stand-in that accepts anything and does nothing, so the weights still load. Anything

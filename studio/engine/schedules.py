@@ -1,7 +1,7 @@
 """Noise schedules, timestep spacing and the noise-level grids the samplers walk.
 
-Notation follows engine.md and the DDIM paper: ``alphas_cumprod[t]`` is ᾱ_t, the VP forward marginal is
-x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (DDPM eq. 4) and the VE / Karras noise level is σ_t = √((1−ᾱ_t)/ᾱ_t).
+Notation follows DDPM (Ho et al. 2020): ``alphas_cumprod[t]`` is ᾱ_t (the DDIM paper's α_t), the VP forward
+marginal is x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (DDPM eq. 4) and the VE / Karras noise level is σ_t = √((1−ᾱ_t)/ᾱ_t).
 Everything is computed in float64 and handed to samplers as plain floats, so no sampler state lives here.
 """
 
@@ -66,7 +66,8 @@ class NoiseSchedule:
         return float(self.alphas_cumprod[0])
 
     def timesteps(self, steps: int) -> list[int]:
-        """Descending training timesteps for `steps` sampling steps (engine.md §2)."""
+        """Descending training timesteps for `steps` sampling steps: the "leading", "trailing" and "linspace"
+        selections compared by Lin et al. 2023 (Table 2); SD ships "leading" with offset 1 (901, 801, …, 1 for 10)."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         t = self.num_train_timesteps

@@ -1,8 +1,8 @@
 """The CLIP text transformer (Radford et al. 2021) in the Hugging Face `CLIPTextModel` layout.
 
 `CLIPTextModel(cfg).state_dict()` keys start with `text_model.`, exactly as under
-`cond_stage_model.transformer.` in an SD1 single-file checkpoint (engine.md §7.4). SD2's OpenCLIP tower uses other
-names (§7.5); converted to this layout it is `TextEncoderConfig.sd2()`.
+`cond_stage_model.transformer.` in an SD1 single-file checkpoint. SD2's OpenCLIP tower uses other
+names; converted to this layout it is `TextEncoderConfig.sd2()` (docs/checkpoints.md, "Text encoders").
 
 `embeddings.position_ids`: HF registers it as a buffer and many checkpoints store it (some as float). It carries
 no information (it is 0..max_length−1), so this model has no such buffer: positions are made with `arange` in

@@ -9,7 +9,7 @@ across the middle of the overlap, and are 1 elsewhere; the output is Σ wᵢ·y�
   receptive field fits inside the margin the tiled result equals the untiled one exactly (tested).
 
 The VAE is not that local: GroupNorm statistics and the mid-block attention see only one tile, so colours can
-differ slightly from an untiled decode (the same trade-off as diffusers' `enable_vae_tiling`, engine.md §10);
+differ slightly from an untiled decode (the same trade-off as diffusers' `enable_vae_tiling`; docs/numerics.md);
 large overlaps keep tiles' statistics alike and the cross-fade hides what differs.
 """
 
@@ -23,7 +23,7 @@ import torch
 
 from .vae import AutoencoderKL
 
-# SD defaults (downsampling factor 8): 512 px tiles overlapping by 128 px, as diffusers' tiling (engine.md §10)
+# SD defaults (downsampling factor 8): 512 px tiles overlapping by 128 px, as diffusers' tiling (docs/numerics.md)
 DECODE_TILE = 64  # latent pixels per tile side
 DECODE_OVERLAP = 16  # latent pixels shared by neighbouring tiles
 ENCODE_TILE = 512  # image pixels

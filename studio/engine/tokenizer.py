@@ -1,7 +1,8 @@
 """CLIP's byte-level BPE tokenizer (SD 1.x and 2.x text encoders), pure Python with no third-party dependency.
 
-Follows engine.md §8, i.e. the algorithm of OpenAI CLIP's ``simple_tokenizer.py`` (Radford et al. 2021), itself the
-GPT-2 byte-level BPE (Radford et al. 2019, Sec. 2.2), written from that description:
+The tokenizer of CLIP (Radford et al. 2021, Sec. 2.4: lower-cased byte pair encoding, Sennrich et al. 2016), in
+GPT-2's byte-level form (Radford et al. 2019, Sec. 2.2), written from that description (vocabulary layout and
+padding: docs/checkpoints.md, "Tokenizer"):
 
 1. clean: fix common text glitches, ``html.unescape`` twice, collapse whitespace, lowercase;
 2. split into pieces: a special token, a contraction ('s 't 're 've 'm 'll 'd), a run of letters, a single

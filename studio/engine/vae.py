@@ -1,8 +1,8 @@
 """The SD KL autoencoder (LDM `model.py Encoder/Decoder` + `AutoencoderKL`), with the checkpoint's module names.
 
-Attribute paths are the key paths of `first_stage_model.*` in an SD single-file checkpoint (engine.md §7.3).
-Shapes for SD at 512 px: image (B, 3, 512, 512) in [−1, 1] ↔ unscaled latent z (B, 4, 64, 64). The UNet works on
-z·scaling_factor; this module neither applies nor removes that factor.
+Attribute paths are the key paths of `first_stage_model.*` in an SD single-file checkpoint
+(docs/checkpoints.md, "VAE"). Shapes for SD at 512 px: image (B, 3, 512, 512) in [−1, 1] ↔ unscaled latent
+z (B, 4, 64, 64). The UNet works on z·scaling_factor; this module neither applies nor removes that factor.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class VAEConfig:
     ch_mult: tuple[int, ...] = (1, 2, 4, 4)  # width per level: 128, 256, 512, 512 → downsampling factor 8
     num_res_blocks: int = 2  # ResnetBlocks per encoder level (the decoder has one more)
     z_channels: int = 4  # latent channels
-    scaling_factor: float = 0.18215  # z_s = scaling_factor·z is what the UNet sees (SD1/SD2), engine.md §5
+    scaling_factor: float = 0.18215  # UNet input z_s = scaling_factor·z (SD1/2): ~unit variance, Rombach et al. 2022
     norm_groups: int = 32  # GroupNorm groups everywhere
     mid_attention: bool = True  # single-head self-attention between the two mid ResnetBlocks
 

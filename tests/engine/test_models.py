@@ -55,7 +55,7 @@ def seeded(factory, seed: int = 0):
     return factory().eval()
 
 
-# -- full-size layouts (engine.md §7.2–7.5, verified counts) -----------------------------------------------------
+# -- full-size layouts (docs/checkpoints.md: key names and parameter counts) ------------------------------------
 
 
 def test_parameter_counts(sd1_unet, sd2_unet, sd_vae, clip_l):

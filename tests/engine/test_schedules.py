@@ -1,4 +1,5 @@
-"""Schedules and spacing against the values verified in engine.md (float64, diffusers, k-diffusion)."""
+"""Schedules and spacing against reference values: the definitions evaluated in float64, which diffusers' and
+k-diffusion's schedulers reproduce."""
 
 import math
 
@@ -54,7 +55,8 @@ def test_trailing_spacing():
 
 def test_linspace_spacing_matches_diffusers_ddim():
     linspace = NoiseSchedule(ScheduleConfig(spacing="linspace"))
-    assert linspace.timesteps(10) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]  # engine.md §2
+    # diffusers' "linspace" selection (Lin et al. 2023, Table 2)
+    assert linspace.timesteps(10) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
     for steps in (1, 2, 7, 25, 50, 999, 1000):  # numpy's linspace + round (half to even), every step count
         expected = np.linspace(0, 999, steps).round()[::-1].astype(int).tolist()
         assert linspace.timesteps(steps) == expected, steps

@@ -16,7 +16,7 @@ def test_shipped_vocabulary_is_found():
 
 
 def test_vocabulary_layout(tok):
-    # engine.md §8: 256 byte symbols + 256 with </w> + 48894 merges + 2 specials.
+    # 256 byte symbols + 256 with </w> + 48894 merges + 2 specials (docs/checkpoints.md, "Tokenizer").
     assert tok.vocab_size == 49408
     assert (BOS_ID, EOS_ID, CONTEXT_LENGTH) == (49406, 49407, 77)
     assert tok.vocab[0] == "!"
@@ -26,7 +26,7 @@ def test_vocabulary_layout(tok):
     assert tok.vocab[EOS_ID] == "<|endoftext|>"
 
 
-# Verified ids from engine.md §8.
+# Ids as CLIP's reference tokenizer gives them (docs/checkpoints.md, "Tokenizer").
 @pytest.mark.parametrize(
     "prompt, ids",
     [

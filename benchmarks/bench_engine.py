@@ -18,10 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from studio.engine.model import LatentDiffusion, ModelConfig, build_tiny_random  # noqa: E402
-from studio.engine.pipeline import Engine  # noqa: E402
-from studio.engine.request import GenerationRequest  # noqa: E402
-from studio.engine.samplers import SAMPLER_TABLE  # noqa: E402
+from studio.engine import SAMPLER_TABLE, Engine, GenerationRequest, LatentDiffusion, load_model  # noqa: E402
+from studio.engine.model import ModelConfig, build_tiny_random  # noqa: E402
 from studio.engine.tasks import plan  # noqa: E402
 from studio.engine.text_encoder import TextEncoderConfig  # noqa: E402
 from studio.engine.unet import UNetConfig  # noqa: E402
@@ -34,8 +32,6 @@ def build(name: str) -> LatentDiffusion:
     if name == "sd1":
         config = ModelConfig(unet=UNetConfig.sd1(), vae=VAEConfig.sd(), text=TextEncoderConfig.clip_l())
     elif name == "shipped":
-        from studio.engine.loading import load_model
-
         return load_model("default", torch.device("cpu"), torch.float32)
     else:
         raise SystemExit(f"unknown config {name}")

@@ -18,9 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from studio.engine import Engine, GenerationRequest  # noqa: E402
 from studio.engine.images import image_to_tensor, tensor_to_image  # noqa: E402
-from studio.engine.pipeline import Engine  # noqa: E402
-from studio.engine.request import GenerationRequest  # noqa: E402
 from studio.training.scenes import make_batch  # noqa: E402
 
 

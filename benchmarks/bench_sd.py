@@ -45,7 +45,8 @@ GUIDANCE = 7.5
 # -- files ------------------------------------------------------------------------------------------------------
 
 def random_sd15_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
-    from studio.engine.model import LatentDiffusion, ModelConfig
+    from studio.engine import LatentDiffusion
+    from studio.engine.model import ModelConfig
 
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in LatentDiffusion(ModelConfig()).state_dict().items()}
@@ -129,7 +130,7 @@ def memory() -> dict[str, int]:
 
 
 def load_ours(path: Path, device: str, dtype: torch.dtype):
-    from studio.engine.loading import load_model
+    from studio.engine import load_model
 
     return load_model(str(path), torch.device(device), dtype)
 
@@ -226,8 +227,7 @@ def child_generate_cuda(path: Path, config: Path, steps: int = 20) -> dict:
     """Full DDIM generations at 512 px fp16 on CUDA, same seed: do the images agree?"""
     import numpy as np
 
-    from studio.engine.pipeline import Engine
-    from studio.engine.request import GenerationRequest
+    from studio.engine import Engine, GenerationRequest
 
     prompt, negative = "a photo of an astronaut riding a horse on mars", "blurry"
     model = load_ours(path, "cuda", torch.float16)

@@ -19,9 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from studio.engine.loading import load_model  # noqa: E402
-from studio.engine.pipeline import Engine  # noqa: E402
-from studio.engine.request import GenerationRequest  # noqa: E402
+from studio.engine import Engine, GenerationRequest, load_model  # noqa: E402
 
 
 def main() -> int:

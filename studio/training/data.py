@@ -22,9 +22,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..engine import LatentDiffusion
 from ..engine.inpaint import latent_mask
 from ..engine.masks import grow_mask
-from ..engine.model import LatentDiffusion
 from ..engine.tokenizer import CLIPTokenizer
 from .scenes import CANVAS, Scene, SceneObject, caption, caption_words, random_mask, render_layers, sample_scene
 from .scenes import with_filler

@@ -22,11 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..engine import Engine, GenerationRequest, LatentDiffusion
 from ..engine.images import tensor_to_image
 from ..engine.masks import grow_mask
-from ..engine.model import LatentDiffusion
-from ..engine.pipeline import Engine
-from ..engine.request import GenerationRequest
 from .detector import detect, score
 from .scenes import (ANCHORS, COLOURS, SHAPES, CANVAS, POSITIONS, Scene, SceneObject, caption, grid_cell, make_batch,
                      render_layers, sample_scene)
@@ -179,7 +177,7 @@ def autoencoder_scores(model: LatentDiffusion, n: int, seed: int = EVAL_SEED + 2
 
 
 def load_for_evaluation(spec: str) -> LatentDiffusion:
-    from ..engine.loading import load_model
+    from ..engine import load_model
 
     if spec.endswith(".pt"):
         from .train import load_checkpoint, model_from_checkpoint

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine import LatentDiffusion
 from ..engine.loading import save_studio_file
-from ..engine.model import LatentDiffusion, ModelConfig
+from ..engine.model import ModelConfig
 from ..engine.samplers import v_from_eps
 from ..engine.schedules import q_sample
 from ..engine.timeline import LatentPreview

@@ -33,6 +33,7 @@ from .canvas_toolbar import CanvasToolbar, CanvasViewBar
 from .file_actions import FileActions
 from .generation import GenerationController, format_seconds, progress_text
 from .history_panel import HistoryPanel
+from .invert_dialog import InvertChoice, InvertSource, ask_invert
 from .mask_canvas import MaskCanvas
 from .message_bar import MessageBar
 from .prompt_panel import PromptPanel
@@ -59,6 +60,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self._closing = False
         self._image_name: str | None = None
         self._result_image: np.ndarray | None = None
+        self._result_caption = "Result"  # what the canvas calls the result ("Result #3")
         self._pending_loads: dict[int, Callable[[RunsLoaded], None]] = {}  # job id → what to do with the runs
         self._pending_saves: dict[int, str] = {}  # job id → what to say when the run file is written
         self._probe_job = 0
@@ -203,17 +205,37 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.controller.generate(request, parent=run, from_step=index)
 
     def invert_image(self) -> None:
+        """Ask which picture to invert and how (invert_dialog.py); the dialog's choice starts the inversion."""
         if self.controller.running:
             self.message_bar.warning("Wait for the current run to finish before inverting an image.")
             return
-        image = self.canvas.image_array()
-        if image is None:
-            image = self._result_image
-        if image is None:
+        sources = self._invert_sources()
+        if not sources:
             self.message_bar.warning("Open an image (or generate one) to invert.")
             return
-        request = self.prompt_panel.request(width=image.shape[1], height=image.shape[0], init_image=image)
-        self.controller.invert(request)
+        settings = self.prompt_panel.settings_model
+        ask_invert(self, sources, settings.prompt, settings.steps, self._invert)
+
+    def _invert_sources(self) -> list[InvertSource]:
+        """The pictures on the canvas, the one on screen first: the result when it is shown, else the input."""
+        shown = self.canvas.showing_result
+        sources = []
+        if self._result_image is not None and self.canvas.has_result():
+            label = self._result_caption + (" (on screen)" if shown else "")
+            sources.append(InvertSource("result", label, self._result_image))
+        image = self.canvas.image_array()
+        if image is not None:
+            label = f"Input: {self._image_name or 'the canvas image'}" + ("" if shown else " (on screen)")
+            sources.insert(len(sources) if shown else 0, InvertSource("input", label, image))
+        return sources
+
+    def _invert(self, choice: InvertChoice) -> None:
+        if self.controller.running:
+            return
+        image = np.array(choice.image)  # a writable copy: the result is a read-only view of the engine's message
+        request = self.prompt_panel.request(width=image.shape[1], height=image.shape[0], init_image=image,
+                                            prompt=choice.prompt, steps=choice.steps, cfg=choice.cfg)
+        self.controller.invert(request, choice.refine)
 
     def decode_step(self, run: RunRecord | None, index: int) -> None:
         if run is None or not 0 <= index < run.recorded:
@@ -375,7 +397,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self._show_run(run)
 
     def show_result(self, image: np.ndarray, caption: str = "Result") -> None:
-        self._result_image = image
+        self._result_image, self._result_caption = image, caption
         self.canvas.set_result(image, caption)
         self.viewbar.sync()
 

@@ -146,8 +146,9 @@ def test_decode_step_runs_on_the_worker(window, qtbot):
 def test_invert_image_opens_a_run_to_branch_from(window, qtbot):
     window.prompt_panel.steps.setValue(3)
     window.open_image(sample_image(64))
+    window.findChild(QPushButton, "invertButton").click()
     with qtbot.waitSignal(window.controller.finished, timeout=GENERATION_TIMEOUT_MS):
-        window.findChild(QPushButton, "invertButton").click()
+        window.findChild(QPushButton, "invertOkButton").click()
     run = window.history.selected
     assert run.kind == "invert" and run.recorded == 3
     assert window.timeline.run is run and window.timeline.branch_button.isEnabled()

@@ -71,14 +71,14 @@ class CanvasToolbar(QToolBar):
         self.addWidget(self.feathered)
 
     def _add_mask_edits(self, canvas: MaskCanvas) -> None:
-        self.undo_action = self._button("Undo", "undoButton", "Undo the last stroke (Ctrl+Z)", canvas.mask.undo)
-        self.redo_action = self._button("Redo", "redoButton", "Redo the stroke (Ctrl+Shift+Z / Ctrl+Y)", canvas.mask.redo)
+        self.undo_action = self._button("Undo", "undoButton", "Undo the last stroke (Ctrl+Z)", canvas.undo)
+        self.redo_action = self._button("Redo", "redoButton", "Redo the stroke (Ctrl+Shift+Z / Ctrl+Y)", canvas.redo)
         self.clear_action = self._button("Clear", "clearMaskButton", "Clear the mask (Ctrl+Shift+Backspace)", canvas.mask.clear)
         self.invert_action = self._button("Invert", "invertMaskButton", "Invert the mask (Ctrl+I)", canvas.mask.invert)
         self.undo_action.setEnabled(False)
         self.redo_action.setEnabled(False)
-        canvas.mask.undoAvailable.connect(self.undo_action.setEnabled)
-        canvas.mask.redoAvailable.connect(self.redo_action.setEnabled)
+        canvas.undoAvailable.connect(self.undo_action.setEnabled)
+        canvas.redoAvailable.connect(self.redo_action.setEnabled)
 
     def _button(self, text: str, name: str, tip: str, slot) -> QAction:
         action = QAction(text, self)

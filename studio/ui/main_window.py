@@ -139,6 +139,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         canvas.mask.changed.connect(self._update_mode)
         canvas.mask.changed.connect(self.schedule_autosave)
         canvas.stepKey.connect(self.timeline.step_by)
+        canvas.resultPressed.connect(self._paint_on_result)
+        canvas.inputRestored.connect(self._input_restored)
         self.viewbar.use_as_input.clicked.connect(self.use_result_as_input)
 
         self._connect_controller()
@@ -405,7 +407,37 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         if self._result_image is None:
             self.message_bar.warning("There is no result to use yet.")
             return
-        self.open_image(self._result_image.copy(), "previous result", quiet=True)
+        self._take_as_input(self._result_image, self._result_caption)
+
+    def _paint_on_result(self) -> None:
+        """A press on the picture on screen paints on that picture, as in Krita AI Diffusion and InvokeAI's canvas:
+        the shown result becomes the input (one undo step, said in the message bar) and the stroke paints its mask.
+
+        One rule whether or not an input exists: a click never switches to the input and adds a dab there unseen.
+        The mask stays (paint, generate, paint more, generate refines one region); Ctrl+Z brings the old input back,
+        and C shows the input to paint on it instead. A latent-size preview is no picture to paint on: said, no dab."""
+        shown = self.canvas.shown_picture()
+        if shown is None:
+            return
+        image, caption = shown
+        if self.controller.running:
+            self.message_bar.info("The picture is still being made: press C to paint on the input, or wait for the result.")
+        elif image.shape[:2] != (self.canvas.image_size().height(), self.canvas.image_size().width()):
+            self.message_bar.info(f"{caption} is a small preview: decode it (Ctrl+D) to paint on it, or press C to "
+                                  "paint on the input.")
+        else:
+            name = caption[:1].lower() + caption[1:]
+            self._take_as_input(image, name)
+            self.message_bar.info(f"Painting on {name}: it is now the input (Ctrl+Z undoes).")
+
+    def _take_as_input(self, image: np.ndarray, name: str) -> None:
+        self.canvas.take_as_input(np.array(image))  # a writable copy of the engine's read-only image
+        self._image_name = name
+        self._after_image_change()
+
+    def _input_restored(self) -> None:
+        self._image_name = self.canvas.input_label
+        self._after_image_change()
 
     def _after_image_change(self) -> None:
         canvas, panel = self.canvas, self.prompt_panel
@@ -415,7 +447,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         else:
             panel.set_image_mode(False)
             canvas.set_blank_size(*panel.generation_size())
-        name = self._image_name
+        name = canvas.input_label = self._image_name
         self.setWindowTitle(f"{name} — Diffusion Studio" if name else "Diffusion Studio")
         self.viewbar.sync()
         self._update_mode()

@@ -6,17 +6,34 @@ between screen and image through one zoom + offset transform.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QCursor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen, QPixmap
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from .images import qimage_to_rgb, rgb_to_qimage, tinted_mask
-from .mask_layer import MaskLayer
+from .mask_layer import UNDO_LIMIT, MaskLayer
 from .mask_ops import effective_mask
 
 MASK_COLOR = (255, 64, 96)
 MIN_ZOOM, MAX_ZOOM = 0.05, 32.0
+
+
+@dataclass(frozen=True)
+class CanvasState:
+    """What the canvas showed before a picture became the input, for undo: the input, its mask with the mask's own
+    undo history, the result or preview on screen and its caption."""
+
+    image: QImage | None
+    mask: tuple
+    result: QPixmap | None
+    preview: QPixmap | None
+    arrays: tuple  # (result, preview) as HxWx3 arrays
+    caption: str
+    showing_result: bool
+    label: str | None
 
 
 class MaskCanvas(QWidget):
@@ -24,6 +41,10 @@ class MaskCanvas(QWidget):
     zoomChanged = Signal(float)
     showingResultChanged = Signal(bool)
     stepKey = Signal(int)  # ← / → while the canvas has focus: move the timeline
+    resultPressed = Signal()  # a left press on a shown result or preview; the window decides what it paints on
+    inputRestored = Signal()  # undo / redo brought back the input from before (or after) a picture became it
+    undoAvailable = Signal(bool)  # a mask edit or an input change can be undone
+    redoAvailable = Signal(bool)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -35,11 +56,19 @@ class MaskCanvas(QWidget):
         self.mask = MaskLayer(self)
         self.mask.painted.connect(self._on_mask_painted)
         self.mask.changed.connect(self._on_mask_changed)
+        self.mask.undoAvailable.connect(self._emit_availability)
+        self.mask.redoAvailable.connect(self._emit_availability)
+        self.input_label: str | None = None  # what the window calls the input ("photo.png"), kept with undo
+        self._input_undo: list[CanvasState] = []  # before each "this picture is now the input", newest last
+        self._input_redo: list[CanvasState] = []
+        self._replaying = False  # inside undo() / redo() or a picture becoming the input
 
         self._image: QImage | None = None
         self._pixmap: QPixmap | None = None
         self._result: QPixmap | None = None
         self._preview: QPixmap | None = None
+        self._result_array: np.ndarray | None = None
+        self._preview_array: np.ndarray | None = None
         self._caption = ""
         self._showing_result = False
         self._blank_size = QSize(512, 512)
@@ -77,8 +106,12 @@ class MaskCanvas(QWidget):
         return qimage_to_rgb(self._image) if self._image is not None else None
 
     def set_image(self, image: np.ndarray | None, keep_mask: bool = False) -> None:
-        """Open `image` (HxWx3 uint8) as the input; None returns to the blank canvas."""
+        """Open `image` (HxWx3 uint8) as the input; None returns to the blank canvas. A new image starts a new
+        history: undo no longer brings back the inputs before it."""
         old_size = self.image_size()
+        if not self._replaying:
+            self._input_undo.clear()
+            self._input_redo.clear()
         if image is None:
             self._image, self._pixmap = None, None
             self.mask.reset(self._blank_size.width(), self._blank_size.height())
@@ -127,19 +160,97 @@ class MaskCanvas(QWidget):
 
     def set_result(self, image: np.ndarray | None, caption: str = "Result") -> None:
         self._result = QPixmap.fromImage(rgb_to_qimage(image)) if image is not None else None
-        self._preview = None
+        self._result_array, self._preview, self._preview_array = image, None, None
         self._caption = caption if image is not None else ""
         self.set_showing_result(image is not None)
 
     def set_preview(self, image: np.ndarray | None, caption: str = "") -> None:
         """A live step preview (any resolution; scaled to the image's frame) shown in place of the result."""
         self._preview = QPixmap.fromImage(rgb_to_qimage(image)) if image is not None else None
+        self._preview_array = image
         self._caption = caption
         self.set_showing_result(image is not None or self._result is not None)
         self.update()
 
     def has_result(self) -> bool:
         return self._result is not None or self._preview is not None
+
+    def shown_picture(self) -> tuple[np.ndarray, str] | None:
+        """The result or preview on screen (HxWx3, any size) and its caption; None while the input is shown."""
+        if not self._showing_result:
+            return None
+        array = self._preview_array if self._preview is not None else self._result_array
+        return (array, self._caption) if array is not None else None
+
+    # -- a picture becomes the input, undoably ------------------------------------------------------------------------
+    def take_as_input(self, image: np.ndarray) -> None:
+        """`image` becomes the input as one undo step. The mask stays when the size matches (paint, generate, paint
+        more: one region refined); its strokes so far belong to the old input and come back with it on undo."""
+        before = self._capture(keep_redo=False)  # a new step: what was undone on the old input is gone
+        self._input_undo.append(before)
+        del self._input_undo[:-UNDO_LIMIT]
+        self._input_redo.clear()
+        self._replaying = True
+        try:
+            self.set_image(image, keep_mask=True)
+            self.mask.set_history_state((self.mask.image, [], []))
+        finally:
+            self._replaying = False
+        self._emit_availability()
+
+    def can_undo(self) -> bool:
+        return self.mask.can_undo() or bool(self._input_undo)
+
+    def can_redo(self) -> bool:
+        return self.mask.can_redo() or bool(self._input_redo)
+
+    def undo(self) -> None:
+        """One step back: the last stroke on this input, else the input from before it (with its mask history)."""
+        if self.mask.can_undo():
+            self._replay(self.mask.undo)
+        elif self._input_undo:
+            self._input_redo.append(self._capture())
+            self._replay(lambda: self._restore(self._input_undo.pop()))
+
+    def redo(self) -> None:
+        if self.mask.can_redo():
+            self._replay(self.mask.redo)
+        elif self._input_redo:
+            self._input_undo.append(self._capture())
+            self._replay(lambda: self._restore(self._input_redo.pop()))
+
+    def _replay(self, step) -> None:
+        self._replaying = True
+        try:
+            step()
+        finally:
+            self._replaying = False
+        self._emit_availability()
+
+    def _capture(self, keep_redo: bool = True) -> CanvasState:
+        image, undo, redo = self.mask.history_state()
+        return CanvasState(QImage(self._image) if self._image is not None else None,
+                           (image, undo, redo if keep_redo else []),
+                           self._result, self._preview, (self._result_array, self._preview_array), self._caption,
+                           self._showing_result, self.input_label)
+
+    def _restore(self, state: CanvasState) -> None:
+        old_size = self.image_size()
+        self._image = state.image
+        self._pixmap = QPixmap.fromImage(state.image) if state.image is not None else None
+        self.input_label = state.label
+        self.mask.set_history_state(state.mask)
+        self._result, self._preview, self._caption = state.result, state.preview, state.caption
+        self._result_array, self._preview_array = state.arrays
+        self._showing_result = False
+        self.set_showing_result(state.showing_result)
+        if self.image_size() != old_size:
+            self.fit()
+        self.inputRestored.emit()
+
+    def _emit_availability(self, *_) -> None:
+        self.undoAvailable.emit(self.can_undo())
+        self.redoAvailable.emit(self.can_redo())
 
     @property
     def showing_result(self) -> bool:
@@ -245,6 +356,9 @@ class MaskCanvas(QWidget):
         self.update()
 
     def _on_mask_changed(self) -> None:
+        if not self._replaying and not self.mask.can_redo() and self._input_redo:
+            self._input_redo.clear()  # a new edit: what was undone is gone, as in any undo history
+            self._emit_availability()
         self._rebuild_overlay()
 
     def _rebuild_overlay(self) -> None:
@@ -335,9 +449,13 @@ class MaskCanvas(QWidget):
             self._pan_anchor = pos - self._offset
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
             return
-        if event.button() == Qt.MouseButton.LeftButton and self._image is not None:
+        if event.button() == Qt.MouseButton.LeftButton and self._showing_result:
+            # What you paint on is what you see: the window makes the shown picture the input (said, undoable) or
+            # says why not. Either way a press never switches to the input silently and paints there.
+            self.resultPressed.emit()
             if self._showing_result:
-                self.set_showing_result(False)  # painting edits the input's mask: show it
+                return
+        if event.button() == Qt.MouseButton.LeftButton and self._image is not None:
             self.mask.begin_stroke(self.to_image(pos), self._brush_size, self.tool == "eraser")
             return
         super().mousePressEvent(event)

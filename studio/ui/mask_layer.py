@@ -133,6 +133,18 @@ class MaskLayer(QObject):
         self._emit_availability()
         self.changed.emit()
 
+    def history_state(self) -> tuple[QImage, list[QImage], list[QImage]]:
+        """The mask with its undo and redo stacks, for `set_history_state` (the canvas keeps one per input image)."""
+        self.end_stroke()
+        return self.image.copy(), list(self._undo), list(self._redo)
+
+    def set_history_state(self, state: tuple[QImage, list[QImage], list[QImage]]) -> None:
+        self.end_stroke()
+        image, undo, redo = state
+        self.image, self._undo, self._redo = image.copy(), list(undo), list(redo)
+        self._emit_availability()
+        self.changed.emit()
+
     def _push_undo(self) -> None:
         if self.image.isNull():
             return

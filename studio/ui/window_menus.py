@@ -38,8 +38,8 @@ def build_menus(window) -> dict[str, QAction]:
     _action(window, f, "&Quit", window.close, QKeySequence.StandardKey.Quit, "quitAction")
 
     e = bar.addMenu("&Edit")
-    window.undo_action = _action(window, e, "&Undo stroke", window.canvas.mask.undo, QKeySequence.StandardKey.Undo, "undoAction")
-    window.redo_action = _action(window, e, "&Redo stroke", window.canvas.mask.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "redoAction")
+    window.undo_action = _action(window, e, "&Undo", window.canvas.undo, QKeySequence.StandardKey.Undo, "undoAction")
+    window.redo_action = _action(window, e, "&Redo", window.canvas.redo, ["Ctrl+Shift+Z", "Ctrl+Y"], "redoAction")
     e.addSeparator()
     _action(window, e, "Clear mask", window.canvas.mask.clear, ["Ctrl+Shift+Backspace", "Delete"], "clearMaskAction")
     _action(window, e, "Invert mask", window.canvas.mask.invert, "Ctrl+I", "invertMaskAction")

@@ -49,6 +49,7 @@ class ModelInfo:
     inpaints_natively: bool  # a 9-channel inpainting UNet
     latent_channels: int
     vae_factor: int  # pixels per latent pixel
+    file_hash: str | None = None  # A1111's short hash: first 10 hex digits of the file's SHA-256; None for built-ins
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ class StepInfo:
     alpha_cumprod: float  # ᾱ_t
     sigma: float  # √((1−ᾱ)/ᾱ)
     previews: Mapping[str, np.ndarray] = field(repr=False)  # View → read-only HxWx3 uint8 at latent resolution
+    # the exact VAE decode of x̂0 (read-only HxWx3 uint8, full resolution), made at every step when the run's
+    # decoder is cheap (RunInfo.cheap_decode); None otherwise: the previews, or a DecodeStep job, stand in
+    decoded: np.ndarray | None = field(default=None, repr=False, compare=False)
+    loss: float | None = None  # universal guidance's loss ℓ at this step (None: not guided); previews["guidance"]
+    # then shows the guidance term Δε, mapped like ε̂
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,11 @@ class RunInfo:
     parent_id: str | None = None
     from_step: int = 0  # where this run branched off its parent
     image: np.ndarray | None = field(default=None, repr=False, compare=False)  # read-only HxWx3 uint8 result
+    # every ancestor, nearest first: (its request, the step its child branched from); kept when the parent is not
+    # loaded, so a branch's PNG can say how to reproduce it
+    lineage: tuple[tuple[GenerationRequest, int], ...] = ()
+    model_hash: str | None = None  # the model file's short hash (ModelInfo.file_hash) when the run was made
+    cheap_decode: bool = False  # the engine decodes x̂0 at every step (StepInfo.decoded); DecodeStep is cheap too
 
 
 class EventKind(Enum):

@@ -152,7 +152,7 @@ class LatentDiffusion(nn.Module):
         return self
 
     # -- the three conversions a pipeline needs -------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: guided runs differentiate through the decoder (guidance.py)
     def encode_text(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
         """Prompts (A1111 emphasis syntax, any length) → context (B, 77·k, D) in the model's dtype, where k is the
         most 75-token chunks any of them needs (A1111's chunking, prompt_weights.py). Prompts encoded in one call
@@ -167,7 +167,7 @@ class LatentDiffusion(nn.Module):
         both = self.encode_text([prompt, negative_prompt], clip_skip)
         return both[:1], both[1:]
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: guided runs differentiate through the decoder (guidance.py)
     def encode_image(self, image: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [−1, 1] → scaled latent z_s = scaling_factor·mean (float32).
 
@@ -184,7 +184,7 @@ class LatentDiffusion(nn.Module):
         mean = DiagonalGaussian(moments).mode()
         return mean.float() * self.config.vae.scaling_factor
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: guided runs differentiate through the decoder (guidance.py)
     def decode_latent(self, latent: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
         """Scaled latent → (B, 3, H, W) in [−1, 1], float32. Half-precision NaN/inf retries in fp32 (A1111).
 

@@ -20,8 +20,20 @@ from .events import EventKind, RunEvent
 from .images import image_to_tensor, tensor_to_image
 from .loading import load_model
 from .model import LatentDiffusion
+from .model_info import file_hash
+from .api import frozen_array
 from .request import GenerationRequest, RequestError
 from .run import Run
+from .guidance import (
+    GUIDE_KINDS,
+    GUIDE_MODES,
+    REFERENCE_VARIANTS,
+    GuidanceTrace,
+    guide_active,
+    guide_denoiser,
+    pixel_objective,
+    recurrent_steps,
+)
 from .samplers import SAMPLER_TABLE, ddim_inversion
 from .tasks import Plan, check_size
 from .tasks import plan as make_plan
@@ -53,12 +65,50 @@ def validate(request: GenerationRequest) -> None:
         raise RequestError(f"prediction must be auto, epsilon or v, got {request.prediction!r}")
     if not 0 <= request.seed < 2**63:
         raise RequestError(f"seed must be between 0 and 2^63 − 1, got {request.seed}")
+    _validate_guidance(request)
+
+
+def _validate_guidance(request: GenerationRequest) -> None:
+    if request.guide_mode not in GUIDE_MODES:
+        raise RequestError(f"guidance mode must be forward, backward or both, got {request.guide_mode!r}")
+    if not (isinstance(request.guide_steps, (int, float)) and 0 <= request.guide_steps <= 1):
+        raise RequestError(f"the guided fraction of steps must be between 0 and 1, got {request.guide_steps}")
+    if not 1 <= request.backward_steps <= 100:
+        raise RequestError(f"backward guidance steps must be between 1 and 100, got {request.backward_steps}")
+    if not 1 <= request.recurrence <= 20:
+        raise RequestError(f"recurrence must be between 1 (off) and 20, got {request.recurrence}")
+    for guide in request.guides:
+        if guide.kind not in GUIDE_KINDS:
+            raise RequestError(f"unknown guide {guide.kind!r}; choose one of {', '.join(GUIDE_KINDS)}")
+        if not math.isfinite(guide.strength) or guide.strength < 0:
+            raise RequestError(f"a guide's strength must be a number ≥ 0, got {guide.strength}")
+        if guide.kind == "reference" and guide.variant not in REFERENCE_VARIANTS:
+            raise RequestError(f"a reference guide is 'layout' or 'palette', got {guide.variant!r}")
+    if request.guides and request.only_masked:
+        raise RequestError("guidance and only-masked inpainting do not work together yet; turn one of them off")
+
+
+# Backward guidance's gradient-descent step on ℓ (guidance.backward_delta). The losses are means of squared pixel
+# errors in [−1, 1] weighed by each guide's strength; see benchmarks/bench_guidance.py for how it was chosen.
+BACKWARD_LR = 1.0
 
 
 # Fixed-point iterations per inversion step. Shipped model, 16 held-out scenes, 50 steps, PSNR of the regenerated
 # picture against the VAE round trip (benchmarks/bench_inversion.py): 0 → mean 38.1 dB, worst 5.3 dB; 1 → 56.5 / 39.2;
 # 2 → 64.3 / 48.1; 4 → 74.2 / 62.4. One iteration removes the failures at twice the cost.
 INVERSION_REFINE = 1
+
+# Decoding x̂0 at every step is "cheap" below this many decoder parameters × decoded pixels (a proxy for the
+# decoder's multiply-adds that needs no timing, so the choice is the same on every run and machine). Measured on two
+# busy CPU cores (benchmarks/bench_step_decode.py): the built-in model's decoder (1.49 M parameters) at 64 px
+# = 6.1e9, ~11 ms per decode against ~17 ms per UNet step with guidance; tiny-random (0.40 M) at 64 px = 1.6e9.
+# The SD VAE decoder (49.5 M) is 2e11 already at 64 px: SD runs keep the latent → RGB map and the Decode button.
+CHEAP_DECODE_BUDGET = 2.5e10
+
+
+def decodes_cheaply(model: LatentDiffusion, width: int, height: int) -> bool:
+    decoder = sum(p.numel() for p in model.vae.decoder.parameters())
+    return decoder * width * height <= CHEAP_DECODE_BUDGET
 
 
 class Engine:
@@ -123,23 +173,33 @@ class Engine:
     def _generate(self, request, job_id, cancel, parent, from_step) -> Iterator[RunEvent]:
         validate(request)
         model = self.model(request.model, request.device, request.dtype)
-        with torch.inference_mode():
+        # a guided run differentiates through the UNet and the decoder: no inference tensors anywhere in it
+        with torch.no_grad() if request.guides else torch.inference_mode():
             cond, uncond = model.encode_prompts(request.prompt, request.negative_prompt, request.clip_skip)
             plan, generator = make_plan(model, request, cond, uncond)
             if parent is not None:
                 run, x, history = self._branch_start(request, parent, from_step, plan, generator)
             else:
                 run, x, history = Run(request, plan.grid, Timeline(), kind=plan.kind), plan.x, ()
-            run.preview = model.preview
-            stochastic = SAMPLER_TABLE[request.sampler].draws_noise(request.eta)
+            self._describe(run, model, x)
+            spec = SAMPLER_TABLE[request.sampler]
+            denoiser, trace, repeats = _guidance(model, request, plan, run.grid)
+            if trace is not None and parent is not None and spec.history_steps:  # the history the guided run saw
+                history = self._branch_history(spec, denoiser, parent, from_step, plan.x.device)
+            stochastic = spec.draws_noise(request.eta) or repeats is not None
             start = len(run.timeline)
             yield RunEvent(EventKind.STARTED, job_id, step=start, total=run.steps, run=run)
 
             began = time.perf_counter()
-            sampler = SAMPLER_TABLE[request.sampler].sample
-            steps = sampler(plan.denoiser, x, run.grid, eta=request.eta, generator=generator, start=start,
-                            history=history)
-            x = yield from self._sample(run, steps, x, job_id, cancel, began, generator if stochastic else None)
+            if repeats is None:
+                steps = spec.sample(denoiser, x, run.grid, eta=request.eta, generator=generator, start=start,
+                                    history=history)
+            else:
+                steps = recurrent_steps(spec, denoiser, x, run.grid, eta=request.eta, generator=generator,
+                                        start=start, history=history, repeats=repeats)
+            x = yield from self._sample(run, steps, x, job_id, cancel, began, generator if stochastic else None,
+                                        decode=self._x0_decoder(model, run), trace=trace,
+                                        keep_x0=repeats is not None and spec.history_steps > 0)
             if x is None:
                 return
             run.final_latent = x.detach().float().cpu()
@@ -167,11 +227,17 @@ class Engine:
         if request.seed == parent.request.seed and at.rng_state is not None:
             generator.set_state(at.rng_state)
         device = plan.x.device
-        spec = SAMPLER_TABLE[request.sampler]  # a multistep sampler's history, recomputed exactly from x_{k-1}, …
-        before = [parent.timeline[j] for j in range(max(0, k - spec.history_steps), k)]
-        history = spec.resume_history(plan.denoiser, [(s.x_t.to(device), s.level) for s in before])
+        history = self._branch_history(SAMPLER_TABLE[request.sampler], plan.denoiser, parent, k, device)
         run = Run(request, grid, Timeline(parent.timeline, k), kind=parent.kind, parent=parent, from_step=k)
         return run, at.x_t.to(device).clone(), history
+
+    @staticmethod
+    def _branch_history(spec, denoiser, parent: Run, k: int, device) -> tuple[torch.Tensor, ...]:
+        """A multistep sampler's history at step k, recomputed exactly from the parent's recorded x_{k-1}, …"""
+        before = [parent.timeline[j] for j in range(max(0, k - spec.history_steps), k)]
+        if before and all(s.x0_exact is not None for s in before):  # after self-recurrence: as recorded
+            return tuple(s.x0_exact.to(device) for s in before)
+        return spec.resume_history(denoiser, [(s.x_t.to(device), s.level) for s in before])
 
     def invert(self, request: GenerationRequest, *, job_id: int = 0, cancel: threading.Event | None = None,
                refine: int = INVERSION_REFINE) -> Iterator[RunEvent]:
@@ -204,9 +270,11 @@ class Engine:
                 if cancel is not None and cancel.is_set():
                     yield RunEvent(EventKind.CANCELLED, job_id, done, total, time.perf_counter() - began)
                     return
-            run = Run(request, grid, Timeline(), kind="invert", preview=model.preview)
+            run = Run(request, grid, Timeline(), kind="invert")
+            self._describe(run, model, x)
             steps = SAMPLER_TABLE["ddim"].sample(denoiser, x, grid, eta=0.0, generator=None)
-            x = yield from self._sample(run, steps, x, job_id, cancel, began, None, done_before=request.steps, total=total)
+            x = yield from self._sample(run, steps, x, job_id, cancel, began, None, done_before=request.steps, total=total,
+                                        decode=self._x0_decoder(model, run))
             if x is None:
                 return
             run.final_latent = x.detach().float().cpu()
@@ -214,20 +282,40 @@ class Engine:
             run.status = "finished"
             yield RunEvent(EventKind.FINISHED, job_id, total, total, time.perf_counter() - began, run=run)
 
+    @staticmethod
+    def _describe(run: Run, model: LatentDiffusion, latent: torch.Tensor) -> None:
+        """What a run keeps of its model: the preview map, the file's short hash, whether x̂0 decodes are cheap
+        (judged at the size the sampler works at: an only-masked crop, not the whole picture)."""
+        run.preview = model.preview
+        run.model_hash = file_hash(run.request.model)
+        h, w = latent.shape[-2:]
+        run.cheap_decode = decodes_cheaply(model, w * model.downsample_factor, h * model.downsample_factor)
+
+    @staticmethod
+    def _x0_decoder(model: LatentDiffusion, run: Run) -> Callable[[torch.Tensor], np.ndarray] | None:
+        if not run.cheap_decode:
+            return None
+        return lambda x0: frozen_array(tensor_to_image(model.decode_latent(x0)))
+
     def _sample(self, run: Run, steps: Iterator, x: torch.Tensor, job_id: int, cancel: threading.Event | None,
-                began: float, generator: torch.Generator | None, *, done_before: int = 0, total: int | None = None):
+                began: float, generator: torch.Generator | None, *, done_before: int = 0, total: int | None = None,
+                decode: Callable[[torch.Tensor], np.ndarray] | None = None, trace: GuidanceTrace | None = None,
+                keep_x0: bool = False):
         """The one sampling loop of generate, branch and invert: record each step on `run`'s timeline (with the
-        noise generator's state when the step began, for a stochastic run), refuse NaN, yield a STEP event (the
-        preview point) and stop at the step boundary when `cancel` is set. Returns the final latent, or None when
-        cancelled (after a CANCELLED event)."""
+        noise generator's state when the step began, for a stochastic run), refuse NaN, decode x̂0 when `decode`
+        is given (a cheap decoder), yield a STEP event (the preview point) and stop at the step boundary when
+        `cancel` is set. Returns the final latent, or None when cancelled (after a CANCELLED event)."""
         total = run.steps if total is None else total
         rng_state = generator.get_state() if generator is not None else None
         for step in steps:
-            run.timeline.record(step, rng_state)
+            guidance, loss = trace.take() if trace is not None else (None, None)
+            run.timeline.record(step, rng_state, guidance, loss, keep_x0=keep_x0)
             if not torch.isfinite(step.x_next).all():
                 raise FloatingPointError("the model produced NaN values; try fp32, another seed or lower CFG")
             x = step.x_next
             done = done_before + step.index + 1
+            if decode is not None:
+                run.decoded[step.index] = decode(step.x0_pred)
             preview = run.preview.to_rgb(step.x0_pred)
             yield RunEvent(EventKind.STEP, job_id, done, total, time.perf_counter() - began, preview, run)
             if generator is not None:
@@ -249,3 +337,30 @@ class Engine:
 def _oom_message(request: GenerationRequest) -> str:
     return (f"out of memory at {request.width}x{request.height}: try a smaller size or fp16 (the VAE already "
             "tiles itself when memory is short); nothing was lost")
+
+
+def _guidance(model: LatentDiffusion, request: GenerationRequest, plan: Plan, grid: list):
+    """Universal guidance around the plan's denoiser (guidance.py), on the first `guide_steps` of this run's grid:
+    (denoiser, trace, repeats). Without guides: the plan's own denoiser, None, None (the run is the unguided one)."""
+    if not request.guides:
+        return plan.denoiser, None, None
+    scale = model.config.vae.scaling_factor
+
+    def decode(z0: torch.Tensor) -> torch.Tensor:  # differentiable: no tiling, no NaN retry
+        return model.vae.decode((z0 / scale).to(model.dtype)).float()
+
+    objective = pixel_objective(request.guides, decode, (request.height, request.width), model.device,
+                                request.init_image)
+    steps = len(grid) - 1
+    guided_levels = {lv.timestep for i, lv in enumerate(grid[:-1]) if guide_active(i, steps, request.guide_steps)}
+    trace = GuidanceTrace()
+    denoiser = guide_denoiser(
+        plan.denoiser, objective, mode=request.guide_mode, active=lambda level: level.timestep in guided_levels,
+        backward_steps=request.backward_steps, backward_lr=BACKWARD_LR,
+        mask=plan.latent_mask if request.guide_in_mask else None, trace=trace,
+    )
+    repeats = None
+    if request.recurrence > 1:
+        def repeats(i: int) -> int:
+            return request.recurrence if guide_active(i, steps, request.guide_steps) else 1
+    return denoiser, trace, repeats

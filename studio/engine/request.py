@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import UserError
+from .guidance import Guide, GuideMode
 from .samplers import SAMPLER_TABLE
 
 SamplerName = str  # a key of samplers.SAMPLER_TABLE (pipeline.validate checks it)
@@ -53,6 +54,13 @@ class GenerationRequest:
     padding: int = 32  # context around the mask's bounding box for only_masked (A1111's default)
     fill: MaskFill = "original"
     paste_back: bool = True
+    # universal guidance (guidance.py, Bansal et al. 2023); no guides: off, and the run is exactly the unguided one
+    guides: tuple[Guide, ...] = ()  # each a loss on the predicted image with its strength (and its picture)
+    guide_mode: GuideMode = "forward"  # forward (eq. 6), backward (eq. 7, 9) or both
+    guide_steps: float = 0.7  # guide the first 70 % of the steps; the last ones only add detail
+    backward_steps: int = 5  # m: gradient steps of backward guidance per sampler step
+    recurrence: int = 1  # k: take each guided step k times, re-noising in between (Algorithm 1); 1 = off
+    guide_in_mask: bool = False  # when inpainting, guide only inside the mask
 
     def __post_init__(self) -> None:
         if self.eta is None:  # a request always carries the η it runs with, so PNGs and saved runs record it
@@ -66,12 +74,26 @@ class GenerationRequest:
 
     def settings(self) -> dict[str, Any]:
         """The JSON-safe part of the request (images excluded), for saved runs and autosave."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("init_image", "mask")}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("init_image", "mask")}
+        values["guides"] = [guide.settings() for guide in self.guides]  # their pictures travel with the images
+        return values
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any], **images: Any) -> "GenerationRequest":
+    def from_settings(cls, settings: dict[str, Any], guide_images: tuple = (), **images: Any) -> "GenerationRequest":
+        """Inverse of `settings`; `guide_images` are the guides' pictures in order (a guide without one is kept:
+        validation says it needs one)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in settings.items() if k in known}, **images)
+        values = {k: v for k, v in settings.items() if k in known}
+        raw = values.pop("guides", None) or ()
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(g, dict) for g in raw):
+            raise RequestError("damaged guidance settings: guides must be a list of objects")
+        pictures = list(guide_images) + [None] * len(raw)
+        try:
+            guides = tuple(Guide(str(g["kind"]), float(g.get("strength", 1.0)), pictures[i], str(g.get("variant", "layout")))
+                           for i, g in enumerate(raw))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RequestError(f"damaged guidance settings ({exc})") from None
+        return cls(**values, guides=guides, **images)
 
     def to_json(self) -> str:
         return json.dumps(self.settings(), sort_keys=True)

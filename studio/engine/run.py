@@ -36,6 +36,10 @@ class Run:
     parent_id: str | None = None  # kept when the parent object itself is not loaded
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     preview: LatentPreview | None = field(default=None, repr=False)  # the model's latent → RGB map
+    cheap_decode: bool = False  # the engine decodes x̂0 at every step (pipeline.decodes_cheaply)
+    decoded: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # own steps' x̂0 decodes, read-only
+    model_hash: str | None = None  # the model file's short hash (model_info.file_hash)
+    saved_lineage: tuple[tuple[GenerationRequest, int], ...] = ()  # read from a run file whose parent is absent
 
     def step_image(self, index: int, view: View) -> np.ndarray:
         """Cheap RGB of one step's x_t, x̂0 or ε̂ at latent resolution (no VAE; numpy only, cheap on any thread)."""
@@ -50,13 +54,32 @@ class Run:
             id=self.id, request=self.request, kind=self.kind, status=self.status, steps=self.steps,
             recorded=len(self.timeline), sigmas=tuple(level.sigma for level in self.grid),
             parent_id=self.parent_id, from_step=self.from_step, image=frozen_array(self.image),
+            lineage=self.lineage, model_hash=self.model_hash, cheap_decode=self.cheap_decode,
         )
 
     def step_info(self, index: int) -> StepInfo:
         step = self.timeline[index]
         previews = {view: frozen_array(self.step_image(index, view)) for view in VIEWS}
+        if step.guidance is not None:  # the guidance term Δε, mapped like ε̂ but scaled to its own largest value
+            preview = self.preview or LatentPreview.default_for(step.x_t.shape[1])  # (it is far smaller than ε̂)
+            delta = step.guidance.float()
+            previews["guidance"] = frozen_array(preview.noise_to_rgb(delta * (2.5 / max(float(delta.abs().max()), 1e-8))))
         level = step.level
-        return StepInfo(index, level.timestep, level.alpha_cumprod, level.sigma, previews)
+        return StepInfo(index, level.timestep, level.alpha_cumprod, level.sigma, previews, self.decoded_x0(index),
+                        step.loss)
+
+    def decoded_x0(self, index: int) -> np.ndarray | None:
+        """The step's exact x̂0 decode, if the engine made one (a branch's shared steps are its parent's)."""
+        if index < self.from_step and self.parent is not None:
+            return self.parent.decoded_x0(index)
+        return self.decoded.get(index)
+
+    @property
+    def lineage(self) -> tuple[tuple[GenerationRequest, int], ...]:
+        """Every ancestor, nearest first, with the step its child branched from."""
+        if self.parent is not None:
+            return ((self.parent.request, self.from_step), *self.parent.lineage)
+        return self.saved_lineage
 
     def __post_init__(self) -> None:
         if self.parent is not None:
@@ -80,6 +103,13 @@ class Run:
             tensors[f"eps.{step.index}"] = step.eps.contiguous()
             if step.rng_state is not None:
                 tensors[f"rng.{step.index}"] = step.rng_state.contiguous()
+            if step.guidance is not None:
+                tensors[f"guidance.{step.index}"] = step.guidance.contiguous()
+            if step.x0_exact is not None:
+                tensors[f"x0.{step.index}"] = step.x0_exact.contiguous()
+        for i, guide in enumerate(self.request.guides):
+            if guide.image is not None:
+                tensors[f"guide_image.{i}"] = torch.from_numpy(np.ascontiguousarray(guide.image))
         if self.final_latent is not None:
             tensors["final_latent"] = self.final_latent.contiguous()
         if self.image is not None:
@@ -97,7 +127,12 @@ class Run:
             "id": self.id,
             "parent_id": self.parent_id or "",
             "from_step": str(self.from_step),
+            "lineage": json.dumps([[request.settings(), k] for request, k in self.lineage]),
+            "cheap_decode": "1" if self.cheap_decode else "",
+            "guidance_loss": json.dumps([step.loss for step in self.timeline]),
         }
+        if self.model_hash:
+            meta["model_hash"] = self.model_hash
         if self.preview is not None:
             meta["preview"] = self.preview.to_json()  # the model's own latent → RGB map, for restored sessions
         path = Path(path)
@@ -124,6 +159,7 @@ class Run:
         try:
             settings = json.loads(meta["request"])
             grid = [NoiseLevel(float(t), float(a)) for t, a in json.loads(meta["grid"])]
+            losses = [None if v is None else float(v) for v in json.loads(meta.get("guidance_loss") or "[]")]
         except (KeyError, ValueError, TypeError) as exc:
             raise RequestError(f"{path.name}: damaged run metadata ({exc})") from None
         images = {}
@@ -131,12 +167,16 @@ class Run:
             images["init_image"] = tensors["init_image"].numpy()
         if "mask" in tensors:
             images["mask"] = tensors["mask"].numpy()
-        request = GenerationRequest.from_settings(settings, **images)
+        pictures = tuple(tensors[f"guide_image.{i}"].numpy() if f"guide_image.{i}" in tensors else None
+                         for i in range(len(settings.get("guides") or ())))
+        request = GenerationRequest.from_settings(settings, guide_images=pictures, **images)
         timeline = Timeline()
         index = 0
         while f"x_t.{index}" in tensors:
             timeline.append(
-                TimelineStep(index, grid[index], tensors[f"x_t.{index}"], tensors[f"eps.{index}"], tensors.get(f"rng.{index}"))
+                TimelineStep(index, grid[index], tensors[f"x_t.{index}"], tensors[f"eps.{index}"], tensors.get(f"rng.{index}"),
+                             tensors.get(f"guidance.{index}"), losses[index] if index < len(losses) else None,
+                             tensors.get(f"x0.{index}"))
             )
             index += 1
         return cls(
@@ -151,6 +191,9 @@ class Run:
             from_step=int(meta.get("from_step", "0")),
             id=meta.get("id") or uuid.uuid4().hex[:12],
             preview=_preview(meta.get("preview")),
+            cheap_decode=bool(meta.get("cheap_decode")),
+            model_hash=meta.get("model_hash") or None,
+            saved_lineage=_lineage(meta.get("lineage")),
         )
 
 
@@ -163,3 +206,11 @@ def _preview(text: str | None) -> LatentPreview | None:
         return LatentPreview.from_json(text)
     except (ValueError, KeyError, TypeError, RuntimeError):
         return None
+
+
+def _lineage(text: str | None) -> tuple[tuple[GenerationRequest, int], ...]:
+    """The saved ancestors (settings only; a run file from before they were saved has none)."""
+    try:
+        return tuple((GenerationRequest.from_settings(settings), int(k)) for settings, k in json.loads(text or "[]"))
+    except (ValueError, TypeError, AttributeError):
+        return ()

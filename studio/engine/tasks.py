@@ -33,6 +33,7 @@ class Plan:
     denoiser: Denoiser
     finish: Callable[[np.ndarray], np.ndarray]  # decoded HxWx3 → result HxWx3
     noise: torch.Tensor  # the run's one noise tensor (initial latent; re-noises the kept region)
+    latent_mask: torch.Tensor | None = None  # inpainting: where the latent is repainted (1), at latent size
 
 
 def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Generator]:
@@ -166,4 +167,4 @@ def plan(model: LatentDiffusion, request: GenerationRequest, cond: torch.Tensor,
         result[y0_:y1_, x0_:x1_] = paste_back(region, patch, weights)
         return result
 
-    return Plan("inpaint", grid_, x, denoiser, finish, noise), generator
+    return Plan("inpaint", grid_, x, denoiser, finish, noise, latent_mask(edit, shape[2:], device)), generator

@@ -28,6 +28,11 @@ class TimelineStep:
     x_t: torch.Tensor  # float32, CPU: exact
     eps: torch.Tensor  # float16, CPU
     rng_state: torch.Tensor | None  # noise generator state when the step began (None: deterministic run)
+    guidance: torch.Tensor | None = None  # float16, CPU: the Δε universal guidance added this step (guidance.py)
+    loss: float | None = None  # the guidance loss ℓ at this step's x̂0 before guidance
+    # float32 x̂0, kept only where it cannot be derived exactly from x_t (a multistep sampler's history after
+    # self-recurrence re-noised the step's input): what a branch needs to replay bit for bit
+    x0_exact: torch.Tensor | None = None
 
     @property
     def x0(self) -> torch.Tensor:
@@ -56,6 +61,9 @@ class TimelineStep:
     @property
     def nbytes(self) -> int:
         extra = self.rng_state.numel() if self.rng_state is not None else 0
+        for tensor in (self.guidance, self.x0_exact):
+            if tensor is not None:
+                extra += tensor.numel() * tensor.element_size()
         return self.x_t.numel() * self.x_t.element_size() + self.eps.numel() * self.eps.element_size() + extra
 
 
@@ -191,14 +199,19 @@ class Timeline:
         self.from_step = from_step if parent is not None else 0
         self._own: list[TimelineStep] = []
 
-    def record(self, step: Step, rng_state: torch.Tensor | None = None) -> TimelineStep:
-        """Keep `step`; `rng_state` is the noise generator's state when the step began (stochastic samplers)."""
+    def record(self, step: Step, rng_state: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
+               loss: float | None = None, keep_x0: bool = False) -> TimelineStep:
+        """Keep `step`; `rng_state` is the noise generator's state when the step began (stochastic samplers);
+        `guidance` and `loss` what universal guidance did at this step (None: not guided)."""
         entry = TimelineStep(
             index=step.index,
             level=step.level,
             x_t=step.x_t.detach().to("cpu", torch.float32, copy=True),
             eps=step.eps_pred.detach().to("cpu", torch.float16, copy=True),
             rng_state=rng_state,
+            guidance=None if guidance is None else guidance.detach().to("cpu", torch.float16, copy=True),
+            loss=loss,
+            x0_exact=step.x0_pred.detach().to("cpu", torch.float32, copy=True) if keep_x0 else None,
         )
         self.append(entry)
         return entry

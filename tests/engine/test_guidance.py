@@ -189,3 +189,82 @@ def test_bad_guides_are_user_errors():
         pixel_loss(Guide("keep", image=np.ones((4, 4), np.float32)), (4, 4), "cpu")
     with pytest.raises(UserError, match="needs a picture"):
         pixel_loss(Guide("reference"), (4, 4), "cpu")
+
+
+# -- in the pipeline ---------------------------------------------------------------------------------------------------
+from studio.engine import Engine, GenerationRequest  # noqa: E402
+from studio.engine.run import Run  # noqa: E402
+
+HINT = np.zeros((64, 64, 4), np.uint8)
+HINT[:32, :32] = (0, 200, 0, 255)  # green over the top-left quarter
+TINY = GenerationRequest(prompt="a red circle", model="tiny-random", steps=5, width=64, height=64, cfg=3.0, seed=7)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.set_num_threads(1)
+    return Engine()
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLER_TABLE))
+def test_a_zero_strength_guide_changes_nothing(engine, name):
+    """The guided path (autograd through the UNet and decoder) computes the very ε̂ the plain path does."""
+    plain = engine.run(TINY.replace(sampler=name))
+    zero = engine.run(TINY.replace(sampler=name, guides=(Guide("colour", 0.0, HINT),), guide_mode="both"))
+    assert torch.equal(plain.final_latent, zero.final_latent)
+    assert zero.timeline[0].loss is not None and plain.timeline[0].loss is None
+
+
+def test_guided_steps_record_their_term_and_loss(engine, tmp_path):
+    run = engine.run(TINY.replace(guides=(Guide("colour", 5.0, HINT),), guide_steps=0.6))
+    guided = [step.guidance is not None for step in run.timeline]
+    assert guided == [True, True, True, False, False]  # the first 60 % of 5 steps
+    assert all(step.loss > 0 for step in run.timeline if step.guidance is not None)
+    info = run.step_info(0)
+    assert info.loss == run.timeline[0].loss and info.previews["guidance"].shape[2] == 3
+    path = tmp_path / "guided.safetensors"
+    run.save(path)
+    loaded = Run.load(path)
+    assert loaded.request.guides == run.request.guides
+    np.testing.assert_array_equal(loaded.request.guides[0].image, HINT)
+    assert [s.loss for s in loaded.timeline] == [s.loss for s in run.timeline]
+    assert torch.equal(loaded.timeline[1].guidance, run.timeline[1].guidance)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler_a", "dpmpp_2m"])
+@pytest.mark.parametrize("k", [0, 2])
+def test_a_guided_run_with_recurrence_replays_bit_for_bit_when_branched(engine, sampler, k):
+    request = TINY.replace(sampler=sampler, guides=(Guide("colour", 5.0, HINT),), recurrence=2, guide_mode="both",
+                           backward_steps=2)
+    parent = engine.run(request)
+    child = engine.run(request, parent=parent, from_step=k)
+    assert torch.equal(child.final_latent, parent.final_latent)
+
+
+def test_recurrence_once_is_no_recurrence_in_the_pipeline(engine):
+    guided = TINY.replace(guides=(Guide("colour", 5.0, HINT),), sampler="euler_a")
+    assert torch.equal(engine.run(guided).final_latent, engine.run(guided.replace(recurrence=1)).final_latent)
+    assert not torch.equal(engine.run(guided).final_latent, engine.run(guided.replace(recurrence=3)).final_latent)
+
+
+def test_a_colour_hint_pulls_its_region_towards_the_hint_on_the_shipped_model(engine):
+    request = GenerationRequest(prompt="a red circle on a blue background", model="default", steps=10, width=64,
+                                height=64, cfg=3.0, seed=3)
+    target = np.array([0, 200, 0], np.float64)
+
+    def distance(run):
+        return float(np.linalg.norm(run.image[:32, :32].reshape(-1, 3).mean(0) - target))
+
+    unguided = distance(engine.run(request))
+    guided = distance(engine.run(request.replace(guides=(Guide("colour", 10.0, HINT),))))
+    assert guided < unguided - 20, (unguided, guided)
+
+
+def test_bad_guidance_settings_are_user_errors(engine):
+    from studio.engine.pipeline import validate
+    from studio.engine.request import RequestError
+
+    for bad in (dict(guide_mode="sideways"), dict(guide_steps=1.5), dict(recurrence=0), dict(backward_steps=0),
+                dict(guides=(Guide("colour", float("nan"), HINT),)), dict(guides=(Guide("smell", 1.0, HINT),))):
+        with pytest.raises(RequestError):
+            validate(TINY.replace(**bad))

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QApplication, QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from ..engine import (
     Backend,
@@ -36,6 +36,7 @@ from .history_panel import HistoryPanel
 from .invert_dialog import InvertChoice, InvertSource, ask_invert
 from .mask_canvas import MaskCanvas
 from .message_bar import MessageBar
+from .pending import show_pending
 from .prompt_panel import PromptPanel
 from .run_history import RunHistory
 from .session import SessionPersistence
@@ -64,6 +65,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self._pending_loads: dict[int, Callable[[RunsLoaded], None]] = {}  # job id → what to do with the runs
         self._pending_saves: dict[int, str] = {}  # job id → what to say when the run file is written
         self._probe_job = 0
+        self._model_pending = False  # the selected model has not said its size and guidance scale yet
         self.size_multiple = 8  # image sides must be multiples of this; the probed model says its own
 
         self.history = RunHistory(self)
@@ -95,6 +97,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.worker.start()
         if previous is not None and offer_restore:
             self.offer_restore(previous)
+        self._show_model_pending(True)
+        self.prompt_panel.prompt.setFocus()  # typing a prompt is the first thing to do; canvas keys work anyway
 
     def _build_layout(self) -> None:
         """The canvas with its message bar and toolbars in the middle; prompt, history and timeline docked."""
@@ -103,11 +107,11 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        layout.addWidget(self.message_bar)
         layout.addWidget(self.toolbar)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.viewbar)
         self.setCentralWidget(central)
+        self.message_bar.overlay(self.canvas)
         self.prompt_dock = self._dock("Generate", "promptDock", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.history_dock = self._dock("History", "historyDock", self.history_panel, Qt.DockWidgetArea.RightDockWidgetArea)
         self.timeline_dock = self._dock("Timeline", "timelineDock", self.timeline, Qt.DockWidgetArea.BottomDockWidgetArea)
@@ -252,6 +256,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
 
     # -- controller events ----------------------------------------------------------------------------------------
     def _running_changed(self, running: bool) -> None:
+        focused = QApplication.focusWidget()
         self.prompt_panel.set_running(running)
         self.cancel_action.setEnabled(running)
         self.generate_action.setEnabled(not running)
@@ -261,6 +266,10 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.history_panel.clear_button.setEnabled(not running and len(self.history) > 0)
         if running:
             self.prompt_panel.show_progress(0, 0, "Loading the model…")
+        if focused is not None and not focused.isEnabled():
+            # the pressed Generate / Branch button went grey and Qt moved the focus on to whatever came next (the
+            # brush size box); the canvas is where the keys for what follows (scrub, paint, C) belong
+            self.canvas.setFocus()
 
     def _on_started(self, event: Event) -> None:
         label = "Inverting" if self.controller.kind == "invert" else "Step"
@@ -358,6 +367,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             self.engine_label.setText(f"Model ready: {self.prompt_panel.model_name()} ({info.default_size} px)")
             if not self.canvas.has_image():
                 self.prompt_panel.set_size(info.default_size, info.default_size)
+            self._show_model_pending(False)
 
     def _fit_to_model(self, multiple: int) -> None:
         """The model's own size rule: the size boxes step by it, and an input that does not fit is offered a fix."""
@@ -372,6 +382,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             )
 
     def _on_worker_failed(self, message: JobFailed) -> None:
+        if message.job_id == self._probe_job:
+            self._show_model_pending(False)
         self._pending_loads.pop(message.job_id, None)
         self._pending_saves.pop(message.job_id, None)
         text = message.message
@@ -456,6 +468,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
     def _update_mode(self) -> None:
         size = self.canvas.image_size()
         dims = f"{size.width()} × {size.height()}"
+        if self._model_pending and not self.canvas.has_image():
+            dims = "…"  # the model's own size is on its way (pending.py)
         if not self.canvas.has_image():
             mode = "Text to image"
         elif self.canvas.mask.is_empty():
@@ -473,8 +487,25 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
 
     def _model_changed(self, spec: str) -> None:
         self.engine_label.setText(f"Loading {self.prompt_panel.model_name()}…")
+        self._show_model_pending(True)
         panel = self.prompt_panel
         self._probe_job = self.worker.submit(ProbeModel(spec, panel.settings_model.device, panel.settings_model.dtype))
+
+    def _show_model_pending(self, pending: bool) -> None:
+        """Size (when no image sets it) and a model-following CFG show "…" until the model says its own (pending.py)."""
+        panel, has_image = self.prompt_panel, self.canvas.has_image()
+        if pending and self._model_pending:
+            return
+        self._model_pending = pending
+        settings = panel.settings_model
+        for spin, name in ((panel.width_spin, "width"), (panel.height_spin, "height")):
+            if not pending or not has_image:
+                show_pending(spin, pending, settings.get(name), enabled_after=not has_image)
+        if not pending or settings.cfg_follows_model:
+            show_pending(panel.cfg, pending, settings.cfg)
+        self.canvas.blank_note = "Loading the model…" if pending else ""
+        self.canvas.update()
+        self._update_mode()
 
     # -- help -----------------------------------------------------------------------------------------------------
     def _show_shortcuts(self) -> None:

@@ -72,6 +72,7 @@ class MaskCanvas(QWidget):
         self._caption = ""
         self._showing_result = False
         self._blank_size = QSize(512, 512)
+        self.blank_note = ""  # said in the blank frame instead of its size (e.g. while the model loads)
 
         self.tool = "brush"
         self._brush_size = 32
@@ -423,7 +424,8 @@ class MaskCanvas(QWidget):
         painter.drawRect(target)
         painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
         size = self.image_size()
-        text = (f"{size.width()} × {size.height()}\n\nPress Generate (Ctrl+Enter) to create an image,\n"
+        what = self.blank_note or f"{size.width()} × {size.height()}"
+        text = (f"{what}\n\nPress Generate (Ctrl+Enter) to create an image,\n"
                 "or open, drop or paste (Ctrl+V) one to inpaint.")
         painter.drawText(target.adjusted(8, 8, -8, -8), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, text)
 

@@ -68,17 +68,23 @@ def build_menus(window) -> dict[str, QAction]:
         themes.addAction(action)
         theme_actions[name] = action
 
-    g = bar.addMenu("&Generate")
+    _generate_menu(window, bar.addMenu("&Generate"))
+    h = bar.addMenu("&Help")
+    _action(window, h, "&Keyboard shortcuts", window._show_shortcuts, QKeySequence.StandardKey.HelpContents, "shortcutsAction")
+    _action(window, h, "&About Diffusion Studio", window._show_about, None, "aboutAction")
+    return theme_actions
+
+
+def _generate_menu(window, g) -> None:
     window.generate_action = _action(window, g, "&Generate", window.generate, ["Ctrl+Return", "Ctrl+Enter"], "generateAction")
     window.cancel_action = _action(window, g, "&Cancel", window.cancel, "Esc", "cancelAction")
     window.cancel_action.setEnabled(False)
     g.addSeparator()
     window.branch_action = _action(window, g, "&Branch from the selected step", lambda: window.branch(window.timeline.run, window.timeline.index()), "Ctrl+B", "branchAction")
     _action(window, g, "&Decode the selected step", lambda: window.decode_step(window.timeline.run, window.timeline.index()), "Ctrl+D", "decodeStepAction")
+    # ← / → scrub wherever the focus is; a text field or spin box being typed in keeps them (it claims the keys first)
+    _action(window, g, "&Previous step", lambda: window.timeline.step_by(-1), "Left", "previousStepAction")
+    _action(window, g, "&Next step", lambda: window.timeline.step_by(1), "Right", "nextStepAction")
     _action(window, g, "&Invert image…", window.invert_image, None, "invertImageAction")
     _action(window, g, "&Use result as input", window.use_result_as_input, "Ctrl+U", "useAsInputAction")
     _action(window, g, "New random &seed", window.prompt_panel.randomize_seed, "Ctrl+R", "randomSeedAction")
-    h = bar.addMenu("&Help")
-    _action(window, h, "&Keyboard shortcuts", window._show_shortcuts, QKeySequence.StandardKey.HelpContents, "shortcutsAction")
-    _action(window, h, "&About Diffusion Studio", window._show_about, None, "aboutAction")
-    return theme_actions

@@ -45,7 +45,18 @@ from .api import (
     View,
 )
 from .errors import UserError, log_file, report_internal_error
-from .images import format_parameters, load_mask, load_rgb, parse_parameters, read_parameters, save_png
+from .images import (
+    format_parameters,
+    format_run_parameters,
+    load_mask,
+    load_rgb,
+    model_name,
+    parse_parameters,
+    read_parameters,
+    save_png,
+)
+from .guidance import GUIDE_KINDS, GUIDE_MODES, REFERENCE_VARIANTS, Guide
+from .masks import grow_mask
 from .request import GenerationRequest, RequestError
 from .samplers import SAMPLER_TABLE, SamplerSpec
 
@@ -68,9 +79,10 @@ __all__ = [
     "GENERATION_JOBS", "VIEWS", "Backend", "BackendReady", "Branch", "Decoded", "DecodeStep", "Event", "EventKind",
     "ForgetRun", "Generate", "Invert", "Job", "JobFailed", "LoadedRun", "LoadRuns", "Message", "ModelInfo",
     "ModelProbed", "ProbeModel", "RunInfo", "RunKind", "RunsLoaded", "RunSaved", "RunStatus", "SaveRun", "StepInfo",
-    "View", "UserError", "log_file", "report_internal_error", "format_parameters", "load_mask", "load_rgb",
+    "View", "UserError", "log_file", "report_internal_error", "format_parameters", "format_run_parameters",
+    "model_name", "load_mask", "load_rgb",
     "parse_parameters", "read_parameters", "save_png", "GenerationRequest", "RequestError", "SAMPLER_TABLE",
-    "SamplerSpec", *_LAZY,
+    "SamplerSpec", "grow_mask", "Guide", "GUIDE_KINDS", "GUIDE_MODES", "REFERENCE_VARIANTS", *_LAZY,
 ]
 
 if TYPE_CHECKING:

@@ -39,6 +39,7 @@ GUIDE_KINDS: tuple[GuideKind, ...] = ("colour", "reference", "keep")
 GUIDE_MODES: tuple[GuideMode, ...] = ("forward", "backward", "both")
 REFERENCE_VARIANTS = ("layout", "palette")
 LAYOUT_POOL = 8  # "layout": compare 8×8-pixel block means (structure, not detail)
+DEFAULT_STRENGTH: dict[str, float] = {"colour": 10.0, "reference": 10.0, "keep": 10.0}  # placeholder: tuned below
 
 Objective = Callable[["torch.Tensor"], "torch.Tensor"]  # ẑ0 latent (1, C, h, w) → scalar loss
 
@@ -70,17 +71,13 @@ def guide_active(index: int, steps: int, fraction: float) -> bool:
 
 # -- the losses ------------------------------------------------------------------------------------------------------
 def _blur(x: "torch.Tensor", radius: int) -> "torch.Tensor":
+    """A box blur of (2·radius + 1)² pixels (edges averaged over what is inside): a hint is a colour, not a texture,
+    so x̂0's fine detail is not asked to match it."""
     import torch.nn.functional as F
-
-    from .inpaint import gaussian_kernel
 
     if radius <= 0:
         return x
-    k = gaussian_kernel(radius).to(x)
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
 
 
 def _as_unit(image: np.ndarray, device, size: tuple[int, int]) -> "torch.Tensor":

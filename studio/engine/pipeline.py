@@ -241,7 +241,7 @@ class Engine:
 
     def invert(self, request: GenerationRequest, *, job_id: int = 0, cancel: threading.Event | None = None,
                refine: int = INVERSION_REFINE) -> Iterator[RunEvent]:
-        """DDIM inversion (η = 0 run backwards, engine.md §3.3) of `request.init_image`, then the forward DDIM pass
+        """DDIM inversion (η = 0 run backwards, Song et al. 2021 Sec. 4.3) of `request.init_image`, then the forward DDIM pass
         from the found x_T, recorded as an ordinary run (kind "invert") to branch from. `refine`: fixed-point
         iterations per step (samplers.ddim_inversion), each one more model call per step."""
         yield from self._reporting_errors(self._invert(request, job_id, cancel, refine), request, job_id)

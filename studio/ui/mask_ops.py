@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..engine.masks import grow_mask
+from ..engine import grow_mask
 
 
 def feather(gray: np.ndarray, pixels: float) -> np.ndarray:

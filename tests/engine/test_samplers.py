@@ -52,7 +52,7 @@ def test_conversions_round_trip():
         torch.testing.assert_close(predict_eps(x_t, x0, a), eps, atol=1e-4, rtol=1e-4)
         v = v_from_eps(x0, eps, a)
         torch.testing.assert_close(eps_from_v(x_t, v, a), eps, atol=1e-5, rtol=1e-5)
-        # v = (√ᾱ·x_t − x0)/√(1−ᾱ) (engine.md §4.1)
+        # v = (√ᾱ·x_t − x0)/√(1−ᾱ) (Salimans & Ho 2022, Sec. 4 and Appendix D)
         torch.testing.assert_close(v, (a**0.5 * x_t - x0) / (1 - a) ** 0.5, atol=1e-4, rtol=1e-4)
 
 
@@ -80,7 +80,7 @@ def test_ddim_eta_one_sigma_is_the_ddpm_posterior_variance():
     for level, nxt in zip(grid, grid[1:]):
         _, _, variance = ddpm_posterior(level.alpha_cumprod, nxt.alpha_cumprod)
         assert ddim_sigma(level.alpha_cumprod, nxt.alpha_cumprod, 1.0) ** 2 == pytest.approx(variance, rel=1e-9)
-    # engine.md §3.2's table: t = 901 → 0.7763, t = 1 → 0.0206
+    # σ_t(η=1) of SD's 10-step DDIM grid (DDIM eq. 16 on SD's scaled-linear schedule): t = 901 → 0.7763, t = 1 → 0.0206
     assert ddim_sigma(grid[0].alpha_cumprod, grid[1].alpha_cumprod, 1.0) == pytest.approx(0.7763, abs=1e-4)
     assert ddim_sigma(grid[-2].alpha_cumprod, grid[-1].alpha_cumprod, 1.0) == pytest.approx(0.0206, abs=1e-4)
 
@@ -106,7 +106,7 @@ def test_ddpm_posterior_mean_matches_equation_7():
 
 
 def test_euler_ancestral_equals_ddim_eta_one_on_the_same_grid():
-    """engine.md §3.5: Euler a with η = 1 on discrete-timestep σs is DDIM(η = 1) = DDPM."""
+    """Euler a with η = 1 on discrete-timestep σs is DDIM(η = 1), i.e. DDPM's ancestral step (Karras et al. 2022, Sec. 3; DDIM eq. 16)."""
     grid = sampling_grid(SD, 10, final="clean")
     a = run(euler_ancestral, scaled_denoiser, grid, eta=1.0)
     b = run(ddim, scaled_denoiser, grid, eta=1.0)
@@ -229,7 +229,7 @@ def test_stochastic_samplers_draw_fresh_noise_per_seed():
 
 
 def test_ddim_inversion_is_exact_when_the_noise_prediction_is_constant():
-    """With ε̂ independent of x and t the DDIM ODE map is exactly invertible (engine.md §3.3)."""
+    """With ε̂ independent of x and t the DDIM ODE map is exactly invertible (Song et al. 2021, Sec. 4.3)."""
     from studio.engine.samplers import ddim_inversion
 
     fixed = noise(4)

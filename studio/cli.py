@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .engine import SAMPLER_TABLE, UserError
+from .engine import SAMPLER_TABLE, UserError, report_internal_error
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -116,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nstudio: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not the user's mistake: one line here, the traceback in the log
+        print(f"studio: {report_internal_error(exc, f'running {args.command}', echo=False)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,13 +212,14 @@ def _generate_one(engine, request, args: argparse.Namespace, out: Path, parent=N
     from .engine import format_parameters, save_png
 
     run, previews = _consume(engine.generate(request, parent=parent, from_step=from_step), args.quiet)
-    save_png(run.image, out, format_parameters(request))
+    save_png(run.image, out, format_parameters(request, model_hash=run.model_hash, lineage=run.lineage))
     if args.timeline is not None:
         write_gif(previews + [run.image], args.timeline, size=(run.image.shape[1], run.image.shape[0]))
     if args.save_run is not None:
         run.save(args.save_run)
     if not args.quiet:
-        print(f"wrote {out}", file=sys.stderr)
+        extras = [f"timeline {args.timeline}"] * (args.timeline is not None) + [f"run {args.save_run}"] * (args.save_run is not None)
+        print(f"wrote {out}" + "".join(f", {extra}" for extra in extras), file=sys.stderr)
 
 
 def _consume(events, quiet: bool):
@@ -225,8 +229,8 @@ def _consume(events, quiet: bool):
     run = None
     for event in events:
         if event.kind is EventKind.ERROR:
-            if not quiet:
-                print(file=sys.stderr)
+            if not quiet and sys.stderr.isatty():
+                print(file=sys.stderr)  # end the progress line
             raise CliError(event.message)
         if event.kind is EventKind.STEP:
             if event.preview is not None:
@@ -235,8 +239,8 @@ def _consume(events, quiet: bool):
                 _progress(event)
         if event.kind is EventKind.FINISHED:
             run = event.run
-    if not quiet:
-        print(file=sys.stderr)
+    if not quiet and sys.stderr.isatty():
+        print(file=sys.stderr)  # end the progress line
     if run is None or run.image is None:
         raise CliError("the run ended without an image")
     return run, previews
@@ -269,10 +273,15 @@ COMMANDS = {"generate": cmd_generate, "invert": cmd_invert}
 
 
 def _progress(event) -> None:
+    """One line rewritten in place on a terminal; in a log (stderr not a terminal), a plain line at every tenth of
+    the run, as pip and tqdm do, instead of one huge line of carriage returns."""
     eta = event.eta_seconds
     eta_text = f"{eta:5.1f}s" if eta == eta else "  ?  "
-    line = f"\rstep {event.step:>4}/{event.total}  {event.its_per_second:6.2f} it/s  ETA {eta_text}"
-    print(line, end="", file=sys.stderr, flush=True)
+    line = f"step {event.step:>4}/{event.total}  {event.its_per_second:6.2f} it/s  ETA {eta_text}"
+    if sys.stderr.isatty():
+        print("\r" + line, end="", file=sys.stderr, flush=True)
+    elif event.step == event.total or event.step * 10 // event.total != (event.step - 1) * 10 // event.total:
+        print(line, file=sys.stderr, flush=True)
 
 
 def write_gif(frames: list[np.ndarray], path: Path, size: tuple[int, int], frame_ms: int = 80) -> None:

@@ -158,3 +158,36 @@ def test_cfg_defaults_to_the_models_own(tmp_path):
     assert parse_parameters(read_parameters(tmp_path / "b.png"))["cfg"] == 6.0
     assert generate("--prompt", "x", "--out", str(tmp_path / "c.png")) == 0  # SD's customary 7.5 otherwise
     assert parse_parameters(read_parameters(tmp_path / "c.png"))["cfg"] == 7.5
+
+
+def test_progress_in_a_log_is_plain_lines_and_the_summary_names_every_file(tmp_path):
+    """stderr is a pipe here, as in a log: plain lines (no carriage returns), and 'wrote' names the GIF and run too."""
+    import subprocess
+    import sys
+
+    out, gif, run = tmp_path / "x.png", tmp_path / "t.gif", tmp_path / "r.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-m", "studio", "generate", "--model", "tiny-random", "--prompt", "t", "--steps", "20",
+         "--width", "64", "--height", "64", "--out", str(out), "--timeline", str(gif), "--save-run", str(run)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert [line.split()[1] for line in lines[:-1]] == [f"{n}/20" for n in range(2, 21, 2)]
+    assert lines[-1] == f"wrote {out}, timeline {gif}, run {run}"
+
+
+def test_a_bug_is_an_internal_error_with_the_log_path(tmp_path, monkeypatch, capsys):
+    from studio import cli
+
+    def explode(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.setitem(cli.COMMANDS, "generate", explode)
+    code = cli.main(["generate", "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "internal error" in err and str(tmp_path / "diffusion-studio" / "studio.log") in err
+    assert "KeyError: 'a bug'" in (tmp_path / "diffusion-studio" / "studio.log").read_text()

@@ -25,8 +25,8 @@ def log_file() -> Path:
     return Path(state) / "diffusion-studio" / "studio.log"
 
 
-def report_internal_error(exc: BaseException, doing: str) -> str:
-    """Log `exc` with its traceback to `log_file()` (and stderr) and return the one line to show the user."""
+def report_internal_error(exc: BaseException, doing: str, echo: bool = True) -> str:
+    """Log `exc` with its traceback to `log_file()` (and to stderr when `echo`) and return the one line to show."""
     path = log_file()
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -37,5 +37,6 @@ def report_internal_error(exc: BaseException, doing: str) -> str:
         where = f"details in {path}"
     except OSError:
         where = "details on the terminal (the log file could not be written)"
-    print(f"studio: internal error while {doing}\n{text}", file=sys.stderr)
+    if echo:
+        print(f"studio: internal error while {doing}\n{text}", file=sys.stderr)
     return f"internal error while {doing}: {type(exc).__name__}: {exc} ({where})"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QObject, QRect, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMenu,
     QPushButton,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -23,6 +26,37 @@ from .run_history import RunHistory
 
 THUMB = 60
 _RUN_ROLE = Qt.ItemDataRole.UserRole + 1
+MIN_WIDTH = 250  # the history dock's narrowest: a thumbnail and a few words a line
+
+
+class WrappedRows(QStyledItemDelegate):
+    """Rows as tall as their word-wrapped text at the tree's current width (QTreeView measures text unwrapped, so
+    wrapped lines were cut off at the row's edge), never shorter than the thumbnail."""
+
+    def __init__(self, tree: QTreeWidget):
+        super().__init__(tree)
+        self.tree = tree
+        tree.viewport().installEventFilter(self)
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        depth, parent = 0, index.parent()
+        while parent.isValid():
+            depth, parent = depth + 1, parent.parent()
+        left = self.tree.indentation() * (depth + int(self.tree.rootIsDecorated()))
+        opt.rect = QRect(left, 0, max(1, self.tree.viewport().width() - left), 10_000)
+        style = self.tree.style()
+        text = style.subElementRect(QStyle.SubElement.SE_ItemViewItemText, opt, self.tree)
+        margin = style.pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, opt, self.tree) + 1
+        bounds = QRect(0, 0, max(1, text.width() - 2 * margin), 10_000)
+        height = opt.fontMetrics.boundingRect(bounds, Qt.TextFlag.TextWordWrap, opt.text).height()
+        return QSize(opt.rect.width(), max(THUMB, height) + 8)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Resize:
+            QTimer.singleShot(0, self.tree.doItemsLayout)  # a new width: rows wrap anew
+        return False
 
 
 class HistoryPanel(QWidget):
@@ -42,8 +76,11 @@ class HistoryPanel(QWidget):
         self.tree.setColumnCount(1)
         self.tree.setIconSize(QSize(THUMB, THUMB))
         self.tree.setIndentation(14)
-        self.tree.setUniformRowHeights(True)
-        self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
+        # Lines wrap instead of ending in "…" (the whole line stays readable in a narrow dock); rows grow to fit
+        self.tree.setUniformRowHeights(False)
+        self.tree.setWordWrap(True)
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideNone)
+        self.tree.setItemDelegate(WrappedRows(self.tree))
         self.tree.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.tree.setAlternatingRowColors(True)
         self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -75,6 +112,7 @@ class HistoryPanel(QWidget):
         layout.addWidget(self.placeholder, 1)
         layout.addWidget(self.tree, 1)
         layout.addLayout(buttons)
+        self.setMinimumWidth(MIN_WIDTH)
 
         history.runAdded.connect(self._add)
         history.runChanged.connect(self._refresh)
@@ -98,7 +136,6 @@ class HistoryPanel(QWidget):
     def _add(self, run: Any) -> None:
         item = QTreeWidgetItem()
         item.setData(0, _RUN_ROLE, run.id)
-        item.setSizeHint(0, QSize(THUMB + 8, THUMB + 8))
         self._items[run.id] = item
         parent = self.history.parent_of(run)
         parent_item = self._items.get(parent.id) if parent is not None else None

@@ -62,6 +62,7 @@ class InvertDialog(QDialog):
         self.source.setToolTip("The picture to invert: the result on screen or the canvas input")
         self.prompt = text_edit("invertPromptEdit", "The prompt the picture should come back with", 56)
         self.prompt.setPlainText(prompt)
+        self.prompt.setMaximumHeight(96)
         self.steps = spin("invertStepsSpin", int(LIMITS["steps"].lo), int(LIMITS["steps"].hi), steps)
         self.steps.setToolTip("DDIM steps up to the noise (and as many back down, recorded on the timeline)")
         self.refine = spin("invertRefineSpin", 0, MAX_REFINE, INVERSION_REFINE)

@@ -10,9 +10,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QPoint, QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import QApplication, QDockWidget, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QApplication,
+    QDockWidget,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..engine import (
     Backend,
@@ -30,6 +39,7 @@ from ..engine import (
 )
 from .autosave import Autosave
 from .canvas_toolbar import CanvasToolbar, CanvasViewBar
+from .dock_sizes import DockShares
 from .file_actions import FileActions
 from .generation import GenerationController, format_seconds, progress_text
 from .history_panel import HistoryPanel
@@ -46,6 +56,9 @@ from .run_record import RunRecord
 from .worker import EngineWorker
 
 
+MIN_HEIGHT = 660
+
+
 class MainWindow(FileActions, SessionPersistence, QMainWindow):
     closed = Signal()
 
@@ -55,7 +68,9 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.setObjectName("mainWindow")
         self.setWindowTitle("Diffusion Studio")
         self.setAcceptDrops(True)
-        self.resize(1440, 920)
+        self.resize(QSize(1440, 920).boundedTo(self.screen().availableGeometry().size()))  # a small screen: fill it
+        # the docks set the narrowest (every tool, view and history line fits); below 660 px the canvas was 200 tall
+        self.setMinimumHeight(MIN_HEIGHT)
         self.settings = QSettings()
         self.theme = "dark"
         self._closing = False
@@ -101,24 +116,30 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.prompt_panel.prompt.setFocus()  # typing a prompt is the first thing to do; canvas keys work anyway
 
     def _build_layout(self) -> None:
-        """The canvas with its message bar and toolbars in the middle; prompt, history and timeline docked."""
+        """The canvas with its message bar and view bar in the middle, the mask tools above; prompt, history and
+        timeline docked."""
         central = QWidget()
         central.setObjectName("centralArea")
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        layout.addWidget(self.toolbar)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.viewbar)
         self.setCentralWidget(central)
         self.message_bar.overlay(self.canvas)
+        # in the window's toolbar row, as wide as the window: at the minimum size every tool shows (in the central
+        # column Redo, Clear and Invert fell off its end)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.toolbar)
         self.prompt_dock = self._dock("Generate", "promptDock", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.history_dock = self._dock("History", "historyDock", self.history_panel, Qt.DockWidgetArea.RightDockWidgetArea)
         self.timeline_dock = self._dock("Timeline", "timelineDock", self.timeline, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.resizeDocks([self.prompt_dock, self.history_dock], [340, 270], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.prompt_dock, self.history_dock], [340, 300], Qt.Orientation.Horizontal)
         self.resizeDocks([self.timeline_dock], [300], Qt.Orientation.Vertical)
+        self.dock_shares = DockShares(self, {self.prompt_dock: Qt.Orientation.Horizontal,
+                                             self.history_dock: Qt.Orientation.Horizontal,
+                                             self.timeline_dock: Qt.Orientation.Vertical})
 
     def _dock(self, title: str, name: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -225,9 +246,11 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
     def _invert_sources(self) -> list[InvertSource]:
         """The pictures on the canvas, the one on screen first: the result when it is shown, else the input."""
         shown = self.canvas.showing_result
+        picture = self.canvas.shown_picture()  # a scrubbed step's x̂0 may stand in for the result
         sources = []
         if self._result_image is not None and self.canvas.has_result():
-            label = self._result_caption + (" (on screen)" if shown else "")
+            on_screen = picture is not None and picture[0] is self._result_image
+            label = self._result_caption + (" (on screen)" if on_screen else "")
             sources.append(InvertSource("result", label, self._result_image))
         image = self.canvas.image_array()
         if image is not None:
@@ -433,7 +456,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             return
         image, caption = shown
         if self.controller.running:
-            self.message_bar.info("The picture is still being made: press C to paint on the input, or wait for the result.")
+            self.message_bar.info("The picture is still being made: press C to paint on the input, or wait for "
+                                  "the result.")
         elif image.shape[:2] != (self.canvas.image_size().height(), self.canvas.image_size().width()):
             self.message_bar.info(f"{caption} is a small preview: decode it (Ctrl+D) to paint on it, or press C to "
                                   "paint on the input.")
@@ -450,6 +474,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
     def _input_restored(self) -> None:
         self._image_name = self.canvas.input_label
         self._after_image_change()
+        if self.message_bar.text().startswith("Painting on"):
+            self.message_bar.dismiss()  # undone: the message no longer holds
 
     def _after_image_change(self) -> None:
         canvas, panel = self.canvas, self.prompt_panel
@@ -479,6 +505,28 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             mode = f"Inpaint · mask covers {covered:.0f} %"
         self.prompt_panel.set_mode_text(f"{mode} · {dims}")
         self.viewbar.info_label.setText(f"  {dims} px")
+        self._show_inpaint_options(self.canvas.has_image() and not self.canvas.mask.is_empty())
+
+    def _show_inpaint_options(self, masked: bool) -> None:
+        """The Inpainting group shows while there is a mask (before, it has nothing to act on), and the first
+        stroke scrolls it into view: at the minimum window size its Fill and Method sat below the fold."""
+        panel = self.prompt_panel
+        box = panel.inpaint_box
+        if masked == box.isVisibleTo(panel):
+            return
+        box.setVisible(masked)
+        if masked:
+            QTimer.singleShot(0, self._scroll_to_inpaint_options)  # once the layout has made room for the group
+
+    def _scroll_to_inpaint_options(self) -> None:
+        """As much of the Inpainting group as fits, its last rows (Fill, Method) first; never sideways."""
+        panel = self.prompt_panel
+        scroll = panel.findChild(QScrollArea, "promptScroll")
+        body = scroll.widget()
+        top = panel.inpaint_box.mapTo(body, QPoint(0, 0)).y()
+        bottom = panel.paste_back.mapTo(body, QPoint(0, panel.paste_back.height())).y()
+        for y in (top, bottom):
+            scroll.ensureVisible(0, y, 0, 4)
 
     def _size_changed(self, width: int, height: int) -> None:
         if not self.canvas.has_image():
@@ -492,7 +540,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self._probe_job = self.worker.submit(ProbeModel(spec, panel.settings_model.device, panel.settings_model.dtype))
 
     def _show_model_pending(self, pending: bool) -> None:
-        """Size (when no image sets it) and a model-following CFG show "…" until the model says its own (pending.py)."""
+        """Size (when no image sets it) and a model-following CFG show "…" until the model says its own
+        (pending.py)."""
         panel, has_image = self.prompt_panel, self.canvas.has_image()
         if pending and self._model_pending:
             return

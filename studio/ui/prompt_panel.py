@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ..engine import GenerationRequest
 from .choices import model_label
@@ -26,6 +26,7 @@ from .settings_model import GenerationSettings
 
 SIZE_SETTINGS = ("width", "height")
 MASK_SETTINGS = ("feather", "grow")
+PROMPT_ROOM = 48  # px the prompt boxes may grow past their minimum; the options below scroll
 
 
 class PromptPanel(QWidget):
@@ -57,8 +58,7 @@ class PromptPanel(QWidget):
         body_layout = QVBoxLayout(body)
         body_layout.setContentsMargins(0, 0, 4, 0)
         body_layout.setSpacing(8)
-        for section in (self.prompt_section, self.model_section, self.sampling_section, self.size_section,
-                        self.inpaint_section):
+        for section in (self.model_section, self.sampling_section, self.size_section, self.inpaint_section):
             body_layout.addWidget(section)
         body_layout.addStretch(1)
         scroll = QScrollArea()
@@ -70,6 +70,11 @@ class PromptPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 8, 8, 8)
         layout.setSpacing(6)
+        # the prompt stays in view above the scrolling options: scrolling down to the inpainting options (the first
+        # stroke does) never hides what the user types next
+        self.prompt_section.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.prompt_section.setMaximumHeight(self.prompt_section.minimumSizeHint().height() + PROMPT_ROOM)
+        layout.addWidget(self.prompt_section)
         layout.addWidget(scroll, 1)
         layout.addWidget(self.run_buttons)
 

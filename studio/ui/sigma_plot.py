@@ -76,9 +76,17 @@ class SigmaPlot(QWidget):
         self._paint_curve(painter, points, palette.color(palette.ColorRole.Highlight), text_color)
         self._paint_markers(painter, rect, points, grid_color, text_color)
         painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
-        painter.drawText(QRectF(rect.left(), rect.bottom() + 2, rect.width(), metrics.height()),
-                         Qt.AlignmentFlag.AlignCenter, f"step 1 … {len(self.sigmas)}   (log scale)")
+        painter.drawText(QRectF(0, rect.bottom() + 2, self.width(), metrics.height()),
+                         Qt.AlignmentFlag.AlignCenter, self.axis_caption())
         painter.end()
+
+    def axis_caption(self) -> str:
+        """Under the plot, across the whole width: the long form where it fits, else a short one (never clipped)."""
+        n = len(self.sigmas)
+        for text in (f"step 1 … {n}   (log scale)", f"step 1 … {n} (log)", f"1 … {n}"):
+            if self.fontMetrics().horizontalAdvance(text) <= self.width() - 4:
+                return text
+        return f"1 … {n}"
 
     def _paint_decades(self, painter: QPainter, rect: QRectF, lo: float, hi: float, grid_color: QColor,
                        text_color: QColor) -> None:

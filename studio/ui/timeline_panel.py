@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -74,9 +74,10 @@ class TimelinePanel(QWidget):
         self.slider.setToolTip("Scrub through the steps (← / → step by one)")
         self.slider.valueChanged.connect(self._on_slider)
         self.slider.sliderPressed.connect(self._stop_following)
-        self.step_label = QLabel("No run yet")
+        self.step_label = OneLineFirstLabel("No run yet")
         self.step_label.setObjectName("stepLabel")
-        self.step_label.setMinimumWidth(300)
+        self.step_label.setWordWrap(True)  # a narrow dock wraps it between its parts instead of clipping σ and ᾱ
+        self.step_label.setMinimumWidth(120)
         self.step_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         row = QHBoxLayout()
         row.setSpacing(8)
@@ -227,9 +228,10 @@ class TimelinePanel(QWidget):
         self.plot.set_levels(list(run.sigmas[: run.steps]), n, branch=branch)
         self.plot.set_current(i)
         step = run.step(i)
-        self.step_label.setText(
-            f"Step {i + 1} of {run.steps}   t = {step.timestep:.0f}   σ = {step.sigma:.3g}   ᾱ = {step.alpha_cumprod:.3g}"
-        )
+        values = (f"t = {step.timestep:.0f}", f"σ = {step.sigma:.3g}", f"ᾱ = {step.alpha_cumprod:.3g}")
+        # "σ = 14.6" stays on one line: a narrow dock wraps between the parts, never inside one
+        parts = [f"Step {i + 1} of {run.steps}", *(value.replace(" ", "\u00a0") for value in values)]
+        self.step_label.setText("   ".join(parts))
 
     # -- play -----------------------------------------------------------------------------------------------------
     def _toggle_play(self, playing: bool) -> None:
@@ -259,6 +261,16 @@ class TimelinePanel(QWidget):
             self.play_button.toggle()
         else:
             super().keyPressEvent(event)
+
+
+class OneLineFirstLabel(QLabel):
+    """A word-wrapped label that asks for the room to show its text on one line and wraps only when squeezed (a
+    wrapped QLabel otherwise asks for a narrow, three-line shape even beside a slider that could give way)."""
+
+    def sizeHint(self) -> QSize:
+        margins = self.contentsMargins()
+        width = self.fontMetrics().horizontalAdvance(self.text()) + margins.left() + margins.right() + 2 * self.margin()
+        return QSize(width + 2, max(self.heightForWidth(width + 2), self.fontMetrics().height()))
 
 
 def _captioned(widget: QWidget, caption: QLabel) -> QVBoxLayout:

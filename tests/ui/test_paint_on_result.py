@@ -25,7 +25,8 @@ def test_painting_on_a_text_to_image_result_makes_it_the_input(window, qtbot):
     mask = canvas.mask_array()
     assert mask is not None and mask[32, 30] == 1.0 and mask[5, 5] == 0  # the stroke painted the mask
     assert window.message_bar.isVisible()
-    assert window.message_bar.text().startswith(f"Painting on result #{window.history.number(run)}: it is now the input")
+    number = window.history.number(run)
+    assert window.message_bar.text().startswith(f"Painting on result #{number}: it is now the input")
     assert "Inpaint" in window.prompt_panel.mode_label.text()
     assert window.build_request().init_image is not None
 

@@ -97,8 +97,25 @@ class EventKind(Enum):
     ERROR = "error"  # `message` is one clear sentence for the user; `run` (if any) keeps its steps
 
 
+class Progress:
+    """Speed and time left, for any record with `step`, `total` and `elapsed` (this Event, the engine's RunEvent)."""
+
+    step: int
+    total: int
+    elapsed: float
+
+    @property
+    def its_per_second(self) -> float:
+        return self.step / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float:
+        rate = self.its_per_second
+        return (self.total - self.step) / rate if rate > 0 else float("nan")
+
+
 @dataclass(frozen=True)
-class Event:
+class Event(Progress):
     """Progress of a generate, branch or invert job."""
 
     kind: EventKind
@@ -111,15 +128,6 @@ class Event:
     message: str = ""
     step_info: StepInfo | None = None  # STEP events of a recorded run
     internal: bool = False  # ERROR from a bug (its traceback is in the log), not from the user's input
-
-    @property
-    def its_per_second(self) -> float:
-        return self.step / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta_seconds(self) -> float:
-        rate = self.its_per_second
-        return (self.total - self.step) / rate if rate > 0 else float("nan")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .api import EventKind
+from .api import EventKind, Progress
 
 if TYPE_CHECKING:
     from .run import Run
@@ -18,7 +18,7 @@ __all__ = ["EventKind", "RunEvent"]
 
 
 @dataclass(frozen=True)
-class RunEvent:
+class RunEvent(Progress):
     kind: EventKind
     job_id: int
     step: int = 0  # steps done so far
@@ -27,12 +27,3 @@ class RunEvent:
     preview: np.ndarray | None = field(default=None, repr=False)  # HxWx3 uint8 (latent resolution)
     run: "Run | None" = None
     message: str = ""
-
-    @property
-    def its_per_second(self) -> float:
-        return self.step / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta_seconds(self) -> float:
-        rate = self.its_per_second
-        return (self.total - self.step) / rate if rate > 0 else float("nan")

@@ -52,6 +52,7 @@ class InvertDialog(QDialog):
         self.sources = list(sources)
         self._build_controls(prompt, steps)
         self._build_layout()
+        self.ok_button.setFocus()  # Enter inverts (in the prompt box it would start a new line)
 
     def _build_controls(self, prompt: str, steps: int) -> None:
         self.source = QComboBox()

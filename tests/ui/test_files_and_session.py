@@ -71,13 +71,18 @@ def test_a_png_from_an_unknown_model_restores_settings_and_keeps_the_current_mod
     assert "some-model-we-do-not-have" in text and "keeping tiny-random" in text
 
 
-def test_dropping_a_plain_image_opens_it_and_odd_sizes_are_cropped(window, tmp_path):
-    path = tmp_path / "photo.jpg"
-    Image.fromarray(sample_image(70)).save(path)
+def test_dropping_a_plain_image_opens_it_and_odd_sizes_are_cropped(window, qtbot, tmp_path):
+    from PySide6.QtWidgets import QMessageBox, QPushButton
+
+    qtbot.waitUntil(lambda: "Model ready" in window.engine_label.text(), timeout=GENERATION_TIMEOUT_MS)
+    path = tmp_path / "photo.png"
+    Image.fromarray(sample_image(70)[:69, :69]).save(path)  # 69 px: tiny-random needs multiples of 2
     drop_file(window, path)
+    dialog = next(d for d in window.findChildren(QMessageBox, "cropOrPadDialog") if d.isVisible())
+    dialog.findChild(QPushButton, "cropButton").click()
     assert window.canvas.has_image()
-    assert window.canvas.image_array().shape == (64, 64, 3)
-    assert window.prompt_panel.width_spin.value() == 64 and not window.prompt_panel.width_spin.isEnabled()
+    assert window.canvas.image_array().shape == (68, 68, 3)
+    assert window.prompt_panel.width_spin.value() == 68 and not window.prompt_panel.width_spin.isEnabled()
     assert "cropped" in window.message_bar.text()
     window.new_blank_canvas()
     assert not window.canvas.has_image() and window.prompt_panel.width_spin.isEnabled()

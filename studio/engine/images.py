@@ -5,9 +5,10 @@ Imports no torch at module level, so the UI thread can read images and PNG param
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
@@ -17,6 +18,12 @@ from .samplers import SAMPLER_TABLE
 
 if TYPE_CHECKING:
     import torch
+
+    from .api import RunInfo
+
+BUILT_IN_MODELS = ("default", "tiny-random")  # written under their own names
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+NOT_IN_LINEAGE = ("device", "dtype")  # where it ran, not what it made
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -81,8 +88,24 @@ def tensor_to_image(x: "torch.Tensor") -> np.ndarray:
     return x.to(torch.uint8).permute(1, 2, 0).numpy().copy()
 
 
-def format_parameters(request: GenerationRequest, model_label: str | None = None) -> str:
-    """The AUTOMATIC1111 `parameters` text, so other tools read our PNGs."""
+def model_name(spec: str) -> str:
+    """What a PNG calls the model, as A1111 does: the checkpoint's file name without its extension (a diffusers
+    folder's name); a built-in model by its own name. Never the full path."""
+    if spec in BUILT_IN_MODELS:
+        return spec
+    path = Path(spec)
+    return path.stem if path.suffix.lower() in CHECKPOINT_SUFFIXES else path.name or spec
+
+
+def format_run_parameters(run: "RunInfo") -> str:
+    """A finished run's `parameters`: its settings, its model's short hash and, for a branch, its lineage."""
+    return format_parameters(run.request, model_hash=run.model_hash, lineage=run.lineage)
+
+
+def format_parameters(request: GenerationRequest, model_label: str | None = None, *, model_hash: str | None = None,
+                      lineage: Sequence[tuple[GenerationRequest, int]] = ()) -> str:
+    """The AUTOMATIC1111 `parameters` text, so other tools read our PNGs. `lineage` (a branch's ancestors, nearest
+    first, each with the step its child branched from) goes into one extra field that A1111 ignores."""
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
@@ -96,7 +119,8 @@ def format_parameters(request: GenerationRequest, model_label: str | None = None
         ("CFG scale", _num(request.cfg)),
         ("Seed", request.seed),
         ("Size", f"{request.width}x{request.height}"),
-        ("Model", model_label or request.model),
+        *([("Model hash", model_hash)] if model_hash else []),
+        ("Model", model_label or model_name(request.model)),
         ("Eta", _num(request.eta)),
     ]
     if request.init_image is not None:
@@ -105,6 +129,8 @@ def format_parameters(request: GenerationRequest, model_label: str | None = None
         fields.append(("Clip skip", request.clip_skip))
     if request.mask is not None:
         fields.append(("Mask blur", _num(request.feather)))
+    if lineage:
+        fields.append(("Branched from", json.dumps(_lineage_text(lineage))))  # quoted as A1111 quotes its values
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))
     return "\n".join(lines)
 
@@ -113,11 +139,47 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
+def _lineage_text(lineage: Sequence[tuple[GenerationRequest, int]]) -> str:
+    """Compact JSON, nearest ancestor first: each one's step its child branched from and its settings that differ
+    from the defaults (the model by name, as the Model field)."""
+    entries = []
+    for request, from_step in lineage:
+        defaults = GenerationRequest(sampler=request.sampler).settings()  # η's default is the sampler's own
+        settings = {k: v for k, v in request.settings().items() if k not in NOT_IN_LINEAGE and v != defaults[k]}
+        if request.sampler != GenerationRequest.sampler:
+            settings["sampler"] = request.sampler
+        if "model" in settings:
+            settings["model"] = model_name(settings["model"])
+        entries.append({"from_step": from_step, **settings})
+    return json.dumps(entries, separators=(",", ":"), ensure_ascii=False)
+
+
+def _parse_lineage(text: str) -> list[dict[str, Any]]:
+    """[{"from_step": k, "settings": {...}}, ...] nearest ancestor first; [] when the field is damaged."""
+    try:
+        entries = json.loads(text)
+        return [{"from_step": int(e.pop("from_step")), "settings": e} for e in entries if isinstance(e, dict)]
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if value.startswith('"'):
+        try:
+            decoded = json.loads(value)
+            return decoded if isinstance(decoded, str) else value
+        except ValueError:
+            return value.strip('"')
+    return value
+
+
 _FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)')
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
-    """Parse an A1111 `parameters` text into GenerationRequest settings (unknown fields are ignored)."""
+    """Parse an A1111 `parameters` text into GenerationRequest settings (unknown fields are ignored). A branch's
+    lineage comes back under "lineage": [{"from_step": k, "settings": {...}}, ...], nearest ancestor first."""
     lines = text.strip().split("\n")
     settings: dict[str, Any] = {}
     last = lines[-1] if lines and re.search(r"(^|, )Steps: ", lines[-1]) else None
@@ -132,7 +194,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
     settings["negative_prompt"] = "\n".join(negative).strip()
     if last is None:
         return settings
-    fields = {m.group(1).strip(): m.group(2).strip().strip('"') for m in _FIELD.finditer(last)}
+    fields = {m.group(1).strip(): _unquote(m.group(2)) for m in _FIELD.finditer(last)}
     sampler_names = {spec.display_name.lower(): name for name, spec in SAMPLER_TABLE.items()}
     converters = {
         "Steps": ("steps", int),
@@ -150,6 +212,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
                 settings[name] = convert(fields[key])
             except ValueError:
                 pass
+    if "Branched from" in fields:
+        settings["lineage"] = _parse_lineage(fields["Branched from"])
     if "Size" in fields and re.fullmatch(r"\d+x\d+", fields["Size"]):
         w, h = fields["Size"].split("x")
         settings["width"], settings["height"] = int(w), int(h)

@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QApplication
 
-from ..engine import RunsLoaded, format_parameters, parse_parameters, save_png
+from ..engine import GenerationRequest, RunsLoaded, format_run_parameters, parse_parameters, save_png
 from .choices import BUILTIN_MODELS
 from .dialogs import ask_crop_or_pad, ask_directory, ask_open_file, ask_save_file
 from .image_io import (
@@ -27,6 +27,7 @@ from .image_io import (
     read_image,
 )
 from .images import qimage_to_rgb
+from .lineage_replay import LineageReplay, lineage_note, replay_chain
 from .timeline_export import export_gif, export_pngs
 
 
@@ -139,10 +140,10 @@ class FileActions:
                 return
             if parameters:
                 self.restore_parameters(parameters, p.name)
-                self.message_bar.success(
-                    self._restored_message(parameters, p.name),
-                    actions=[("Open as image", lambda: self.open_image(image, p.name))],
-                )
+                actions = [("Open as image", lambda: self.open_image(image, p.name))]
+                if self._replay_chain(parameters) is not None:
+                    actions.append(("Reproduce", lambda: self.reproduce_branch(parameters)))
+                self.message_bar.success(self._restored_message(parameters, p.name), actions=actions)
             else:
                 self.open_image(image, p.name)
             return
@@ -152,7 +153,9 @@ class FileActions:
         self.message_bar.error(f"Cannot open {p.name}: not an image, a run or a model.")
 
     def restore_parameters(self, parameters: str, source: str = "") -> dict[str, Any]:
+        """The picture's own settings (for a branch: the branch's; its lineage is said, and can be replayed)."""
         settings = parse_parameters(parameters)
+        settings.pop("lineage", None)
         model = settings.pop("model", None)
         if model:
             spec = self._find_model(model)
@@ -172,7 +175,39 @@ class FileActions:
         if name and self._find_model(name) is None:
             message += (f" It was made with the model \"{name}\", which is not open here; "
                         f"keeping {self.prompt_panel.model_name()}.")
+        lineage = parse_parameters(parameters).get("lineage")
+        if lineage:
+            message += lineage_note(lineage)
         return message
+
+    # -- reproducing a branch -------------------------------------------------------------------------------------
+    def _replay_chain(self, parameters: str) -> list[tuple[GenerationRequest, int]] | None:
+        """The runs that remake a branched picture, first run first; None when it is no branch, its model is not
+        here, or it started from an input image (which its PNG does not hold)."""
+        settings = parse_parameters(parameters)
+        lineage = settings.pop("lineage", None)
+        if not lineage or "strength" in settings:  # "Denoising strength" is written only when there was an input
+            return None
+        requests, panel = [], self.prompt_panel.settings_model
+        machine = {"device": panel.device, "dtype": panel.dtype}  # where it runs here, not where it ran
+        for entry_settings in [settings] + [entry["settings"] for entry in lineage]:
+            spec = self._find_model(entry_settings.get("model", "default"))
+            if spec is None:
+                return None
+            requests.append(GenerationRequest.from_settings({**entry_settings, **machine, "model": spec}))
+        return replay_chain(requests[0], [(r, e["from_step"]) for r, e in zip(requests[1:], lineage)])
+
+    def reproduce_branch(self, parameters: str) -> None:
+        chain = self._replay_chain(parameters)
+        if chain is None or self.controller.running:
+            self.message_bar.warning("Wait for the current run to finish, then press Reproduce again."
+                                     if chain is not None else "This picture's branch cannot be replayed here.")
+            return
+        self.replay = LineageReplay(self.controller, chain, self)
+        self.replay.done.connect(lambda run: self.message_bar.success(
+            f"Reproduced the branch as run #{self.history.number(run)}: {len(chain)} runs, the last one branched."))
+        self.replay.stopped.connect(lambda: self.message_bar.warning("Reproducing stopped: a run did not finish."))
+        self.replay.start()
 
     def _find_model(self, name: str) -> str | None:
         candidates = list(BUILTIN_MODELS) + self.prompt_panel.recent_models()
@@ -224,10 +259,8 @@ class FileActions:
     def save_image(self, run: Any, path: str) -> bool:
         if not path:
             return False
-        spec = run.request.model
-        label = spec if spec in BUILTIN_MODELS else Path(spec).stem
-        try:
-            save_png(run.image, path, format_parameters(run.request, label))
+        try:  # the model by file name and short hash, and a branch's lineage (engine/images.py)
+            save_png(run.image, path, format_run_parameters(run.info))
         except (OSError, ValueError) as exc:
             self.message_bar.error(f"Cannot save {Path(path).name}: {exc}")
             return False

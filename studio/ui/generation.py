@@ -15,8 +15,10 @@ from .run_record import RunRecord
 from .worker import EngineWorker
 
 
-def progress_text(event: Event, label: str = "Step") -> str:
-    text = f"{label} {event.step}/{event.total}"
+def progress_text(event: Event, label: str = "Step", step: int | None = None, total: int | None = None) -> str:
+    """"Step 3/25 · 4.1 it/s · ETA 0:05"; `step` / `total` replace the event's own count in the text (an
+    inversion's passes are counted apart), the rate and ETA are always the whole job's."""
+    text = f"{label} {event.step if step is None else step}/{event.total if total is None else total}"
     rate = event.its_per_second
     if rate > 0:
         text += f" · {rate:.2f} it/s" if rate < 10 else f" · {rate:.0f} it/s"
@@ -110,7 +112,11 @@ class GenerationController(QObject):
             self.history.add(record, select=True)
         else:
             record.update(event.run)
+        if event.kind is not EventKind.STARTED:
+            record.elapsed = event.elapsed
         if event.step_info is not None:
             record.add_step(event.step_info)
-            record.preview = event.preview  # the history thumbnail until the final image exists
+            # the history thumbnail until the final image exists: the exact x̂0 when the engine decoded it
+            decoded = event.step_info.decoded
+            record.preview = decoded if decoded is not None else event.preview
         self.history.changed(record)

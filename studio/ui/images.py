@@ -52,6 +52,13 @@ def gray_to_qimage(gray: np.ndarray) -> QImage:
     return QImage(data.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
 
 
+def smooth_scaling(scale: float) -> bool:
+    """The one rule for drawing every picture (the input, results, previews, the timeline's views): at a whole-number
+    magnification each source pixel becomes an equal square and is drawn as it is; at any other scale nearest-
+    neighbour would make pixels of uneven size, so the picture is smoothed (bilinear)."""
+    return not (scale >= 1 and abs(scale - round(scale)) < 1e-3)
+
+
 def tinted_mask(gray: np.ndarray, color: tuple[int, int, int], opacity: float) -> QImage:
     """A premultiplied ARGB overlay: `color` where the mask is set, alpha = mask · opacity."""
     h, w = gray.shape

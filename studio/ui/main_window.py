@@ -41,7 +41,7 @@ from .autosave import Autosave
 from .canvas_toolbar import CanvasToolbar, CanvasViewBar
 from .dock_sizes import DockShares
 from .file_actions import FileActions
-from .generation import GenerationController, format_seconds, progress_text
+from .generation import GenerationController
 from .history_panel import HistoryPanel
 from .invert_dialog import InvertChoice, InvertSource, ask_invert
 from .mask_canvas import MaskCanvas
@@ -53,6 +53,7 @@ from .session import SessionPersistence
 from .timeline_panel import TimelinePanel
 from .window_menus import build_menus
 from .run_record import RunRecord
+from .run_status import cancelled_text, status_progress, status_text, step_label, step_text
 from .worker import EngineWorker
 
 
@@ -81,6 +82,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self._pending_saves: dict[int, str] = {}  # job id → what to say when the run file is written
         self._probe_job = 0
         self._model_pending = False  # the selected model has not said its size and guidance scale yet
+        self._native_inpaint = False  # the probed model is a 9-channel inpainting model
+        self._decoding: set[tuple[str, int]] = set()  # x̂0 decodes asked for quietly while scrubbing
         self.size_multiple = 8  # image sides must be multiples of this; the probed model says its own
 
         self.history = RunHistory(self)
@@ -180,6 +183,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.history_panel.branchRequested.connect(lambda run: self.branch(run, self.timeline.index() if run is self.timeline.run else 0))
         self.timeline.branchRequested.connect(self.branch)
         self.timeline.decodeRequested.connect(self.decode_step)
+        self.timeline.indexChanged.connect(self._scrubbed)
         self.timeline.exportRequested.connect(self.export_timeline)
 
         self.worker.message.connect(self._on_message)
@@ -295,26 +299,28 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             self.canvas.setFocus()
 
     def _on_started(self, event: Event) -> None:
-        label = "Inverting" if self.controller.kind == "invert" else "Step"
-        self.prompt_panel.show_progress(event.step, event.total, f"{label} {event.step}/{event.total}")
+        self.prompt_panel.show_progress(event.step, event.total, step_label(event, self.controller.kind))
 
     def _on_step(self, event: Event) -> None:
-        label = "Inverting" if self.controller.kind == "invert" and event.run is None else "Step"
-        self.prompt_panel.show_progress(event.step, event.total, progress_text(event, label))
-        if event.preview is not None:
-            self.canvas.set_preview(event.preview, f"{label} {event.step}/{event.total} · preview")
-            self.viewbar.sync()
+        self.prompt_panel.show_progress(event.step, event.total, step_text(event, self.controller.kind))
         record = self.controller.record
         if record is not None:
             if record is self.timeline.run:
                 self.timeline.run_progressed(record)
             else:
                 self.timeline.set_run(record)
+        if record is not None and not self.timeline.at_last_step():
+            return  # the user scrubbed back: the canvas keeps the step they chose
+        decoded = event.step_info.decoded if event.step_info is not None else None
+        image = decoded if decoded is not None else event.preview
+        if image is not None:
+            what = "x̂0" if decoded is not None else "preview"
+            self.canvas.set_preview(image, f"{step_label(event, self.controller.kind)} · {what}")
+            self.viewbar.sync()
 
     def _on_finished(self, event: Event) -> None:
         run = self.controller.record
-        self.prompt_panel.show_progress(event.total, event.total,
-                                        f"Done · {event.total} steps in {format_seconds(event.elapsed)}")
+        self.prompt_panel.show_progress(1, 1, status_text(run) if run is not None else "Done")
         if run is None:
             return
         self.timeline.run_finished(run)
@@ -325,11 +331,13 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             self.message_bar.success("Inversion done: scrub the timeline and branch from any step with a new prompt.")
 
     def _on_cancelled(self, event: Event) -> None:
-        self.prompt_panel.show_progress(event.step, max(1, event.total), f"Cancelled at step {event.step}/{event.total}")
-        if self.controller.record is not None:
-            self.timeline.run_finished(self.controller.record)
+        run = self.controller.record
+        text = cancelled_text(event, self.controller.kind, run)
+        self.prompt_panel.show_progress(*(status_progress(run) if run is not None else (0, 1)), text)
+        if run is not None:
+            self.timeline.run_finished(run)
             self.autosave_now()
-        self.message_bar.info(f"Cancelled at step {event.step} of {event.total}; its steps stay on the timeline.")
+        self.message_bar.info(f"{text}; its steps stay on the timeline.")
 
     def _on_failed(self, message: str) -> None:
         self.prompt_panel.show_progress(0, 1, "Failed")
@@ -368,15 +376,32 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self._model_changed(self.prompt_panel.model_spec())
 
     def _on_decoded(self, message: Decoded) -> None:
+        self._decoding.discard((message.run_id, message.index))
         run = self.history.by_id(message.run_id)
         if run is None:
             return
         run.add_decoded(message.index, message.view, message.image)
         self._show_decoded(run, message.index, message.image)
 
+    def _scrubbed(self, index: int) -> None:
+        """The canvas follows the timeline: the step's exact x̂0 where there is one (asked for quietly when the
+        run decodes cheaply, e.g. a run loaded from a file), the result at a finished run's last step."""
+        run = self.timeline.run
+        if run is None or not 0 <= index < run.recorded:
+            return
+        if run.status == "finished" and run.image is not None and index == run.recorded - 1:
+            self.show_result(run.image, f"Result #{self.history.number(run)}")
+            return
+        image = run.decoded(index, "x0")
+        if image is not None:
+            self._show_decoded(run, index, image)
+        elif run.cheap_decode and (run.id, index) not in self._decoding:
+            self._decoding.add((run.id, index))
+            self.worker.submit(DecodeStep(run.id, index, "x0"))
+
     def _show_decoded(self, run: RunRecord, index: int, image: np.ndarray) -> None:
         self.timeline.decoded_arrived(run, index)
-        if run is self.timeline.run:
+        if run is self.timeline.run and index == self.timeline.index():
             self.canvas.set_preview(image, f"Step {index + 1} · x̂0 decoded")
             self.viewbar.sync()
             if self.message_bar.text().startswith("Decoding"):
@@ -385,6 +410,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
     def _on_model_probed(self, message: ModelProbed) -> None:
         info = message.info
         if message.job_id == self._probe_job and info.spec == self.prompt_panel.model_spec():
+            self._native_inpaint = info.inpaints_natively
+            self._update_mode()
             self._fit_to_model(info.size_multiple)
             self.prompt_panel.follow_model_cfg(info.default_cfg)
             self.engine_label.setText(f"Model ready: {self.prompt_panel.model_name()} ({info.default_size} px)")
@@ -417,13 +444,18 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.timeline.set_run(run)
         if run is not None and run.image is not None:
             self.show_result(run.image, f"Result #{self.history.number(run)}")
+        if run is not None and not self.controller.running:  # the selected run's own status, not the last job's
+            self.prompt_panel.show_progress(*status_progress(run), status_text(run))
 
     def activate_run(self, run: Any) -> None:
         """A click in the history: bring back the run's settings, input image and mask, result and timeline."""
         if run is None:
             return
         request = run.request
-        self.prompt_panel.apply_settings(request.settings(), size=False)
+        settings = request.settings()
+        if run.kind == "txt2img":
+            del settings["strength"]  # unused by text to image: the panel's strength stays what the task makes it
+        self.prompt_panel.apply_settings(settings, size=False)
         if request.init_image is not None and run.kind != "invert":
             current = self.canvas.image_array()
             if current is None or current.shape != request.init_image.shape or not np.array_equal(current, request.init_image):
@@ -506,6 +538,9 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.prompt_panel.set_mode_text(f"{mode} · {dims}")
         self.viewbar.info_label.setText(f"  {dims} px")
         self._show_inpaint_options(self.canvas.has_image() and not self.canvas.mask.is_empty())
+        # A1111 and InvokeAI inpaint with strength 1 when the model inpaints natively (unless the user chose one)
+        self.prompt_panel.follow_inpaint_strength(
+            self._native_inpaint and self.canvas.has_image() and not self.canvas.mask.is_empty())
 
     def _show_inpaint_options(self, masked: bool) -> None:
         """The Inpainting group shows while there is a mask (before, it has nothing to act on), and the first

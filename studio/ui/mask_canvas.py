@@ -13,9 +13,10 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QCursor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen, QPixmap
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from .images import qimage_to_rgb, rgb_to_qimage, tinted_mask
+from .images import qimage_to_rgb, rgb_to_qimage, smooth_scaling, tinted_mask
 from .mask_layer import UNDO_LIMIT, MaskLayer
 from .mask_ops import effective_mask
+from .mask_tint import contrasting_tint
 
 MASK_COLOR = (255, 64, 96)
 MIN_ZOOM, MAX_ZOOM = 0.05, 32.0
@@ -81,6 +82,7 @@ class MaskCanvas(QWidget):
         self.feather = 4.0
         self.grow = 0
         self._overlay: QImage | None = None
+        self._tint: tuple[int, tuple[int, int, int]] = (0, MASK_COLOR)  # (the input's cacheKey, its mask tint)
 
         self._zoom = 1.0
         self._offset = QPointF(0, 0)
@@ -369,11 +371,18 @@ class MaskCanvas(QWidget):
             gray = self.mask.array()
             if self.show_feathered and (self.feather > 0 or self.grow > 0):
                 gray = effective_mask(gray, self.grow, self.feather)
-            self._overlay = tinted_mask(gray, MASK_COLOR, 1.0)
+            self._overlay = tinted_mask(gray, self.mask_tint(), 1.0)
         self.update()
 
     def _raw_overlay(self) -> QImage:
-        return tinted_mask(self.mask.array(), MASK_COLOR, 1.0)
+        return tinted_mask(self.mask.array(), self.mask_tint(), 1.0)
+
+    def mask_tint(self) -> tuple[int, int, int]:
+        """The mask's colour: one that contrasts with the input (mask_tint.py), chosen once per picture."""
+        key = self._image.cacheKey() if self._image is not None else 0
+        if self._tint[0] != key:
+            self._tint = (key, contrasting_tint(qimage_to_rgb(self._image)) if self._image is not None else MASK_COLOR)
+        return self._tint[1]
 
     # -- painting -------------------------------------------------------------------------------------------------
     def paintEvent(self, event: QPaintEvent) -> None:
@@ -381,14 +390,15 @@ class MaskCanvas(QWidget):
         palette = self.palette()
         painter.fillRect(self.rect(), palette.color(palette.ColorRole.Dark).darker(130))
         target = self.image_rect()
-        smooth = self._zoom < 2.0
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
 
         shown = None
         if self._showing_result:
             shown = self._preview if self._preview is not None else self._result
+        picture = shown if shown is not None else self._pixmap
+        if picture is not None:  # one smoothing rule for the input and what is shown over it (images.py)
+            scale = target.width() / max(1, picture.width())
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth_scaling(scale))
         if shown is not None:
-            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             painter.drawPixmap(target, shown, QRectF(shown.rect()))
         elif self._pixmap is not None:
             painter.drawPixmap(target, self._pixmap, QRectF(self._pixmap.rect()))

@@ -143,6 +143,12 @@ class PromptPanel(QWidget):
         """The loaded model's recommended guidance scale, unless the user has chosen one."""
         self.settings_model.follow_model_cfg(cfg)
 
+    def follow_inpaint_strength(self, native_inpainting: bool) -> None:
+        """Strength 1 while inpainting with a model that inpaints natively, unless the user chose one; said in the
+        strength box's tooltip."""
+        self.settings_model.follow_inpaint_strength(native_inpainting)
+        self.size_section.explain_strength(native_inpainting and self.settings_model.strength_follows_task)
+
     def model_spec(self) -> str:
         return self.settings_model.model
 

@@ -28,6 +28,10 @@ from .settings_model import LIMITS, MAX_SEED, GenerationSettings, bind
 
 OPEN_FILE, OPEN_FOLDER = "__open_checkpoint_file__", "__open_diffusers_folder__"
 SIZE_MULTIPLE = 8  # the model's latent grid; the lead's model probe may set another
+STRENGTH_TIP = ("Image to image: how much of the schedule is re-run over the input.\n"
+                "Low keeps the image, 1 ignores it (except outside the mask when inpainting).")
+NATIVE_INPAINT_TIP = ("\n\n1 now: this model inpaints natively (it sees the picture around the mask), so inpainting "
+                      "starts from pure noise, as A1111 and InvokeAI do. Set a strength to choose your own.")
 
 
 def _row(*widgets: QWidget, stretch_first: bool = True) -> QHBoxLayout:
@@ -199,9 +203,7 @@ class SizeSection(QGroupBox):
         self.height_spin = bound_spin(settings, "height", "heightSpin", SIZE_MULTIPLE, " px")
         for spin in (self.width_spin, self.height_spin):
             spin.editingFinished.connect(self.round_size)
-        self.strength = bound_spin(settings, "strength", "strengthSpin", 0.05, tooltip=(
-            "Image to image: how much of the schedule is re-run over the input.\n"
-            "Low keeps the image, 1 ignores it (except outside the mask when inpainting)."))
+        self.strength = bound_spin(settings, "strength", "strengthSpin", 0.05, tooltip=STRENGTH_TIP)
         self.size_label = QLabel("Size")
         layout = form()
         size_row = QHBoxLayout()
@@ -211,6 +213,9 @@ class SizeSection(QGroupBox):
         layout.addRow(self.size_label, size_row)
         layout.addRow("Strength", self.strength)
         self.setLayout(layout)
+
+    def explain_strength(self, native_inpainting: bool) -> None:
+        self.strength.setToolTip(STRENGTH_TIP + (NATIVE_INPAINT_TIP if native_inpainting else ""))
 
     def set_size_multiple(self, multiple: int) -> None:
         self._multiple = max(1, int(multiple))

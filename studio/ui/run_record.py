@@ -21,6 +21,7 @@ class RunRecord:
             steps = parent.step_infos[: info.from_step]  # the shared prefix a branch continues from
         self.step_infos: list[StepInfo] = list(steps)
         self.preview: np.ndarray | None = None  # the newest step's x̂0 preview, until the image exists
+        self.elapsed: float | None = None  # seconds the engine sampled for (unknown for a run loaded from a file)
         self._decoded: dict[tuple[int, str], np.ndarray] = {}
 
     # -- what the engine said ---------------------------------------------------------------------------------------
@@ -38,7 +39,16 @@ class RunRecord:
         self._decoded[(index, view)] = image
 
     def decoded(self, index: int, view: str = "x0") -> np.ndarray | None:
-        return self._decoded.get((index, view))
+        """A full-quality decode: asked for (DecodeStep), or made by the engine at every step (cheap decoders)."""
+        image = self._decoded.get((index, view))
+        if image is None and view == "x0" and 0 <= index < len(self.step_infos):
+            image = self.step_infos[index].decoded
+        return image
+
+    @property
+    def cheap_decode(self) -> bool:
+        """The engine decodes this run's steps cheaply: asking for a missing decode (a loaded run) costs little."""
+        return self.info.cheap_decode
 
     # -- reading ----------------------------------------------------------------------------------------------------
     @property

@@ -54,6 +54,7 @@ REQUEST_DEFAULTS: dict[str, Any] = {
     for f in dataclasses.fields(GenerationRequest) if f.name not in IMAGE_FIELDS
 }
 UI_DEFAULTS: dict[str, Any] = {"random_each": False, "recent_models": ()}
+NATIVE_INPAINT_STRENGTH = 1.0  # what inpainting with a 9-channel inpainting model starts from (A1111, InvokeAI)
 DEFAULTS: dict[str, Any] = {**REQUEST_DEFAULTS, **UI_DEFAULTS}
 
 
@@ -127,6 +128,10 @@ class GenerationSettings(QObject):
         # True while the guidance scale is the loaded model's recommendation; any other change is the user's choice.
         self.cfg_follows_model = True
         self._following_model_cfg = False
+        # True while the strength is the task's default (1 for a model that inpaints natively, else the request's);
+        # once the user sets one, it stays theirs
+        self.strength_follows_task = True
+        self._following_task_strength = False
 
     def get(self, name: str) -> Any:
         return self._values[name]
@@ -141,6 +146,8 @@ class GenerationSettings(QObject):
         self._values[name] = value
         if name == "cfg" and not self._following_model_cfg:
             self.cfg_follows_model = False
+        if name == "strength" and not self._following_task_strength:
+            self.strength_follows_task = False
         self.changed.emit(name, value)
         self._follow(name, value)
 
@@ -177,6 +184,8 @@ class GenerationSettings(QObject):
     def to_dict(self) -> dict[str, Any]:
         values = dict(self._values)
         values["recent_models"] = list(values["recent_models"])
+        if self.strength_follows_task:  # the task's strength is not the user's: a restored session chooses anew
+            values["strength"] = REQUEST_DEFAULTS["strength"]
         return values
 
     def to_request(self, **overrides: Any) -> GenerationRequest:
@@ -192,6 +201,18 @@ class GenerationSettings(QObject):
                 self.set("cfg", cfg)
             finally:
                 self._following_model_cfg = False
+
+
+    def follow_inpaint_strength(self, native_inpainting: bool) -> None:
+        """Strength 1 while inpainting with a model that inpaints natively (A1111 and InvokeAI use the whole
+        schedule with inpainting models: their 9-channel UNet sees the masked picture and needs no half-noised
+        copy of it), the request's default otherwise; unless the user has chosen a strength."""
+        if self.strength_follows_task:
+            self._following_task_strength = True
+            try:
+                self.set("strength", NATIVE_INPAINT_STRENGTH if native_inpainting else REQUEST_DEFAULTS["strength"])
+            finally:
+                self._following_task_strength = False
 
 
 class _Setting:

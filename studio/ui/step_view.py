@@ -7,7 +7,7 @@ from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QImage, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from .images import rgb_to_qimage
+from .images import rgb_to_qimage, smooth_scaling
 
 
 
@@ -48,10 +48,10 @@ class StepView(QWidget):
             iw, ih = self._image.width(), self._image.height()
             scale = min(box.width() / iw, box.height() / ih)
             if not self.smooth and scale >= 1:
-                scale = max(1, int(scale))  # whole-pixel upscaling keeps latent pixels square and crisp
+                scale = max(1, int(scale))  # a whole-number zoom: every latent pixel an equal square
             w, h = iw * scale, ih * scale
             target = QRectF(box.x() + (box.width() - w) / 2, box.y() + (box.height() - h) / 2, w, h)
-            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.smooth or scale < 1)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth_scaling(scale))  # as the canvas
             painter.drawImage(target, self._image, QRectF(self._image.rect()))
         else:
             painter.setPen(palette.color(palette.ColorRole.PlaceholderText))

@@ -21,8 +21,7 @@ def _frame_size(run: Any, side: int) -> tuple[int, int]:
 def export_gif(run: Any, path: str | Path, view: str = "x0", frame_ms: int = 90, side: int = GIF_SIDE) -> int:
     """Every step's `view`, then the final image (held longer); returns the number of frames."""
     size = _frame_size(run, min(side, max(run.request.width, run.request.height)))
-    frames = [Image.fromarray(run.step_image(i, view)).resize(size, Image.Resampling.BICUBIC)
-              for i in range(run.recorded)]
+    frames = [Image.fromarray(_best(run, i, view)).resize(size, Image.Resampling.BICUBIC) for i in range(run.recorded)]
     durations = [frame_ms] * len(frames)
     if run.image is not None:
         frames.append(Image.fromarray(run.image).resize(size, Image.Resampling.LANCZOS))
@@ -33,6 +32,12 @@ def export_gif(run: Any, path: str | Path, view: str = "x0", frame_ms: int = 90,
     return len(frames)
 
 
+def _best(run: Any, index: int, view: str) -> np.ndarray:
+    """The step's exact decode when there is one, else its latent-resolution preview."""
+    decoded = run.decoded(index, view)
+    return decoded if decoded is not None else run.step_image(index, view)
+
+
 def export_pngs(run: Any, folder: str | Path) -> int:
     """step_001_x_t.png, step_001_x0.png, step_001_eps.png … at the run's pixel size; returns files written."""
     folder = Path(folder)
@@ -41,7 +46,7 @@ def export_pngs(run: Any, folder: str | Path) -> int:
     count = 0
     for i in range(run.recorded):
         for view, name in VIEW_NAMES.items():
-            image = Image.fromarray(run.step_image(i, view))
+            image = Image.fromarray(_best(run, i, view))
             resample = Image.Resampling.NEAREST if view == "eps" else Image.Resampling.BICUBIC
             image.resize(size, resample).save(folder / f"step_{i + 1:03d}_{name}.png")
             count += 1

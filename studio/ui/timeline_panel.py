@@ -110,7 +110,7 @@ class TimelinePanel(QWidget):
     def _build_actions(self) -> QHBoxLayout:
         self.smooth = QCheckBox("Smooth")
         self.smooth.setObjectName("smoothViewsCheck")
-        self.smooth.setToolTip("Smooth the upscaled latent previews (off: show latent pixels as squares)")
+        self.smooth.setToolTip("Fill each box, smoothed (off: the largest whole-number zoom, every pixel a square)")
         self.smooth.toggled.connect(lambda on: [v.set_smooth(on) for v in self.views.values()])
         self.decode_button = QPushButton("Decode this step")
         self.decode_button.setObjectName("decodeStepButton")
@@ -194,6 +194,10 @@ class TimelinePanel(QWidget):
     # -- the selected step ----------------------------------------------------------------------------------------
     def index(self) -> int:
         return self.slider.value()
+
+    def at_last_step(self) -> bool:
+        """The newest step is selected (a running run's previews may take the canvas)."""
+        return self.index() >= self._length() - 1
 
     def set_index(self, index: int) -> None:
         self._stop_following()

@@ -1,6 +1,8 @@
 """model_info: what a probe tells the UI about the built-in models and about SD checkpoints opened from files."""
 
 import dataclasses
+import hashlib
+import os
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from safetensors.torch import save_file
 from sd_checkpoint_factory import random_model, sd1_config, sd1_state_dict, sd2_config, sd2_state_dict
 from studio.engine.api import ModelInfo
 from studio.engine.loading import load_model
-from studio.engine.model_info import model_info
+from studio.engine.model_info import file_hash, model_info
 
 CPU = torch.device("cpu")
 
@@ -30,7 +32,7 @@ def assert_plain(info: ModelInfo) -> None:
     """Only plain values cross to the UI thread: no tensors, no torch dtypes, nothing live."""
     for f in dataclasses.fields(info):
         value = getattr(info, f.name)
-        assert type(value) in (str, int, float, bool), (f.name, type(value))
+        assert type(value) in (str, int, float, bool) or (f.name == "file_hash" and value is None), (f.name, type(value))
     hash(info)  # frozen and hashable
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.label = "changed"  # type: ignore[misc]
@@ -64,6 +66,7 @@ def test_sd1_checkpoint(tmp_path):
     assert info == ModelInfo(
         spec=str(path), label="my-sd1-model.safetensors", default_size=512, size_multiple=8, default_cfg=7.5,
         prediction="epsilon", inpaints_natively=False, latent_channels=4, vae_factor=8,
+        file_hash=hashlib.sha256(path.read_bytes()).hexdigest()[:10],  # A1111's short hash of the whole file
     )
 
 
@@ -94,3 +97,20 @@ def test_labels_of_paths(tmp_path):
     folder = tmp_path / "some-diffusers-folder"
     assert model_info(model, str(folder) + "/").label == "some-diffusers-folder"
     assert model_info(model, "~/models/x.ckpt").label == "x.ckpt"
+
+
+def test_file_hash_is_cached_per_file_version(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"first version")
+    first = file_hash(str(path))
+    assert first == hashlib.sha256(b"first version").hexdigest()[:10]
+    reads = []
+    real_open = type(path).open
+    monkeypatch.setattr(type(path), "open", lambda self, *a, **k: reads.append(self) or real_open(self, *a, **k))
+    assert file_hash(str(path)) == first and not reads  # the same file again: not read again
+    path.write_bytes(b"second version!")  # another size (and mtime): hashed anew
+    os.utime(path, ns=(1, 1))
+    reads.clear()  # write_bytes opened it too
+    assert file_hash(str(path)) == hashlib.sha256(b"second version!").hexdigest()[:10] and len(reads) == 1
+    assert file_hash("default") is None and file_hash("tiny-random") is None
+    assert file_hash(str(tmp_path)) is None and file_hash(str(tmp_path / "missing.ckpt")) is None

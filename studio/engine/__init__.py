@@ -45,18 +45,21 @@ from .api import (
     View,
 )
 from .errors import UserError, log_file, report_internal_error
+from .files import atomic_write, check_writable
 from .images import (
     format_parameters,
     format_run_parameters,
+    guide_pictures_note,
     load_mask,
     load_rgb,
+    load_rgba,
     model_name,
     parse_parameters,
     read_parameters,
     save_png,
 )
 from .guidance import GUIDE_KINDS, GUIDE_MODES, REFERENCE_VARIANTS, Guide
-from .masks import grow_mask
+from .masks import feather_inward, grow_mask
 from .request import GenerationRequest, RequestError
 from .samplers import SAMPLER_TABLE, SamplerSpec
 
@@ -73,16 +76,20 @@ _LAZY = {
     "LatentDiffusion": "model",
     "available_devices": "devices",
     "model_info": "model_info",
+    # universal guidance's per-kind default strengths and the time multiple of a guided step (guidance.py; no torch)
+    "DEFAULT_STRENGTH": "guidance",
+    "guidance_cost": "guidance",
 }
 
 __all__ = [
     "GENERATION_JOBS", "VIEWS", "Backend", "BackendReady", "Branch", "Decoded", "DecodeStep", "Event", "EventKind",
     "ForgetRun", "Generate", "Invert", "Job", "JobFailed", "LoadedRun", "LoadRuns", "Message", "ModelInfo",
     "ModelProbed", "ProbeModel", "RunInfo", "RunKind", "RunsLoaded", "RunSaved", "RunStatus", "SaveRun", "StepInfo",
-    "View", "UserError", "log_file", "report_internal_error", "format_parameters", "format_run_parameters",
-    "model_name", "load_mask", "load_rgb",
+    "View", "UserError", "log_file", "report_internal_error", "atomic_write", "check_writable",
+    "format_parameters", "format_run_parameters",
+    "model_name", "load_mask", "load_rgb", "load_rgba", "guide_pictures_note",
     "parse_parameters", "read_parameters", "save_png", "GenerationRequest", "RequestError", "SAMPLER_TABLE",
-    "SamplerSpec", "grow_mask", "Guide", "GUIDE_KINDS", "GUIDE_MODES", "REFERENCE_VARIANTS", *_LAZY,
+    "SamplerSpec", "grow_mask", "feather_inward", "Guide", "GUIDE_KINDS", "GUIDE_MODES", "REFERENCE_VARIANTS", *_LAZY,
 ]
 
 if TYPE_CHECKING:
@@ -92,6 +99,7 @@ if TYPE_CHECKING:
     from .loading import ModelLoadError, load_model
     from .model import LatentDiffusion
     from .model_info import model_info
+    from .guidance import DEFAULT_STRENGTH, guidance_cost
     from .pipeline import INVERSION_REFINE, Engine, validate
     from .run import Run
 

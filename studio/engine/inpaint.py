@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .masks import grow_mask
+from .masks import feather_inward, grow_mask
 from .request import RequestError
 from .samplers import Denoiser, predict_eps, predict_x0
 from .schedules import NoiseLevel, q_sample
@@ -33,25 +33,10 @@ def gaussian_kernel(radius: int) -> torch.Tensor:
     return (k / k.sum()).float()
 
 
-def feather_mask(mask: np.ndarray, pixels: float) -> np.ndarray:
-    radius = int(math.ceil(pixels))
-    if radius <= 0:
-        return mask
-    k = gaussian_kernel(radius)
-    t = torch.from_numpy(mask)[None, None]
-    t = F.conv2d(F.pad(t, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    t = F.conv2d(F.pad(t, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
-    out = t[0, 0].clamp(0, 1).numpy()
-    # exact zeros/ones away from the edge (the separable sum can leave 1e-8 residue)
-    out[out < 1e-6] = 0.0
-    out[out > 1 - 1e-6] = 1.0
-    return out
-
-
 @dataclass(frozen=True)
 class PreparedMask:
     edit: np.ndarray  # binarised + grown, HxW in {0, 1}
-    blend: np.ndarray  # edit, feathered: the paste-back weights
+    blend: np.ndarray  # edit, feathered inward: the paste-back weights, 0 on every pixel outside `edit`
 
 
 def prepare_mask(mask: np.ndarray, shape: tuple[int, int], grow: int, feather: float) -> PreparedMask:
@@ -63,7 +48,8 @@ def prepare_mask(mask: np.ndarray, shape: tuple[int, int], grow: int, feather: f
     edit = grow_mask(binarise(mask), grow).astype(np.float32)  # masks.py: dilation by a disk
     if edit.max() <= 0:
         raise RequestError("the mask is empty: paint the area to repaint (white = repaint)")
-    return PreparedMask(edit, feather_mask(edit, feather))
+    # the soft edge lies inside what was painted: every unpainted pixel keeps weight 0 (masks.feather_inward)
+    return PreparedMask(edit, feather_inward(edit, feather))
 
 
 def latent_mask(

@@ -39,3 +39,33 @@ def grow_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
         if dy:
             out[dy:] |= row_hit[: h - dy]  # ... and the one dy above reaches down
     return out
+
+
+FEATHER_LEVELS = 16  # distance thresholds a wide feather is measured at (its ramp has at most this many steps)
+
+
+def feather_inward(mask: np.ndarray, pixels: float) -> np.ndarray:
+    """Soft edge *inside* the painted region: HxW float32 weights, exactly 0 on every pixel not painted.
+
+    The weight of a painted pixel rises with its Euclidean distance d to the nearest unpainted one, w =
+    smoothstep(d / pixels) (3u² − 2u³), so a feather never reaches outside what the user painted and every
+    unpainted pixel comes back bit for bit. The image border counts as painted (a mask that touches the edge stays
+    full there). d is measured by dilating the unpainted region with `grow_mask` at up to FEATHER_LEVELS radii; a
+    stroke thinner than twice the feather never reaches weight 1 (it is pasted partly, never dropped)."""
+    inside = np.asarray(mask) != 0
+    radius = float(pixels)
+    if radius <= 0 or not inside.any():
+        return inside.astype(np.float32)
+    outside = ~inside
+    levels = min(int(math.ceil(radius)), FEATHER_LEVELS)
+    distance = np.full(inside.shape, radius, np.float32)  # painted pixels at least `radius` deep: weight 1
+    reached = outside
+    for k in range(1, levels + 1):
+        r = max(1, int(math.ceil(k * radius / levels)))
+        near = grow_mask(outside, r) & ~reached  # first reached at this radius: r − (one level) < d ≤ r
+        distance[near] = min(r, radius)
+        reached = reached | near
+    u = np.clip(distance / radius, 0.0, 1.0)
+    weights = u * u * (3 - 2 * u)
+    weights[outside] = 0.0
+    return weights.astype(np.float32)

@@ -55,13 +55,19 @@ def outside(blend):
     return blend <= 0
 
 
+def unpainted(mask, grow=0):
+    """Every pixel the user did not paint (after the grow they asked for): what must come back bit for bit."""
+    from studio.engine.masks import grow_mask
+
+    return ~grow_mask(np.asarray(mask) >= 0.5, grow)
+
+
 @pytest.mark.parametrize("mode", ["blend", "model"])
 def test_unmasked_pixels_are_bit_identical_and_the_hole_changes(engine, inpaint_engine, mode):
     eng = engine if mode == "blend" else inpaint_engine
     run = eng.run(BASE.replace(inpaint_mode=mode))
-    prepared = inpaint.prepare_mask(BASE.mask, (SIZE, SIZE), BASE.grow, BASE.feather)
-    keep = outside(prepared.blend)
-    assert run.kind == "inpaint"
+    keep = unpainted(BASE.mask, BASE.grow)  # the feather (4 px by default) lies inside the painted region
+    assert run.kind == "inpaint" and BASE.feather > 0
     assert np.array_equal(run.image[keep], BASE.init_image[keep])
     hole = BASE.mask > 0
     assert np.abs(run.image[hole].astype(int) - BASE.init_image[hole]).mean() > 5
@@ -79,25 +85,44 @@ def test_only_masked_keeps_everything_outside_the_mask(engine):
     mask = np.zeros((128, 128), np.float32)
     mask[90:100, 20:34] = 1
     run = engine.run(BASE.replace(init_image=big, mask=mask, only_masked=True, padding=8))
-    prepared = inpaint.prepare_mask(mask, (128, 128), 0, BASE.feather)
-    keep = outside(prepared.blend)
+    keep = unpainted(mask)
     assert run.image.shape == big.shape
     assert np.array_equal(run.image[keep], big[keep])
     assert not np.array_equal(run.image[mask > 0], big[mask > 0])
 
 
-def test_feather_only_reaches_its_radius():
-    mask = inpaint.binarise(square_mask())
-    sharp = inpaint.feather_mask(mask, 0)
-    soft = inpaint.feather_mask(mask, 8)
-    changed = sharp != soft
-    ys, xs = np.nonzero(changed)
-    # distance to the square's edge (Chebyshev suffices for an axis-aligned square)
-    inside = (ys >= 24) & (ys < 40) & (xs >= 24) & (xs < 40)
-    d_out = np.maximum(np.maximum(24 - ys, ys - 39), np.maximum(24 - xs, xs - 39))
-    d_in = np.minimum(np.minimum(ys - 24, 39 - ys), np.minimum(xs - 24, 39 - xs)) + 1
-    distance = np.where(inside, d_in, d_out)
-    assert changed.any() and distance.max() <= 8
+def test_the_feather_lies_inside_the_painted_square():
+    from studio.engine.masks import feather_inward
+
+    mask = inpaint.binarise(square_mask())  # the square 24..39 × 24..39
+    soft = feather_inward(mask, 8)
+    assert (soft[mask == 0] == 0).all()  # nothing outside what was painted
+    ys, xs = np.nonzero((soft > 0) & (soft < 1))
+    depth = np.minimum(np.minimum(ys - 24, 39 - ys), np.minimum(xs - 24, 39 - xs)) + 1  # distance to the outside
+    assert len(ys) and depth.max() <= 8 and depth.min() == 1
+    assert soft[31, 31] == 1 and 0 < soft[24, 31] < soft[26, 31] < soft[29, 31] < 1  # rising inward
+    assert (feather_inward(mask, 0) == mask).all()
+
+
+def test_a_thin_stroke_is_feathered_softly_not_dropped_and_the_border_counts_as_painted():
+    from studio.engine.masks import feather_inward
+
+    stroke = np.zeros((32, 32), np.float32)
+    stroke[10:13, 4:28] = 1  # 3 px wide, thinner than twice the feather
+    soft = feather_inward(stroke, 4)
+    assert soft[11, 16] > 0.3 and soft.max() < 1 and (soft[stroke == 0] == 0).all()
+    edge = np.zeros((32, 32), np.float32)
+    edge[:, :16] = 1  # painted up to the left border
+    assert feather_inward(edge, 4)[16, 0] == 1  # full at the image border, soft only at its painted edge
+
+
+@pytest.mark.parametrize("mode", ["blend", "model"])
+def test_every_unpainted_pixel_is_kept_with_a_wide_feather(engine, inpaint_engine, mode):
+    """#18: with a feather the soft edge used to reach 50–420 unpainted pixels; now none."""
+    eng = engine if mode == "blend" else inpaint_engine
+    run = eng.run(BASE.replace(inpaint_mode=mode, feather=12.0))
+    keep = unpainted(BASE.mask)
+    assert np.array_equal(run.image[keep], BASE.init_image[keep])
 
 
 def test_feather_zero_vs_eight_changes_only_pixels_near_the_edge(engine):

@@ -18,3 +18,14 @@ def test_preview_grows_exactly_as_the_engine():
         edit = prepare_mask(gray / 255.0, gray.shape, grow, 0).edit
         assert preview.dtype == np.uint8
         assert np.array_equal(preview == 255, edit == 1) and np.array_equal(preview == 0, edit == 0)
+
+
+def test_preview_feathers_exactly_as_the_engine_and_never_outside_the_paint():
+    gray = np.zeros((40, 50), np.uint8)
+    gray[8:30, 10:40] = 255
+    for grow, feather in ((0, 4.0), (3, 9.5)):
+        preview = effective_mask(gray, grow, feather)
+        blend = prepare_mask(gray / 255.0, gray.shape, grow, feather).blend
+        assert np.array_equal(preview, np.rint(blend * 255).astype(np.uint8))
+        grown = prepare_mask(gray / 255.0, gray.shape, grow, 0).edit
+        assert (preview[grown == 0] == 0).all() and (0 < preview[grown == 1]).any() and preview.max() == 255

@@ -34,7 +34,6 @@ class LineageReplay(QObject):
         super().__init__(parent)
         self._controller = controller
         self._chain = list(chain)
-        self.total = len(chain)
 
     def start(self) -> bool:
         if self._controller.running or not self._chain:
@@ -44,10 +43,6 @@ class LineageReplay(QObject):
         self._controller.failed.connect(self._on_stopped)
         self._next(None)
         return True
-
-    @property
-    def remaining(self) -> int:
-        return len(self._chain)
 
     def _next(self, parent: Any) -> None:
         request, from_step = self._chain.pop(0)

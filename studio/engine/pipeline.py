@@ -100,9 +100,10 @@ INVERSION_REFINE = 1
 
 # Decoding x̂0 at every step is "cheap" below this many decoder parameters × decoded pixels (a proxy for the
 # decoder's multiply-adds that needs no timing, so the choice is the same on every run and machine). Measured on two
-# busy CPU cores (benchmarks/bench_step_decode.py): the built-in model's decoder (1.49 M parameters) at 64 px
-# = 6.1e9, ~11 ms per decode against ~17 ms per UNet step with guidance; tiny-random (0.40 M) at 64 px = 1.6e9.
-# The SD VAE decoder (49.5 M) is 2e11 already at 64 px: SD runs keep the latent → RGB map and the Decode button.
+# busy CPU cores (benchmarks/bench_step_decode.py, interleaved rounds): the built-in model's decoder (1.49 M
+# parameters) at 64 px = 6.1e9, one decode ≈ 0.66 of a guided sampler step (11–33 ms against 17–50 ms), so a
+# 25-step picture takes ×1.7–1.8 as long; tiny-random (0.40 M) at 64 px = 1.6e9, ≈ 0.9 of a step, ×1.9. The SD
+# VAE decoder (49.5 M) is 2e11 already at 64 px: SD runs keep the latent → RGB map and the Decode button.
 CHEAP_DECODE_BUDGET = 2.5e10
 
 
@@ -273,8 +274,8 @@ class Engine:
             run = Run(request, grid, Timeline(), kind="invert")
             self._describe(run, model, x)
             steps = SAMPLER_TABLE["ddim"].sample(denoiser, x, grid, eta=0.0, generator=None)
-            x = yield from self._sample(run, steps, x, job_id, cancel, began, None, done_before=request.steps, total=total,
-                                        decode=self._x0_decoder(model, run))
+            x = yield from self._sample(run, steps, x, job_id, cancel, began, None, done_before=request.steps,
+                                        total=total, decode=self._x0_decoder(model, run))
             if x is None:
                 return
             run.final_latent = x.detach().float().cpu()

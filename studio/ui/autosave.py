@@ -19,6 +19,7 @@ import numpy as np
 from PySide6.QtCore import QLockFile
 
 SESSION = "session.json"
+GUIDE_PICTURES = ("hint", "keep", "reference")  # universal guidance's pictures, saved like the image
 
 
 def default_folder() -> Path:
@@ -38,6 +39,9 @@ class Session:
     image: np.ndarray | None = None
     mask: np.ndarray | None = None  # HxW uint8
     result: np.ndarray | None = None
+    hint: np.ndarray | None = None  # HxWx4 uint8 RGBA colour hint (universal guidance)
+    keep: np.ndarray | None = None  # HxW uint8 keep region
+    reference: np.ndarray | None = None  # HxWx3 uint8 reference picture
     run_ids: list[str] = field(default_factory=list)
     selected: str | None = None
 
@@ -50,6 +54,8 @@ class Session:
             parts.append(f"a {self.image.shape[1]}×{self.image.shape[0]} image")
         if self.mask is not None and self.mask.any():
             parts.append("its mask")
+        if self.hint is not None:
+            parts.append("a colour hint")
         if self.run_ids:
             parts.append(f"{len(self.run_ids)} run{'s' if len(self.run_ids) != 1 else ''}")
         if not parts and self.settings.get("prompt"):
@@ -96,9 +102,12 @@ class Autosave:
 
     # -- writing --------------------------------------------------------------------------------------------------
     def save_state(self, settings: dict[str, Any], image: np.ndarray | None, mask: np.ndarray | None,
-                   result: np.ndarray | None, run_ids: list[str], selected: str | None) -> None:
+                   result: np.ndarray | None, run_ids: list[str], selected: str | None,
+                   guides: dict[str, np.ndarray | None] | None = None) -> None:
+        """`guides`: the guide pictures by name (hint, keep, reference), as .npy files beside the image."""
         self.current.mkdir(parents=True, exist_ok=True)
-        for name, array in (("image", image), ("mask", mask), ("result", result)):
+        pictures = {name: (guides or {}).get(name) for name in GUIDE_PICTURES}
+        for name, array in (("image", image), ("mask", mask), ("result", result), *pictures.items()):
             path = self.current / f"{name}.npy"
             if array is None:
                 path.unlink(missing_ok=True)
@@ -129,7 +138,7 @@ def read_session(folder: Path) -> Session | None:
         return None
     session = Session(folder, settings=dict(raw.get("settings") or {}), run_ids=list(raw.get("runs") or []),
                       selected=raw.get("selected"))
-    for name in ("image", "mask", "result"):
+    for name in ("image", "mask", "result", *GUIDE_PICTURES):
         path = folder / f"{name}.npy"
         if path.exists():
             try:
@@ -143,7 +152,8 @@ def _has_content(folder: Path) -> bool:
     if not (folder / SESSION).exists():
         return False
     session = read_session(folder)
-    return session is not None and (session.image is not None or session.result is not None or bool(session.run_paths()))
+    return session is not None and (session.image is not None or session.result is not None
+                                    or session.hint is not None or bool(session.run_paths()))
 
 
 def _atomic_npy(path: Path, array: np.ndarray) -> None:

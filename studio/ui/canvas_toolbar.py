@@ -7,6 +7,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup
 from PySide6.QtWidgets import QCheckBox, QLabel, QSizePolicy, QSlider, QSpinBox, QToolBar, QToolButton, QWidget
 
+from .guide_canvas import GuideCanvas
+from .guide_tools import add_guide_tools
 from .mask_canvas import MaskCanvas
 
 
@@ -23,7 +25,7 @@ class CanvasToolbar(QToolBar):
         self._add_mask_edits(canvas)
 
     def _add_tools(self, canvas: MaskCanvas) -> None:
-        """Brush / eraser (one of the two) and the brush size."""
+        """Brush / eraser / hint / keep (one of them) and the brush size."""
         tools = QActionGroup(self)
         self.brush_action = QAction("Brush", self, checkable=True, checked=True)
         self.brush_action.setObjectName("brushAction")
@@ -39,6 +41,8 @@ class CanvasToolbar(QToolBar):
             self.widgetForAction(action).setObjectName(action.objectName().replace("Action", "Button"))
         self.brush_action.triggered.connect(lambda: canvas.set_tool("brush"))
         self.eraser_action.triggered.connect(lambda: canvas.set_tool("eraser"))
+        if isinstance(canvas, GuideCanvas):
+            add_guide_tools(self, tools, canvas)  # Hint and its colour, Keep (guide_tools.py)
 
         self.size_spin = QSpinBox()
         self.size_spin.setObjectName("brushSizeSpin")

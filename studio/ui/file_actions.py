@@ -13,7 +13,14 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import QApplication
 
-from ..engine import GenerationRequest, RunsLoaded, format_run_parameters, parse_parameters, save_png
+from ..engine import (
+    GenerationRequest,
+    RunsLoaded,
+    format_run_parameters,
+    guide_pictures_note,
+    parse_parameters,
+    save_png,
+)
 from .choices import BUILTIN_MODELS
 from .dialogs import ask_crop_or_pad, ask_directory, ask_open_file, ask_save_file
 from .image_io import (
@@ -156,6 +163,7 @@ class FileActions:
         """The picture's own settings (for a branch: the branch's; its lineage is said, and can be replayed)."""
         settings = parse_parameters(parameters)
         settings.pop("lineage", None)
+        settings.setdefault("guides", [])  # an unguided picture: its guides are none (its scalar settings are kept)
         model = settings.pop("model", None)
         if model:
             spec = self._find_model(model)
@@ -178,7 +186,7 @@ class FileActions:
         lineage = parse_parameters(parameters).get("lineage")
         if lineage:
             message += lineage_note(lineage)
-        return message
+        return message + guide_pictures_note(parse_parameters(parameters))  # hint / reference are not in a PNG
 
     # -- reproducing a branch -------------------------------------------------------------------------------------
     def _replay_chain(self, parameters: str) -> list[tuple[GenerationRequest, int]] | None:

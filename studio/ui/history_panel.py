@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from .choices import KINDS, SAMPLERS, model_label, run_title
+from .guides import guided_line
 from .images import thumbnail
 from .run_history import RunHistory
 
@@ -158,6 +159,9 @@ class HistoryPanel(QWidget):
         second = f"{SAMPLERS.get(request.sampler, request.sampler)} · {request.steps} steps · seed {request.seed}"
         if run.parent is not None or run.parent_id:
             second = f"↳ step {run.from_step + 1} · " + second
+        guided = guided_line(request)  # "guided: colour 10" (guides.py)
+        if guided:
+            second += f"\n{guided}"
         prompt = request.prompt.strip().replace("\n", " ") or "(no prompt)"
         item.setText(0, f"{first}\n{second}\n{prompt}")
         item.setToolTip(

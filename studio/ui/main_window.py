@@ -42,9 +42,10 @@ from .canvas_toolbar import CanvasToolbar, CanvasViewBar
 from .dock_sizes import DockShares
 from .file_actions import FileActions
 from .generation import GenerationController
+from .guidance_actions import GuidanceActions
+from .guide_canvas import GuideCanvas
 from .history_panel import HistoryPanel
 from .invert_dialog import InvertChoice, InvertSource, ask_invert
-from .mask_canvas import MaskCanvas
 from .message_bar import MessageBar
 from .pending import show_pending
 from .prompt_panel import PromptPanel
@@ -60,7 +61,7 @@ from .worker import EngineWorker
 MIN_HEIGHT = 660
 
 
-class MainWindow(FileActions, SessionPersistence, QMainWindow):
+class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
     closed = Signal()
 
     def __init__(self, *, autosave_dir: str | Path | None = None, backend_factory: Callable[[], Backend] | None = None,
@@ -91,7 +92,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.controller = GenerationController(self.worker, self.history, self)
 
         self.message_bar = MessageBar()
-        self.canvas = MaskCanvas()
+        self.canvas = GuideCanvas()  # the mask canvas with universal guidance's hint and keep layers
         self.toolbar = CanvasToolbar(self.canvas)
         self.viewbar = CanvasViewBar(self.canvas)
         self.prompt_panel = PromptPanel()
@@ -172,6 +173,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         self.viewbar.use_as_input.clicked.connect(self.use_result_as_input)
 
         self._connect_controller()
+        self._connect_guidance()
 
         self.history.selectionChanged.connect(self._show_run)
         self.history.runRemoved.connect(self.schedule_autosave)
@@ -199,13 +201,14 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
 
     # -- generating -----------------------------------------------------------------------------------------------
     def build_request(self):
-        """The request the controls describe: txt2img, img2img (an image) or inpainting (an image and a mask)."""
+        """The request the controls describe: txt2img, img2img (an image) or inpainting (an image and a mask), with
+        the guides switched on (their pictures from the canvas and the Guidance section)."""
         request = self.prompt_panel.request()
         image = self.canvas.image_array()
         if image is not None:
             request = request.replace(width=image.shape[1], height=image.shape[0], init_image=image,
                                       mask=self.canvas.mask_array())
-        return request
+        return self.with_guides(request)
 
     def generate(self) -> None:
         if self.controller.running:
@@ -232,6 +235,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
         parent = run.request
         request = self.prompt_panel.request(width=parent.width, height=parent.height, strength=parent.strength)
         request = request.replace(init_image=parent.init_image, mask=parent.mask)
+        request = self.with_guides(request, parent=parent)  # guidance as the panel has it now: on, off, stronger
         self.timeline.stop()
         self.controller.generate(request, parent=run, from_step=index)
 
@@ -463,6 +467,7 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
             current_mask = self.canvas.mask_array()
             if request.mask is not None and (current_mask is None or not np.array_equal(current_mask, request.mask)):
                 self.canvas.set_mask(request.mask)
+        self.restore_guide_pictures(request, f"run #{self.history.number(run)}")
         self._show_run(run)
 
     def show_result(self, image: np.ndarray, caption: str = "Result") -> None:
@@ -594,7 +599,8 @@ class MainWindow(FileActions, SessionPersistence, QMainWindow):
     # -- help -----------------------------------------------------------------------------------------------------
     def _show_shortcuts(self) -> None:
         text = ("Ctrl+Enter  generate · Esc  cancel at the next step\n"
-                "B / E  brush / eraser · [ ]  brush size · Ctrl+Z / Ctrl+Shift+Z  undo / redo one stroke\n"
+                "B / E  brush / eraser · H / K  guidance hint / keep (right-drag erases) · [ ]  brush size\n"
+                "Ctrl+Z / Ctrl+Shift+Z  undo / redo one stroke\n"
                 "Space-drag or middle button  pan · wheel  zoom · Ctrl+0  fit · Ctrl+1  100 %\n"
                 "C  before / after · ← →  step the timeline · Ctrl+B  branch from the selected step\n"
                 "Ctrl+D  decode the selected step · Ctrl+U  use the result as input")

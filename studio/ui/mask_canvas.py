@@ -408,6 +408,7 @@ class MaskCanvas(QWidget):
             painter.setOpacity(1.0)
         else:
             self._paint_empty(painter, target)
+        self._paint_guides(painter, target, shown is not None)
 
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setPen(QPen(palette.color(palette.ColorRole.Mid), 1))
@@ -425,6 +426,9 @@ class MaskCanvas(QWidget):
             painter.setPen(QPen(QColor(255, 255, 255, 220) if self.tool == "brush" else QColor(120, 200, 255), 1.2))
             painter.drawEllipse(self._cursor_pos, radius, radius)
         painter.end()
+
+    def _paint_guides(self, painter: QPainter, target: QRectF, over_result: bool) -> None:
+        """Layers drawn over the picture, under the frame and caption (guide_canvas.py draws the guides' layers)."""
 
     def _paint_empty(self, painter: QPainter, target: QRectF) -> None:
         palette = self.palette()

@@ -82,12 +82,15 @@ class MaskLayer(QObject):
         self._stroke = QPainter(self.image)
         self._stroke.setRenderHint(QPainter.RenderHint.Antialiasing)
         self._stroke.setCompositionMode(QPainter.CompositionMode.CompositionMode_Source)
-        color = QColor(0, 0, 0) if erase else QColor(255, 255, 255)
-        self._stroke.setPen(QPen(color, self._width, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap,
-                                 Qt.PenJoinStyle.RoundJoin))
+        self._stroke.setPen(QPen(self.stroke_colour(erase), self._width, Qt.PenStyle.SolidLine,
+                                 Qt.PenCapStyle.RoundCap, Qt.PenJoinStyle.RoundJoin))
         self._stroke.drawPoint(point)
         self._last = QPointF(point)
         self.painted.emit()
+
+    def stroke_colour(self, erase: bool) -> QColor:
+        """What a stroke paints (the hint layer, hint_layer.py, paints its colour)."""
+        return QColor(0, 0, 0) if erase else QColor(255, 255, 255)
 
     def continue_stroke(self, point: QPointF) -> None:
         if self._stroke is None or self._last is None:
@@ -114,6 +117,10 @@ class MaskLayer(QObject):
 
     def can_redo(self) -> bool:
         return bool(self._redo)
+
+    def undo_depth(self) -> int:
+        """Edits that undo can take back (the canvas orders its layers' edits by it)."""
+        return len(self._undo)
 
     def undo(self) -> None:
         self.end_stroke()

@@ -1,7 +1,8 @@
-"""The generation controls: prompt, model, sampler, size, img2img and inpainting options, Generate / Cancel.
+"""The generation controls: prompt, model, sampler, size, img2img, inpainting and guidance options, Generate / Cancel.
 
 Every control is bound to one `GenerationSettings` (`panel.settings_model`); the panel makes requests from it and
-knows nothing about images or the engine thread. The sections live in prompt_sections.py.
+knows nothing about images or the engine thread. The sections live in prompt_sections.py (guidance in
+guidance_section.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from PySide6.QtWidgets import QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ..engine import GenerationRequest
 from .choices import model_label
+from .guidance_section import GuidanceSection
 from .prompt_sections import (
     SIZE_MULTIPLE,
     InpaintSection,
@@ -47,6 +49,7 @@ class PromptPanel(QWidget):
         self.sampling_section = SamplingSection(self.settings_model)
         self.size_section = SizeSection(self.settings_model)
         self.inpaint_section = InpaintSection(self.settings_model)
+        self.guidance_section = GuidanceSection(self.settings_model)
         self.run_buttons = RunButtons()
         self._lay_out()
         self._name_controls()
@@ -58,7 +61,8 @@ class PromptPanel(QWidget):
         body_layout = QVBoxLayout(body)
         body_layout.setContentsMargins(0, 0, 4, 0)
         body_layout.setSpacing(8)
-        for section in (self.model_section, self.sampling_section, self.size_section, self.inpaint_section):
+        for section in (self.model_section, self.sampling_section, self.size_section, self.inpaint_section,
+                        self.guidance_section):
             body_layout.addWidget(section)
         body_layout.addStretch(1)
         scroll = QScrollArea()
@@ -96,6 +100,17 @@ class PromptPanel(QWidget):
         self.inpaint_mode, self.paste_back = inpaint.inpaint_mode, inpaint.paste_back
         self.generate_button, self.cancel_button = run.generate_button, run.cancel_button
         self.mode_label, self.progress = run.mode_label, run.progress
+        self._name_guidance_controls()
+
+    def _name_guidance_controls(self) -> None:
+        guidance = self.guidance_section
+        self.guide_mode, self.guide_steps = guidance.guide_mode, guidance.guide_steps
+        self.backward_steps, self.recurrence, self.guide_in_mask = (guidance.backward_steps, guidance.recurrence,
+                                                                    guidance.guide_in_mask)
+        self.colour_guide, self.colour_strength = guidance.colour_check, guidance.colour_strength
+        self.reference_guide, self.reference_strength = guidance.reference_check, guidance.reference_strength
+        self.reference_variant = guidance.reference_variant
+        self.keep_guide, self.keep_strength = guidance.keep_check, guidance.keep_strength
 
     def _connect(self) -> None:
         self.run_buttons.generate_button.clicked.connect(self.generateRequested)

@@ -96,9 +96,10 @@ class RunRecord:
     def step(self, index: int) -> StepInfo:
         return self.step_infos[index]
 
-    def step_image(self, index: int, view: str) -> np.ndarray:
-        """The cheap latent-resolution RGB of one step's x_t, x̂0 or ε̂."""
-        return self.step_infos[index].previews[view]
+    def step_image(self, index: int, view: str) -> np.ndarray | None:
+        """The cheap latent-resolution RGB of one step's x_t, x̂0, ε̂ or guidance term Δε (None on a step that was
+        not guided)."""
+        return self.step_infos[index].previews.get(view)
 
     def __repr__(self) -> str:
         return f"RunRecord({self.id}, {self.kind}, {self.status}, {self.recorded}/{self.steps})"

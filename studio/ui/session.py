@@ -83,6 +83,7 @@ class SessionPersistence:
                 result=self._result_image,
                 run_ids=[r.id for r in runs],
                 selected=selected.id if selected is not None else None,
+                guides=self.guide_state(),
             )
         except OSError as exc:
             self.message_bar.warning(f"Autosave failed: {exc}")
@@ -98,6 +99,7 @@ class SessionPersistence:
         if session.image is not None and self.open_image(session.image, "restored image", quiet=True):
             if session.mask is not None and session.mask.shape == session.image.shape[:2]:
                 self.canvas.set_mask(session.mask.astype("float32") / 255.0, undoable=False)
+        self.restore_guide_state(session)  # the hint, keep region and reference picture (guidance_actions.py)
         if session.result is not None:
             self.show_result(session.result, "Result (restored)")
         paths = session.run_paths()

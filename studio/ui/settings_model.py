@@ -1,9 +1,11 @@
 """The generation settings as one observable model; the prompt panel's widgets bind to it.
 
-Every setting of a `GenerationRequest` except its images lives here, with the request's own defaults (request.py
-defines each once), plus two of the UI's own: a new seed on every run, and the recently opened models. Settings
-arrive from widgets (`bind`), from a PNG's `parameters`, a saved run, the autosave or QSettings (`apply`, which
-checks each value and skips what it cannot use), and leave as a request (`to_request`) or a dict (`to_dict`).
+Every setting of a `GenerationRequest` except its images and guides lives here, with the request's own defaults
+(request.py defines each once), plus some of the UI's own: a new seed on every run, the recently opened models, and
+which guides are on at what strength (the window builds the request's `guides` from these and the canvas's
+layers). Settings arrive from widgets (`bind`), from a PNG's `parameters`, a saved run, the autosave or QSettings
+(`apply`, which checks each value and skips what it cannot use), and leave as a request (`to_request`) or a dict
+(`to_dict`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any, Callable, Mapping
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QPlainTextEdit, QSpinBox, QWidget
 
-from ..engine import GenerationRequest
+from ..engine import GUIDE_KINDS, REFERENCE_VARIANTS, GenerationRequest
 from .choices import BUILTIN_MODELS, SAMPLERS, default_eta, supports_karras
 
 MAX_SEED = 2**32 - 1  # A1111 and ComfyUI seeds fit; the engine takes up to 2^63 − 1
-IMAGE_FIELDS = ("init_image", "mask")  # the canvas supplies these per run; they are not settings
+# the canvas supplies these per run; they are not settings (each guide's on/strength/variant is: GUIDE_SETTINGS)
+IMAGE_FIELDS = ("init_image", "mask", "guides")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ LIMITS: dict[str, Limits] = {
     "feather": Limits(0.0, 128.0, 1),
     "grow": Limits(0, 128),
     "padding": Limits(0, 512),
+    "guide_steps": Limits(0.05, 1.0, 2),
+    "backward_steps": Limits(1, 50),
+    "recurrence": Limits(1, 10),
 }
 
 
@@ -54,6 +60,29 @@ REQUEST_DEFAULTS: dict[str, Any] = {
     for f in dataclasses.fields(GenerationRequest) if f.name not in IMAGE_FIELDS
 }
 UI_DEFAULTS: dict[str, Any] = {"random_each": False, "recent_models": ()}
+
+
+def _default_strength(kind: str) -> float:
+    """The engine's tuned default strength of a guide kind (10 for a colour hint, 1 for the others until tuned)."""
+    from .. import engine
+
+    try:
+        return float(engine.DEFAULT_STRENGTH[kind])
+    except (AttributeError, KeyError):
+        return 10.0 if kind == "colour" else 1.0
+
+
+# Each guide of universal guidance: on or off and its strength (a reference also its variant). Not request fields:
+# the request's `guides` pairs these with the pictures (the canvas's hint and keep layers, the reference picture).
+GUIDE_SETTINGS: dict[str, Any] = {}
+for _kind in GUIDE_KINDS:
+    GUIDE_SETTINGS[f"guide_{_kind}_on"] = False
+    GUIDE_SETTINGS[f"guide_{_kind}_strength"] = _default_strength(_kind)
+GUIDE_SETTINGS["guide_reference_variant"] = REFERENCE_VARIANTS[0]
+UI_DEFAULTS.update(GUIDE_SETTINGS)
+# ranges of the UI's own settings (LIMITS and CHOICES list the request's: a request has each of those)
+UI_LIMITS: dict[str, Limits] = {f"guide_{kind}_strength": Limits(0.0, 1000.0, 2) for kind in GUIDE_KINDS}
+UI_CHOICES: dict[str, tuple] = {"guide_reference_variant": tuple(REFERENCE_VARIANTS)}
 NATIVE_INPAINT_STRENGTH = 1.0  # what inpainting with a 9-channel inpainting model starts from (A1111, InvokeAI)
 DEFAULTS: dict[str, Any] = {**REQUEST_DEFAULTS, **UI_DEFAULTS}
 
@@ -92,8 +121,9 @@ def _switch(value: Any) -> bool:
 def coerce(name: str, value: Any) -> Any:
     """`value` as setting `name` holds it: clamped into its limits, rounded to its decimals; ValueError if unusable."""
     default = DEFAULTS[name]
-    if name in CHOICES:
-        if value not in CHOICES[name]:
+    choices = CHOICES.get(name) or UI_CHOICES.get(name)
+    if choices is not None:
+        if value not in choices:
             raise ValueError(f"{name} cannot be {value!r}")
         return value
     if name == "recent_models":
@@ -103,7 +133,7 @@ def coerce(name: str, value: Any) -> Any:
     if isinstance(default, bool):
         return _switch(value)
     if isinstance(default, (int, float)):
-        limits = LIMITS.get(name)
+        limits = LIMITS.get(name) or UI_LIMITS.get(name)
         number = _number(value)
         if limits is not None:
             number = min(max(number, limits.lo), limits.hi)
@@ -179,7 +209,31 @@ class GenerationSettings(QObject):
                     self.set(name, settings[name])
                 except (TypeError, ValueError):
                     rejected.append(name)
+        if "guides" in settings:
+            try:
+                self.apply_guides(settings["guides"])
+            except (TypeError, ValueError, KeyError):
+                rejected.append("guides")
         return rejected
+
+    def apply_guides(self, guides: Any) -> None:
+        """A request's guides (`Guide`s, or their `settings()` dicts from a run file, PNG or autosave): the kinds
+        listed are switched on at their strength (a reference with its variant), the others off."""
+        if isinstance(guides, (str, bytes, Mapping)):
+            raise ValueError("guides are a list")
+        listed = {}
+        for guide in guides:
+            values = guide.settings() if hasattr(guide, "settings") else dict(guide)
+            kind = values["kind"]
+            if kind not in GUIDE_KINDS:
+                raise ValueError(f"unknown guide {kind!r}")
+            listed[kind] = values
+        for kind in GUIDE_KINDS:
+            self.set(f"guide_{kind}_on", kind in listed)
+            if kind in listed:
+                self.set(f"guide_{kind}_strength", listed[kind].get("strength", DEFAULTS[f"guide_{kind}_strength"]))
+        if "reference" in listed and "variant" in listed["reference"]:
+            self.set("guide_reference_variant", listed["reference"]["variant"])
 
     def to_dict(self) -> dict[str, Any]:
         values = dict(self._values)

@@ -16,11 +16,13 @@ class StepView(QWidget):
         super().__init__(parent)
         self.setObjectName(name)
         self.note = ""  # e.g. "decoded" when the full VAE decode is shown
+        self.placeholder = "—"  # said in the empty box (the guidance view: "not guided")
         self.smooth = False
         self.array: np.ndarray | None = None  # what is shown, HxWx3 uint8 (tests compare these)
         self._image: QImage | None = None
         self.setToolTip(tooltip)
-        self.setMinimumSize(110, 110)
+        # 80 wide: four views (x_t, x̂0, ε̂, guidance Δε) and the σ plot fit the timeline at the narrowest window
+        self.setMinimumSize(80, 110)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def sizeHint(self) -> QSize:
@@ -55,7 +57,7 @@ class StepView(QWidget):
             painter.drawImage(target, self._image, QRectF(self._image.rect()))
         else:
             painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
-            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, "—")
+            painter.drawText(box, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.placeholder)
         painter.setPen(QPen(palette.color(palette.ColorRole.Mid)))
         painter.drawRect(box.adjusted(0, 0, -1, -1))
         if self.note:

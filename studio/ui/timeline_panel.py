@@ -1,7 +1,8 @@
 """The timeline: scrub every step of the selected run — during and after it — and branch from any of them.
 
-Three views of the selected step side by side (the noisy latent x_t, the predicted image x̂0 and the predicted
-noise ε̂), the σ schedule with the step marked, play/pause, full-quality decode and export.
+Four views of the selected step side by side (the noisy latent x_t, the predicted image x̂0, the predicted
+noise ε̂ and, on guided steps, universal guidance's term Δε), the σ schedule with the step marked (and the guidance
+loss under it for a guided run), play/pause, full-quality decode and export.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .guidance_view import GUIDANCE_VIEW, add_loss_plot, refresh_guidance
 from .sigma_plot import SigmaPlot
 from .step_view import StepView
 
@@ -31,6 +33,7 @@ VIEWS = (
     ("x_t", "xtView", "x<sub>t</sub> &nbsp;noisy latent", "The latent the sampler holds before this step"),
     ("x0", "x0View", "predicted x<sub>0</sub> &nbsp;image", "The image the model predicts at this step (x_t minus its noise)"),
     ("eps", "epsView", "predicted noise ε", "The noise the model sees in x_t at this step"),
+    GUIDANCE_VIEW,  # universal guidance's Δε; "not guided" on unguided steps (guidance_view.py)
 )
 
 
@@ -98,13 +101,16 @@ class TimelinePanel(QWidget):
             caption.setObjectName(name.replace("View", "Caption"))
             caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
             caption.setTextFormat(Qt.TextFormat.RichText)
+            caption.setWordWrap(True)  # a narrow timeline wraps a caption rather than widening the window
             self.captions[key] = caption
             row.addLayout(_captioned(self.views[key], caption), 3)
         self.plot = SigmaPlot()
         self.plot.stepClicked.connect(self.set_index)
         plot_caption = QLabel("noise level σ per step")
         plot_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        row.addLayout(_captioned(self.plot, plot_caption), 3)
+        plot_column = _captioned(self.plot, plot_caption)
+        add_loss_plot(self, plot_column)  # the guidance loss under the σ plot
+        row.addLayout(plot_column, 3)
         return row
 
     def _build_actions(self) -> QHBoxLayout:
@@ -223,6 +229,7 @@ class TimelinePanel(QWidget):
                 view.set_image(None)
             self.plot.set_levels([], 0)
             self.step_label.setText("No run yet" if run is None else "Waiting for the first step…")
+            refresh_guidance(self, run, -1)
             return
         i = min(self.index(), n - 1)
         for key, view in self.views.items():
@@ -236,6 +243,7 @@ class TimelinePanel(QWidget):
         # "σ = 14.6" stays on one line: a narrow dock wraps between the parts, never inside one
         parts = [f"Step {i + 1} of {run.steps}", *(value.replace(" ", "\u00a0") for value in values)]
         self.step_label.setText("   ".join(parts))
+        refresh_guidance(self, run, i)
 
     # -- play -----------------------------------------------------------------------------------------------------
     def _toggle_play(self, playing: bool) -> None:

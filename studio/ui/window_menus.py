@@ -46,6 +46,9 @@ def build_menus(window) -> dict[str, QAction]:
     e.addSeparator()
     e.addAction(window.toolbar.brush_action)
     e.addAction(window.toolbar.eraser_action)
+    for name in ("hint_action", "keep_action"):  # the guidance tools (guide_tools.py)
+        if hasattr(window.toolbar, name):
+            e.addAction(getattr(window.toolbar, name))
     _action(window, e, "Smaller brush", lambda: window.canvas.set_brush_size(min(window.canvas.brush_size - 1, round(window.canvas.brush_size / 1.2))), "[", "smallerBrushAction")
     _action(window, e, "Larger brush", lambda: window.canvas.set_brush_size(max(window.canvas.brush_size + 1, round(window.canvas.brush_size * 1.2))), "]", "largerBrushAction")
 

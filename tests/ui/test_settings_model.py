@@ -48,6 +48,19 @@ CONTROLS = {
     "fill": ("fill", "noise"),
     "paste_back": ("paste_back", False),
     "random_each": ("random_each", True),
+    # universal guidance (the Guidance section): the request's scalar settings, then each guide's on/strength
+    "guide_mode": ("guide_mode", "both"),
+    "guide_steps": ("guide_steps", 0.5),
+    "backward_steps": ("backward_steps", 3),
+    "recurrence": ("recurrence", 2),
+    "guide_in_mask": ("guide_in_mask", True),
+    "guide_colour_on": ("colour_guide", True),
+    "guide_colour_strength": ("colour_strength", 25.0),
+    "guide_reference_on": ("reference_guide", True),
+    "guide_reference_strength": ("reference_strength", 2.5),
+    "guide_reference_variant": ("reference_variant", "palette"),
+    "guide_keep_on": ("keep_guide", True),
+    "guide_keep_strength": ("keep_strength", 4.0),
 }
 WITHOUT_CONTROL = {"model", "prediction", "recent_models"}
 

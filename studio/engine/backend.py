@@ -41,7 +41,7 @@ from .run import NotARunFile, Run
 
 
 class LocalBackend:
-    def __init__(self, engine_factory: Callable[[], Engine] = Engine):
+    def __init__(self, engine_factory: Callable[[], Engine] = lambda: Engine(decode_steps=True)):
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
         self._runs: dict[str, Run] = {}

@@ -18,7 +18,8 @@ from .devices import resolve_device, resolve_dtype
 from .errors import UserError
 from .events import EventKind, RunEvent
 from .images import image_to_tensor, tensor_to_image
-from .loading import load_model
+from .limits import check_branch, check_for_model, validate_limits
+from .loading import load_model, source_changed
 from .model import LatentDiffusion
 from .model_info import file_hash
 from .api import frozen_array
@@ -31,12 +32,14 @@ from .guidance import (
     GuidanceTrace,
     guide_active,
     guide_denoiser,
+    guide_support,
     pixel_objective,
     recurrent_steps,
 )
 from .samplers import SAMPLER_TABLE, ddim_inversion
 from .tasks import Plan, check_size
 from .tasks import plan as make_plan
+from .tiling import is_out_of_memory
 from .timeline import Timeline, View
 
 ModelLoader = Callable[[str, torch.device, torch.dtype], LatentDiffusion]
@@ -65,6 +68,7 @@ def validate(request: GenerationRequest) -> None:
         raise RequestError(f"prediction must be auto, epsilon or v, got {request.prediction!r}")
     if not 0 <= request.seed < 2**63:
         raise RequestError(f"seed must be between 0 and 2^63 − 1, got {request.seed}")
+    validate_limits(request)  # sides, mask grow/feather/padding, prompt text (limits.py)
     _validate_guidance(request)
 
 
@@ -84,6 +88,10 @@ def _validate_guidance(request: GenerationRequest) -> None:
             raise RequestError(f"a guide's strength must be a number ≥ 0, got {guide.strength}")
         if guide.kind == "reference" and guide.variant not in REFERENCE_VARIANTS:
             raise RequestError(f"a reference guide is 'layout' or 'palette', got {guide.variant!r}")
+        if guide.image is None:
+            raise RequestError(f"the {guide.kind} guide has no picture; give it one")
+        if guide.kind == "keep" and request.init_image is None:
+            raise RequestError("a keep-region guide keeps part of the input image: give an input image")
     if request.guides and request.only_masked:
         raise RequestError("guidance and only-masked inpainting do not work together yet; turn one of them off")
 
@@ -113,8 +121,11 @@ def decodes_cheaply(model: LatentDiffusion, width: int, height: int) -> bool:
 
 
 class Engine:
-    def __init__(self, loader: ModelLoader = load_model):
+    def __init__(self, loader: ModelLoader = load_model, *, decode_steps: bool = False):
+        """`decode_steps`: decode every step's x̂0 exactly when the model's decoder is cheap (an app showing the
+        steps wants it; it makes a built-in-model run ~1.7× as long, so scripts, the CLI and evaluation do not)."""
         self._loader = loader
+        self.decode_steps = decode_steps
         self._loaded: tuple[tuple[str, str, str], LatentDiffusion] | None = None
 
     # -- models -----------------------------------------------------------------------------------------------------
@@ -122,7 +133,8 @@ class Engine:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         key = (spec, str(torch_device), str(torch_dtype))
-        if self._loaded is None or self._loaded[0] != key:
+        # a file changed on disk since it was loaded is loaded again (model files are read, never mapped: #17)
+        if self._loaded is None or self._loaded[0] != key or source_changed(self._loaded[1]):
             self._loaded = None  # drop the old model before loading the next: one model in memory at a time
             self._loaded = (key, self._loader(spec, torch_device, torch_dtype))
         return self._loaded[1]
@@ -154,8 +166,8 @@ class Engine:
             message = str(exc)
         except torch.cuda.OutOfMemoryError:
             message = _oom_message(request)
-        except RuntimeError as exc:
-            if "out of memory" not in str(exc).lower():
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):  # the CPU allocator says "can't allocate memory" (tiling.py)
                 raise
             message = _oom_message(request)
         if run is not None:
@@ -174,6 +186,7 @@ class Engine:
     def _generate(self, request, job_id, cancel, parent, from_step) -> Iterator[RunEvent]:
         validate(request)
         model = self.model(request.model, request.device, request.dtype)
+        check_for_model(model, request)  # steps, CLIP skip and memory for this size, before any work
         # a guided run differentiates through the UNet and the decoder: no inference tensors anywhere in it
         with torch.no_grad() if request.guides else torch.inference_mode():
             cond, uncond = model.encode_prompts(request.prompt, request.negative_prompt, request.clip_skip)
@@ -214,6 +227,7 @@ class Engine:
         if not 0 <= k < len(parent.timeline):
             raise RequestError(f"cannot branch from step {k}: the run has steps 0–{len(parent.timeline) - 1}")
         at = parent.timeline[k]
+        check_branch(request, parent.request, tuple(at.x_t.shape), tuple(plan.x.shape))  # size and model fit (limits.py)
         same_grid = (
             SAMPLER_TABLE[request.sampler].grid_end
             == getattr(SAMPLER_TABLE.get(parent.request.sampler), "grid_end", None)
@@ -255,6 +269,7 @@ class Engine:
         validate(request)
         model = self.model(request.model, request.device, request.dtype)
         check_size(model, request.width, request.height)
+        check_for_model(model, request)
         with torch.inference_mode():
             cond, uncond = model.encode_prompts(request.prompt, request.negative_prompt, request.clip_skip)
             # the plain text-to-image plan gives the denoiser (9-channel conditioning included) and DDIM's grid
@@ -292,9 +307,8 @@ class Engine:
         h, w = latent.shape[-2:]
         run.cheap_decode = decodes_cheaply(model, w * model.downsample_factor, h * model.downsample_factor)
 
-    @staticmethod
-    def _x0_decoder(model: LatentDiffusion, run: Run) -> Callable[[torch.Tensor], np.ndarray] | None:
-        if not run.cheap_decode:
+    def _x0_decoder(self, model: LatentDiffusion, run: Run) -> Callable[[torch.Tensor], np.ndarray] | None:
+        if not (self.decode_steps and run.cheap_decode):
             return None
         return lambda x0: frozen_array(tensor_to_image(model.decode_latent(x0)))
 
@@ -358,10 +372,20 @@ def _guidance(model: LatentDiffusion, request: GenerationRequest, plan: Plan, gr
     denoiser = guide_denoiser(
         plan.denoiser, objective, mode=request.guide_mode, active=lambda level: level.timestep in guided_levels,
         backward_steps=request.backward_steps, backward_lr=BACKWARD_LR,
-        mask=plan.latent_mask if request.guide_in_mask else None, trace=trace,
+        mask=_guide_mask(request, plan), trace=trace,
     )
     repeats = None
     if request.recurrence > 1:
         def repeats(i: int) -> int:
             return request.recurrence if guide_active(i, steps, request.guide_steps) else 1
     return denoiser, trace, repeats
+
+
+def _guide_mask(request: GenerationRequest, plan: Plan) -> torch.Tensor | None:
+    """Where guidance may change ẑ0: the guides' own support (guidance.guide_support), within the inpainting mask
+    when `guide_in_mask`; None = everywhere."""
+    latent = plan.x
+    mask = guide_support(request.guides, tuple(latent.shape[-2:]), latent.device)
+    if request.guide_in_mask and plan.latent_mask is not None:
+        mask = plan.latent_mask if mask is None else mask * plan.latent_mask
+    return None if mask is None else mask.to(latent.dtype)

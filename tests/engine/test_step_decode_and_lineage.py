@@ -33,7 +33,7 @@ REQUEST = GenerationRequest(prompt="a red circle", model="tiny-random", steps=5,
 def engine():
     from studio.engine import Engine
 
-    return Engine()
+    return Engine(decode_steps=True)  # as the app's LocalBackend makes it
 
 
 @pytest.fixture
@@ -137,3 +137,13 @@ def test_a_run_records_its_model_files_short_hash(backend, tmp_path):
     text = format_run_parameters(run)
     assert f"Model hash: {run.model_hash}, Model: my-model," in text and str(tmp_path) not in text
     assert run_job(backend, Generate(REQUEST))[-1].run.model_hash is None  # built-in: its name, no hash
+
+
+def test_scripts_and_the_cli_do_not_pay_for_step_decodes():
+    """Engine() without decode_steps (the CLI, evaluation, scripts) sends no per-step decodes."""
+    from studio.engine import Engine
+
+    backend = LocalBackend(lambda: Engine())
+    backend.start()
+    steps = steps_of(run_job(backend, Generate(REQUEST)))
+    assert len(steps) == 5 and all(step.decoded is None for step in steps)

@@ -61,7 +61,7 @@ def cached_loader(spec, device, dtype):
 def make_engine():
     from studio.engine import Engine
 
-    return Engine(loader=cached_loader)
+    return Engine(loader=cached_loader, decode_steps=True)  # as the app's LocalBackend makes it
 
 
 def make_backend():

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args) if hasattr(args, "handler") else COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"studio: error: {exc}", file=sys.stderr)
+        print(f"studio: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("\nstudio: interrupted", file=sys.stderr)
@@ -121,13 +121,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def one_line(text: str) -> str:
+    """The message as one line however it was built: characters that end a line (a newline in a file name, the
+    separators str.splitlines honours) are written escaped."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _given(args: argparse.Namespace) -> dict[str, Any]:
-    return {field: getattr(args, opt) for opt, field in REQUEST_OPTIONS.items() if getattr(args, opt, None) is not None}
+    given = {field: getattr(args, opt) for opt, field in REQUEST_OPTIONS.items() if getattr(args, opt, None) is not None}
+    for field in ("prompt", "negative_prompt"):
+        if field in given:
+            given[field] = argv_text(given[field])
+    return given
+
+
+def argv_text(text: str) -> str:
+    """Command-line text whose bytes were not UTF-8 (Python keeps them as lone surrogates, PEP 383) read as
+    Latin-1 instead: `--prompt $'caf\\xe9'` from a Latin-1 terminal is "café", not an error after the work."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("latin-1")
+        except UnicodeEncodeError:  # a surrogate no decoder made: not from a command line, but never a crash
+            return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .engine import Engine, GenerationRequest, RequestError, Run, load_mask, load_rgb, validate
 
+    _check_generate_outputs(args)  # before any work: a finished picture is never lost to a bad path
     changes = _given(args)
     parent = None
     try:
@@ -157,15 +181,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.prompts_file is not None:
         prompts = _read_prompts(args.prompts_file)
-        if args.out.suffix:
-            raise CliError(f"with --prompts-file, --out is a folder, got {args.out}")
+        requests = [request.replace(prompt=prompt, seed=request.seed + i) for i, prompt in enumerate(prompts)]
+        try:
+            for each in requests:
+                validate(each)  # every prompt's text and the seeds, before the first picture
+        except RequestError as exc:
+            raise CliError(str(exc)) from None
         args.out.mkdir(parents=True, exist_ok=True)
-        for i, prompt in enumerate(prompts):
-            _generate_one(engine, request.replace(prompt=prompt, seed=request.seed + i), args, args.out / f"{i:04d}.png")
+        for i, each in enumerate(requests):
+            _generate_one(engine, each, args, args.out / f"{i:04d}.png")
         return 0
-    _check_output(args.out)
     _generate_one(engine, request, args, args.out, parent=parent, from_step=args.from_step or 0)
     return 0
+
+
+def _check_generate_outputs(args: argparse.Namespace) -> None:
+    """Every file `generate` will write, checked before it starts (files.check_writable)."""
+    from .engine import UserError as _UserError, check_writable
+
+    try:
+        if args.prompts_file is not None:
+            if args.out.suffix:
+                raise CliError(f"with --prompts-file, --out is a folder, got {args.out}")
+            if args.out.exists() and not args.out.is_dir():
+                raise CliError(f"with --prompts-file, --out is a folder, but {args.out} is a file")
+            existing = next((p for p in [args.out, *args.out.parents] if p.exists()), Path("."))
+            if not existing.is_dir():
+                raise CliError(f"cannot create the folder {args.out}: {existing} is a file")
+        else:
+            _check_output(args.out)
+        if args.timeline is not None:
+            if args.timeline.suffix.lower() != ".gif":
+                raise CliError(f"--timeline must be a .gif file, got {args.timeline.name}")
+            check_writable(args.timeline, "timeline")
+        if args.save_run is not None:
+            check_writable(args.save_run, "run file")
+    except _UserError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _model_defaults(engine, request, changes: dict[str, Any], fill_cfg: bool):
@@ -202,10 +254,16 @@ def _read_prompts(path: Path) -> list[str]:
 
 
 def _check_output(path: Path) -> None:
+    from .engine import UserError as _UserError, check_writable
+
     if not path.parent.exists():
         raise CliError(f"output folder does not exist: {path.parent}")
     if path.suffix.lower() != ".png":
         raise CliError(f"output must be a .png file, got {path.name}")
+    try:
+        check_writable(path, "output")
+    except _UserError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _generate_one(engine, request, args: argparse.Namespace, out: Path, parent=None, from_step: int = 0) -> None:
@@ -213,10 +271,10 @@ def _generate_one(engine, request, args: argparse.Namespace, out: Path, parent=N
 
     run, previews = _consume(engine.generate(request, parent=parent, from_step=from_step), args.quiet)
     save_png(run.image, out, format_parameters(request, model_hash=run.model_hash, lineage=run.lineage))
-    if args.timeline is not None:
-        write_gif(previews + [run.image], args.timeline, size=(run.image.shape[1], run.image.shape[0]))
-    if args.save_run is not None:
-        run.save(args.save_run)
+    # the picture is on disk: a side file that fails now is reported with it, never instead of it
+    _side_files(out, [(args.timeline, "timeline", lambda: write_gif(
+        previews + [run.image], args.timeline, size=(run.image.shape[1], run.image.shape[0]))),
+        (args.save_run, "run file", lambda: run.save(args.save_run))])
     if not args.quiet:
         extras = [f"timeline {args.timeline}"] * (args.timeline is not None) + [f"run {args.save_run}"] * (args.save_run is not None)
         print(f"wrote {out}" + "".join(f", {extra}" for extra in extras), file=sys.stderr)
@@ -249,13 +307,16 @@ def _consume(events, quiet: bool):
 def cmd_invert(args: argparse.Namespace) -> int:
     from .engine import INVERSION_REFINE, Engine, GenerationRequest, RequestError, format_parameters, load_rgb, save_png
 
+    from .engine import UserError as _UserError, check_writable
+
     if args.out is not None:
         _check_output(args.out)
     try:
+        check_writable(args.save_run, "run file")
         image = load_rgb(args.image)
-    except RequestError as exc:
+    except _UserError as exc:
         raise CliError(str(exc)) from None
-    request = GenerationRequest(prompt=args.prompt, model=args.model, steps=args.steps, cfg=args.cfg,
+    request = GenerationRequest(prompt=argv_text(args.prompt), model=args.model, steps=args.steps, cfg=args.cfg,
                                 device=args.device, dtype=args.dtype, init_image=image)
     refine = INVERSION_REFINE if args.refine is None else args.refine
     if refine < 0:
@@ -263,7 +324,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
     run, _ = _consume(Engine().invert(request, refine=refine), args.quiet)
     run.save(args.save_run)
     if args.out is not None:
-        save_png(run.image, args.out, format_parameters(run.request))
+        _side_files(args.save_run, [(args.out, "reconstruction", lambda: save_png(
+            run.image, args.out, format_parameters(run.request)))])
     if not args.quiet:
         print(f"wrote {args.save_run}", file=sys.stderr)
     return 0
@@ -284,14 +346,36 @@ def _progress(event) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def _side_files(written: Path, writers) -> None:
+    """Write each (path, what, write) whose path is set; if any fails, one line naming what was written anyway."""
+    from .engine import UserError as _UserError
+
+    failed = []
+    for path, what, write in writers:
+        if path is None:
+            continue
+        try:
+            write()
+        except (_UserError, OSError) as exc:
+            failed.append(f"the {what} ({exc})")
+    if failed:
+        raise CliError(f"wrote {written}, but could not write {'; nor '.join(failed)}")
+
+
+GIF_MAX_SIDE = 1024  # px: the previews are latent-sized anyway (64 px for SD at 512); a bigger GIF only costs memory
+
+
 def write_gif(frames: list[np.ndarray], path: Path, size: tuple[int, int], frame_ms: int = 80) -> None:
     from PIL import Image
 
+    from .engine import atomic_write
+
+    scale = min(1.0, GIF_MAX_SIDE / max(size))
+    size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
     images = [Image.fromarray(f).resize(size, Image.NEAREST) for f in frames]
     durations = [frame_ms] * (len(images) - 1) + [1000]
-    tmp = path.with_name(path.name + ".partial")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                  duration=durations, loop=0), "timeline")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,8 @@ from .checkpoint_layout import (
     map_diffusers,
     map_single_file,
 )
-from .archives import ModelLoadError, SafetensorsArchive, TensorArchive
+from .archives import ModelLoadError, SafetensorsArchive, TensorArchive, sniff
+from .files import FileProblem, open_regular
 from .materialize import materialize
 from .model import LatentDiffusion, ModelConfig, Prediction
 from .safe_pickle import PickleArchive
@@ -41,6 +42,7 @@ _OTHER_FORMATS = {
     ".mlmodel": "a Core ML model", ".mlpackage": "a Core ML model", ".xml": "an OpenVINO model",
 }
 _UNET_CHANNEL_KINDS = {8: "an instruct-pix2pix model", 5: "an SD2 depth model", 7: "an x4 upscaler"}
+_SHAPE_ERRORS = (IndexError, ZeroDivisionError, TypeError, ValueError, KeyError, AttributeError, OverflowError)
 
 
 def load_checkpoint(
@@ -51,10 +53,16 @@ def load_checkpoint(
     if path.is_dir():
         return _load_diffusers_folder(path, device, dtype, prediction)
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
+    try:
+        kind = sniff(path)  # the bytes decide, not the name: a .safetensors renamed .ckpt still loads
+    except FileProblem as exc:
+        raise ModelLoadError(str(exc)) from None
+    if kind == "safetensors" or (kind == "unknown" and suffix == ".safetensors"):
         archive: TensorArchive = SafetensorsArchive(path)
-    elif suffix in PICKLE_SUFFIXES:
+    elif kind in ("zip", "pickle") or (kind == "unknown" and suffix in PICKLE_SUFFIXES):
         archive = PickleArchive(path)
+    elif kind == "gguf":
+        raise ModelLoadError(f"{path.name}: this is {_OTHER_FORMATS['.gguf']}; such files are not supported yet")
     elif suffix in _OTHER_FORMATS:
         raise ModelLoadError(f"{path.name}: this is {_OTHER_FORMATS[suffix]}; such files are not supported yet")
     else:
@@ -77,10 +85,10 @@ def _load_single_file(
     family = identify_unsupported(names)
     if family is not None:
         raise ModelLoadError(f"{path.name}: this is {family}")
-    refs, text_kind = map_single_file(names, archive.shapes)
-    shapes = {ours: ref.shape(tuple(archive.shapes[ref.source])) for ours, ref in refs.items()}
-    open_clip = text_kind == "open_clip"
     try:
+        refs, text_kind = map_single_file(names, archive.shapes)
+        shapes = {ours: ref.shape(tuple(archive.shapes[ref.source])) for ours, ref in refs.items()}
+        open_clip = text_kind == "open_clip"
         config = ModelConfig(
             unet=detect_unet(shapes),
             vae=detect_vae(shapes),
@@ -90,6 +98,9 @@ def _load_single_file(
         )
     except LayoutError as exc:
         raise ModelLoadError(f"{path.name}: not a complete Stable Diffusion 1.x/2.x checkpoint: {exc}") from None
+    except _SHAPE_ERRORS:  # the layout code indexes shapes it expects: a hostile file's do not fit
+        raise ModelLoadError(f"{path.name}: its tensors do not have the shapes of a Stable Diffusion 1.x/2.x "
+                             "checkpoint") from None
     _check_config(config, path)
     prediction = prediction or _sidecar_prediction(path)
     model = materialize(config, archive, path, device, dtype, refs)
@@ -126,8 +137,9 @@ def _sidecar_prediction(path: Path) -> Prediction | None:
     if not yaml.is_file():
         return None
     try:
-        text = yaml.read_text(errors="replace")
-    except OSError:
+        with open_regular(yaml, "config") as f:
+            text = f.read(MAX_JSON_BYTES).decode("utf-8", errors="replace")
+    except (OSError, FileProblem):
         return None
     return "v" if re.search(r"""parameterization:\s*["']?v["']?\s*$""", text, re.MULTILINE) else "epsilon"
 
@@ -177,6 +189,14 @@ class _FolderArchive:
         prefix = component + "/"
         return [k[len(prefix):] for k in self._where if k.startswith(prefix)]
 
+    @property
+    def fresh(self) -> bool:
+        return all(getattr(a, "fresh", False) for a in self.archives)
+
+    @property
+    def files(self) -> list:
+        return [entry for a in self.archives for entry in getattr(a, "files", ())]
+
     def get(self, name: str) -> torch.Tensor:
         archive, inner = self._where[name]
         return archive.get(inner)
@@ -186,18 +206,40 @@ class _FolderArchive:
             archive.close()
 
 
+MAX_JSON_BYTES = 16 * 2**20  # a diffusers config or shard index; the largest real ones are a few hundred KB
+
+
 def _read_json(path: Path, folder: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         return {}
+    where = path.relative_to(folder)
     try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{folder.name}: unreadable {path.relative_to(folder)} ({exc})") from None
+        with open_regular(path, f"{folder.name}/{where}") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise ModelLoadError(f"{folder.name}: {where} is larger than {MAX_JSON_BYTES // 2**20} MiB")
+        value = json.loads(data.decode("utf-8"))
+    except FileProblem as exc:
+        raise ModelLoadError(str(exc)) from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else _first_line(exc)
+        raise ModelLoadError(f"{folder.name}: unreadable {where} ({reason})") from None
     return value if isinstance(value, dict) else {}
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _open_weights(file: Path) -> TensorArchive:
-    return SafetensorsArchive(file) if file.suffix == ".safetensors" else PickleArchive(file)
+    try:
+        kind = sniff(file)
+    except FileProblem as exc:
+        raise ModelLoadError(str(exc)) from None
+    if kind == "safetensors" or (kind == "unknown" and file.suffix == ".safetensors"):
+        return SafetensorsArchive(file)
+    return PickleArchive(file)
 
 
 def _component_files(folder: Path, stems: Iterable[str]) -> list[Path]:
@@ -209,10 +251,33 @@ def _component_files(folder: Path, stems: Iterable[str]) -> list[Path]:
                 if single.is_file():
                     return [single]
                 index = folder / f"{stem}{variant}{ext}.index.json"
-                if index.is_file():
-                    weight_map = _read_json(index, folder.parent).get("weight_map", {})
-                    return [folder / f for f in dict.fromkeys(weight_map.values())]
+                if index.exists():
+                    return _shards(folder, index)
     return []
+
+
+def _shards(folder: Path, index: Path) -> list[Path]:
+    """The shard files a diffusers `*.index.json` names: each must be a plain file name inside `folder` (never a
+    path that resolves elsewhere: `/etc/passwd`, `../../dev/zero`, a symlink out) and must exist."""
+    model = folder.parent
+    where = index.relative_to(model)
+    weight_map = _read_json(index, model).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelLoadError(f"{model.name}: {where} has no weight_map")
+    names = list(dict.fromkeys(weight_map.values()))
+    if not all(isinstance(n, str) and n for n in names):
+        raise ModelLoadError(f"{model.name}: {where} maps tensors to something that is not a file name")
+    root = folder.resolve()
+    files = []
+    for name in names:
+        file = folder / name
+        if Path(name).is_absolute() or not file.resolve().is_relative_to(root):
+            raise ModelLoadError(f"{model.name}: {where} points outside {folder.name}/ ({name[:80]}); refused")
+        if not file.exists():
+            raise ModelLoadError(f"{model.name}: shard {folder.name}/{name[:80]} named by {index.name} is missing "
+                                 f"({len(names)} shards expected; an incomplete download?)")
+        files.append(file)
+    return files
 
 
 def _load_diffusers_folder(
@@ -261,6 +326,16 @@ def _build_from_folder(
         if unet_cfg.get(key) is not None:
             raise ModelLoadError(f"{path.name}: the UNet uses {key}={unet_cfg[key]!r} (SDXL / LCM / unCLIP "
                                  "conditioning), which is not supported yet")
+    try:
+        config, refs = _config_from_folder(path, archive, prediction, unet_cfg, vae_cfg, text_cfg, sched_cfg)
+    except _SHAPE_ERRORS as exc:  # a config.json value of the wrong type, or shapes the layout code cannot index
+        raise ModelLoadError(f"{path.name}: its config files or tensor shapes are not those of a Stable Diffusion "
+                             f"1.x/2.x diffusers folder ({_first_line(exc)})") from None
+    _check_config(config, path)
+    return materialize(config, archive, path, device, dtype, refs)
+
+
+def _config_from_folder(path, archive, prediction, unet_cfg, vae_cfg, text_cfg, sched_cfg):
     refs = map_diffusers({c: archive.names(c) for c in ("unet", "vae", "text_encoder")}, unet_cfg)
     shapes = {ours: ref.shape(tuple(archive.shapes[ref.source])) for ours, ref in refs.items()}
     try:
@@ -284,8 +359,7 @@ def _build_from_folder(
         default_size=int(sample_size) * factor if isinstance(sample_size, int) else 512,
         name=path.name,
     )
-    _check_config(config, path)
-    return materialize(config, archive, path, device, dtype, refs)
+    return config, refs
 
 
 def _pick(cfg: dict[str, Any], **names: str) -> dict[str, Any]:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from .files import FileProblem, atomic_write, open_regular
 from .request import GenerationRequest, RequestError
 from .samplers import SAMPLER_TABLE
 
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
 
     from .api import RunInfo
 
+MAX_IMAGE_PIXELS = 2**26  # 8192×8192; below PIL's own decompression-bomb limit, so ours speaks first
 BUILT_IN_MODELS = ("default", "tiny-random")  # written under their own names
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 NOT_IN_LINEAGE = ("device", "dtype")  # where it ran, not what it made
@@ -32,14 +36,42 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 
 def _read(path: str | Path, what: str, convert) -> np.ndarray:
+    """Open only a regular file (a FIFO would block, a device never end), refuse a picture too large before its
+    pixels are decoded (the header's size is checked first: a 50000×50000 PNG is a few KB), turn it upright by its
+    EXIF orientation as photo tools do (JPEG/TIFF Orientation tag, CIPA DC-008 "Exif" 4.6.4), then convert."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return convert(im)
-    except FileNotFoundError:
-        raise RequestError(f"{what} file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise RequestError(f"cannot read {what} {path}: {exc}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's warnings about odd metadata are not the user's to act on
+            with open_regular(path, f"{what} file") as f, Image.open(f) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise RequestError(f"{what} {path} is {im.width}x{im.height}: more than the "
+                                       f"{MAX_IMAGE_PIXELS // 10**6} megapixels an input may have")
+                im.load()
+                return convert(_upright(im))
+    except FileProblem as exc:
+        raise RequestError(str(exc)) from None
+    except UnidentifiedImageError:
+        raise RequestError(f"cannot read {what} {path}: not an image file, or a format this app cannot read") \
+            from None
+    except Image.DecompressionBombError:
+        raise RequestError(f"{what} {path} is too large to open safely (a decompression bomb?)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        # PIL's decoders raise these on damaged data; ValueError also for colour modes it cannot convert
+        raise RequestError(f"cannot read {what} {path}: {_short(exc)}") from None
+    except MemoryError:
+        raise RequestError(f"not enough memory to read {what} {path}") from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except (ValueError, TypeError, KeyError, SyntaxError, OSError, struct.error):  # damaged EXIF: as stored
+        return im
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def load_mask(path: str | Path) -> np.ndarray:
@@ -48,9 +80,23 @@ def load_mask(path: str | Path) -> np.ndarray:
     return _read(path, "mask", to_mask_array)
 
 
+def load_rgba(path: str | Path, what: str = "colour hint") -> np.ndarray:
+    """A picture with transparency → HxWx4 uint8 (a colour hint: the colour where alpha > 0). A picture without an
+    alpha channel is refused: every pixel of it would be a hint."""
+    return _read(path, what, to_rgba_array)
+
+
+def to_rgba_array(im: Image.Image) -> np.ndarray:
+    if im.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and not (im.mode == "P" and "transparency" in im.info):
+        raise ValueError(f"it has no alpha channel (mode {im.mode}); paint the hint on a transparent RGBA picture")
+    return np.asarray(im.convert("RGBA"), dtype=np.uint8).copy()
+
+
 def to_mask_array(im: Image.Image) -> np.ndarray:
+    if im.mode == "LAB":  # lightness is the mask; PIL converts LAB to nothing else
+        return np.asarray(im.getchannel("L"), dtype=np.float32) / 255.0
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        data = np.asarray(im, dtype=np.float64)
+        data = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         peak = 65535.0 if data.max() > 255 else 255.0 if data.max() > 1 else 1.0
         return np.clip(data / peak, 0, 1).astype(np.float32)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -61,8 +107,10 @@ def to_mask_array(im: Image.Image) -> np.ndarray:
 
 
 def to_rgb_array(im: Image.Image) -> np.ndarray:
+    if im.mode == "LAB":
+        raise ValueError("LAB colour is not supported; save the picture as RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        data = np.asarray(im, dtype=np.float64)
+        data = np.asarray(im, dtype=np.float32)
         peak = 65535.0 if data.max() > 255 else 255.0
         grey = np.clip(np.round(data / peak * 255), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
@@ -129,6 +177,7 @@ def format_parameters(request: GenerationRequest, model_label: str | None = None
         fields.append(("Clip skip", request.clip_skip))
     if request.mask is not None:
         fields.append(("Mask blur", _num(request.feather)))
+    fields += guidance_fields(request)
     if lineage:
         fields.append(("Branched from", json.dumps(_lineage_text(lineage))))  # quoted as A1111 quotes its values
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))
@@ -161,6 +210,64 @@ def _parse_lineage(text: str) -> list[dict[str, Any]]:
         return [{"from_step": int(e.pop("from_step")), "settings": e} for e in entries if isinstance(e, dict)]
     except (ValueError, TypeError, KeyError):
         return []
+
+
+def guidance_fields(request: GenerationRequest) -> list[tuple[str, Any]]:
+    """Universal guidance as extra fields A1111 ignores, e.g. `Guidance: "colour 10, reference 0.5 layout",
+    Guidance mode: forward, Guided steps: 0.7`; the guides' pictures are not written (say so when restoring)."""
+    if not request.guides:
+        return []
+    guides = ", ".join(f"{g.kind} {_num(g.strength)}" + (f" {g.variant}" if g.kind == "reference" else "")
+                       for g in request.guides)
+    fields: list[tuple[str, Any]] = [("Guidance", json.dumps(guides)), ("Guidance mode", request.guide_mode),
+                                     ("Guided steps", _num(request.guide_steps))]
+    if request.guide_mode != "forward":
+        fields.append(("Backward steps", request.backward_steps))
+    if request.recurrence > 1:
+        fields.append(("Recurrence", request.recurrence))
+    if request.guide_in_mask:
+        fields.append(("Guide in mask", True))
+    return fields
+
+
+_GUIDE = re.compile(r"(colour|reference|keep) ([0-9.eE+-]+)(?: (layout|palette))?")
+
+
+def parse_guidance_fields(fields: dict[str, str]) -> dict[str, Any]:
+    """Inverse of `guidance_fields`: "guides" as [{"kind", "strength", "variant"}] (no pictures) and the guidance
+    settings; damaged values are skipped."""
+    settings: dict[str, Any] = {}
+    if "Guidance" in fields:
+        guides = []
+        for part in fields["Guidance"].split(","):
+            match = _GUIDE.fullmatch(part.strip())
+            try:
+                if match is not None:
+                    guides.append({"kind": match[1], "strength": float(match[2]), "variant": match[3] or "layout"})
+            except ValueError:
+                pass
+        if guides:
+            settings["guides"] = guides
+    converters = {"Guidance mode": ("guide_mode", str), "Guided steps": ("guide_steps", float),
+                  "Backward steps": ("backward_steps", int), "Recurrence": ("recurrence", int),
+                  "Guide in mask": ("guide_in_mask", lambda v: {"true": True, "false": False}[v.lower()])}
+    for key, (name, convert) in converters.items():
+        if key in fields:
+            try:
+                settings[name] = convert(fields[key])
+            except (ValueError, KeyError):
+                pass
+    return settings
+
+
+def guide_pictures_note(settings: dict[str, Any]) -> str:
+    """What a restore message adds for a guided picture: its guides' pictures are not in the PNG."""
+    kinds = [g["kind"] for g in settings.get("guides") or ()]
+    if not kinds:
+        return ""
+    names = {"colour": "colour hint", "reference": "reference picture", "keep": "keep region"}
+    listed = ", ".join(dict.fromkeys(names.get(k, k) for k in kinds))
+    return f" It was guided ({listed}); a PNG does not hold the guides' pictures, so paint or choose them again."
 
 
 def _unquote(value: str) -> str:
@@ -214,6 +321,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
                 pass
     if "Branched from" in fields:
         settings["lineage"] = _parse_lineage(fields["Branched from"])
+    settings.update(parse_guidance_fields(fields))
     if "Size" in fields and re.fullmatch(r"\d+x\d+", fields["Size"]):
         w, h = fields["Size"].split("x")
         settings["width"], settings["height"] = int(w), int(h)
@@ -228,17 +336,16 @@ def parse_parameters(text: str) -> dict[str, Any]:
 
 
 def save_png(image: np.ndarray, path: str | Path, parameters: str | None = None) -> None:
-    """Write a PNG with the `parameters` chunk; written to a temporary name first, so no partial file remains."""
+    """Write a PNG with the `parameters` chunk, atomically (files.atomic_write: a unique temporary file, then a
+    rename). Text that Latin-1 cannot hold goes into an iTXt chunk in UTF-8 (PNG spec 11.3.4.5) as A1111 does;
+    anything UTF-8 cannot encode either (a command line's undecodable bytes) is replaced, never an error that
+    loses the picture."""
     info = PngImagePlugin.PngInfo()
     if parameters is not None:
-        info.add_text("parameters", parameters)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        text = parameters.encode("utf-8", errors="replace").decode("utf-8")
+        info.add_text("parameters", text)
+    picture = Image.fromarray(image)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG", pnginfo=info), "image")
 
 
 def read_parameters(path: str | Path) -> str | None:

@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 
 from ..resources import resources_dir
-from .archives import ModelLoadError, SafetensorsArchive, SafetensorsHeader
+from .archives import ModelLoadError, SafetensorsArchive, SafetensorsHeader, sniff
 from .checkpoints import load_checkpoint
+from .config_checks import parse_config
 from .cpu_kernels import prepack_for_cpu
+from .files import FileProblem, file_signature
 from .materialize import materialize
-from .model import LatentDiffusion, ModelConfig, Prediction, build_tiny_random
+from .model import LatentDiffusion, Prediction, build_tiny_random
 
 CONFIG_METADATA_KEY = "studio_config"
 SHIPPED_MODEL = "model/studio-shapes.safetensors"
@@ -43,7 +45,7 @@ def load_model(
         model = load_studio_file(path, device, dtype)
     else:
         path = Path(spec).expanduser()
-        if not path.exists():
+        if not path.exists():  # a dangling symlink too
             raise ModelLoadError(f"model not found: {path}")
         if _is_studio_file(path):
             model = load_studio_file(path, device, dtype)
@@ -66,9 +68,19 @@ def save_studio_file(model: LatentDiffusion, path: str | Path, dtype: torch.dtyp
 
 
 def _is_studio_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() == ".safetensors" and (
-        CONFIG_METADATA_KEY in SafetensorsHeader(path).metadata
-    )
+    """A safetensors file (by its bytes, whatever its name) whose metadata carries our config."""
+    if path.is_dir():
+        return False
+    try:
+        kind = sniff(path)
+    except FileProblem as exc:
+        raise ModelLoadError(str(exc)) from None
+    return kind == "safetensors" and CONFIG_METADATA_KEY in SafetensorsHeader(path).metadata
+
+
+def source_changed(model: LatentDiffusion) -> bool:
+    """Whether a file the model was read from has changed on disk since (another version, moved or deleted)."""
+    return any(file_signature(path) != sig for path, sig in getattr(model, "source_files", ()))
 
 
 def load_studio_file(path: Path, device: torch.device, dtype: torch.dtype) -> LatentDiffusion:
@@ -77,9 +89,9 @@ def load_studio_file(path: Path, device: torch.device, dtype: torch.dtype) -> La
     if CONFIG_METADATA_KEY not in meta:
         raise ModelLoadError(f"{path.name}: not a Diffusion Studio model file (no {CONFIG_METADATA_KEY} metadata)")
     try:
-        config = ModelConfig.from_json(meta[CONFIG_METADATA_KEY])
-    except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{path.name}: unreadable model config ({exc})") from None
+        config = parse_config(meta[CONFIG_METADATA_KEY])
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path.name}: {exc}") from None
     archive = SafetensorsArchive(path, header)
     try:
         return materialize(config, archive, path, device, dtype)

@@ -1,9 +1,11 @@
 """Filling a model from a tensor archive without ever holding two copies of the weights.
 
-The model is built on the meta device; every name and shape is checked against the archive before any tensor is
-read; then each tensor is read (from a memory-mapped file when the archive is one), cast to the target dtype and
-device one at a time, and assigned. A float32 file loaded as float32 on the CPU is used in place (no copy at all).
-If anything fails midway, what was read so far is dropped before the error is raised.
+The config is checked value by value first (config_checks.py), so building the modules on the meta device takes
+bounded time; the parameter count it implies is compared with what the file holds, then every name and shape,
+all before any tensor is read; then each tensor is read, cast to the target dtype and device one at a time, and
+assigned. The model never keeps a view of a memory-mapped file (a pickle checkpoint's tensors are copied): a file
+changed on disk later cannot take the process down with it. If anything fails midway, what was read so far is
+dropped before the error is raised.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import torch
 
 from .archives import ModelLoadError, TensorArchive
 from .checkpoint_layout import TensorRef
+from .config_checks import check_parameter_count, validated
 from .model import LatentDiffusion, ModelConfig
 from .tiling import is_out_of_memory
 
 
-def _cast(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    # `.to` returns the tensor itself when nothing changes: a float32 file on the CPU is used in place
+def _cast(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype, copy: bool) -> torch.Tensor:
+    # `.to` returns the tensor itself when nothing changes; `copy` when that tensor is not ours to keep (a view of
+    # a memory-mapped pickle checkpoint)
     if tensor.is_floating_point():
-        return tensor.to(device=device, dtype=dtype)
-    return tensor.to(device=device)
+        return tensor.to(device=device, dtype=dtype, copy=copy)
+    return tensor.to(device=device, copy=copy)
 
 
 def materialize(
@@ -37,9 +41,12 @@ def materialize(
 ) -> LatentDiffusion:
     """Build the model on the meta device and fill it from `archive`. `refs` maps our names to the archive's
     (identity when None). Names and shapes are all checked first, so a bad file fails before anything is read."""
+    config = validated(config, source.name)
     with torch.device("meta"):
         model = LatentDiffusion(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_parameter_count(sum(math.prod(s) for s in expected.values()),
+                          sum(math.prod(s) for s in archive.shapes.values()), source.name)
     refs = refs if refs is not None else {k: TensorRef(k) for k in archive.shapes}
     check_names_and_shapes(expected, refs, archive.shapes, source)
 
@@ -51,7 +58,7 @@ def materialize(
             tensor = ref.apply(archive.get(ref.source))
             if not tensor.is_floating_point():
                 raise ModelLoadError(f"{source.name}: tensor {ref.source} has dtype {tensor.dtype}, expected floats")
-            tensors[key] = _cast(tensor, device, dtype)
+            tensors[key] = _cast(tensor, device, dtype, copy=not getattr(archive, "fresh", False))
             del tensor
         model.load_state_dict(tensors, strict=True, assign=True)
     except ModelLoadError as exc:
@@ -70,6 +77,7 @@ def materialize(
             torch.cuda.empty_cache()
         raise ModelLoadError(error)
     _rebuild_buffers(model)
+    model.source_files = tuple(getattr(archive, "files", ()))  # loading.source_changed compares them later
     return model
 
 

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from .api import VIEWS, RunInfo, RunKind, RunStatus, StepInfo, frozen_array
+from .files import atomic_write
 from .request import GenerationRequest, RequestError
+from .run_checks import check_run_file, read_run_file
 from .schedules import NoiseLevel
 from .timeline import LatentPreview, Timeline, TimelineStep, View
 
@@ -135,33 +137,18 @@ class Run:
             meta["model_hash"] = self.model_hash
         if self.preview is not None:
             meta["preview"] = self.preview.to_json()  # the model's own latent → RGB map, for restored sessions
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)  # never leave a half-written run behind
+        # never leave a half-written run behind, nor share a temporary name with another writer (files.py)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), "run file")
 
     @classmethod
     def load(cls, path: str | Path) -> "Run":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
-
         path = Path(path)
-        if not path.exists():
-            raise RequestError(f"run file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise RequestError(f"cannot read run file {path.name}: {exc}") from None
+        meta, tensors = read_run_file(path)  # a regular file, a bounded header, plain reads (run_checks.py)
         if meta.get("format") != RUN_FORMAT:
             raise NotARunFile(f"{path.name} is not a Diffusion Studio run file")
-        try:
-            settings = json.loads(meta["request"])
-            grid = [NoiseLevel(float(t), float(a)) for t, a in json.loads(meta["grid"])]
-            losses = [None if v is None else float(v) for v in json.loads(meta.get("guidance_loss") or "[]")]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise RequestError(f"{path.name}: damaged run metadata ({exc})") from None
+        checked = check_run_file(meta, tensors, path.name)  # every field and tensor: one message for a damaged file
+        settings, losses = checked.settings, checked.losses
+        grid = [NoiseLevel(t, a) for t, a in checked.grid]
         images = {}
         if "init_image" in tensors:
             images["init_image"] = tensors["init_image"].numpy()
@@ -188,7 +175,7 @@ class Run:
             image=tensors["image"].numpy() if "image" in tensors else None,
             final_latent=tensors.get("final_latent"),
             parent_id=meta.get("parent_id") or None,
-            from_step=int(meta.get("from_step", "0")),
+            from_step=checked.from_step,
             id=meta.get("id") or uuid.uuid4().hex[:12],
             preview=_preview(meta.get("preview")),
             cheap_decode=bool(meta.get("cheap_decode")),

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from . import memory
 from .vae import AutoencoderKL
 
 # SD defaults (downsampling factor 8): 512 px tiles overlapping by 128 px, as diffusers' tiling (docs/numerics.md)
@@ -122,7 +123,9 @@ def encode_moments_tiled(
 # -- when to tile -------------------------------------------------------------------------------------------------
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on `device`, or None when it cannot be told."""
+    """Bytes free for new tensors on `device`, or None when it cannot be told. On the CPU the least of the
+    kernel's MemAvailable, the room left under this process's cgroup memory limit and under `ulimit -v`
+    (RLIMIT_AS): whichever is hit first ends the process or the allocation."""
     try:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
@@ -130,31 +133,77 @@ def available_memory(device: torch.device) -> int | None:
             return int(free + cached)
         if device.type == "mps":
             return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
-        if device.type == "cpu" and os.path.exists("/proc/meminfo"):
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
+        if device.type == "cpu":
+            limits = [v for v in (_meminfo_available(), _cgroup_room(), _address_space_room()) if v is not None]
+            return max(0, min(limits)) if limits else None
     except (RuntimeError, AttributeError, OSError, ValueError):
         return None
     return None
 
 
+def _meminfo_available() -> int | None:
+    if not os.path.exists("/proc/meminfo"):
+        return None
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (no limit) is not a number
+
+
+def _cgroup_room() -> int | None:
+    """Limit minus usage of the cgroup this process sees as its root (v2 `memory.max`, v1 `limit_in_bytes`)."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 2**60:
+            return limit - usage
+    return None
+
+
+def _address_space_room() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return soft - int(line.split()[1]) * 1024
+    return None
+
+
 def decode_bytes(vae: AutoencoderKL, latent_shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> int:
-    """Rough peak activation memory of an untiled decode: the full-resolution levels dominate (a few tensors of
-    ch·H·W, float32 GroupNorm copies) plus, where attention is not fused, the mid-block's (hw)² scores."""
-    b, _, h, w = latent_shape
-    f = vae.downsample_factor
-    elt = torch.finfo(dtype).bits // 8
-    full = b * vae.config.ch * vae.config.ch_mult[0] * (h * f) * (w * f)
-    attention = b * (h * w) ** 2 * 4
-    return full * (4 * elt + 2 * 4) + attention
+    """Peak memory of an untiled decode (memory.py walks the decoder's layers)."""
+    device = next(vae.parameters()).device
+    return memory.decode_bytes(vae.config, latent_shape[-2:], latent_shape[0], dtype, device)
 
 
 def encode_bytes(vae: AutoencoderKL, image_shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> int:
-    b, _, height, width = image_shape
+    device = next(vae.parameters()).device
+    return memory.encode_bytes(vae.config, image_shape[-2:], image_shape[0], dtype, device)
+
+
+def decode_tiled_bytes(vae: AutoencoderKL, latent_shape: torch.Size | tuple[int, ...], dtype: torch.dtype,
+                       tile: int = DECODE_TILE) -> int:
+    """Peak memory of a tiled decode: one tile's decode plus the float32 picture and weights being blended."""
+    b, _, h, w = latent_shape
     f = vae.downsample_factor
-    return decode_bytes(vae, (b, vae.config.z_channels, height // f, width // f), dtype)
+    one = decode_bytes(vae, (b, vae.config.z_channels, min(h, tile), min(w, tile)), dtype)
+    return one + b * (vae.config.out_channels + 1) * (h * f) * (w * f) * 4
 
 
 def should_tile(needed: int, device: torch.device, *, headroom: float = 0.8) -> bool:

@@ -88,8 +88,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         y = self.norm(x)
-        # (B, C, H, W) → (B, 1 head, HW, C)
-        q, k, v = (t(y).flatten(2).transpose(1, 2).unsqueeze(1) for t in (self.q, self.k, self.v))
+        # (B, C, H, W) → (B, 1 head, HW, C), contiguous: strided inputs send SDPA down its math path, which holds
+        # the (HW)² scores (17 GB for a 256×256 latent); contiguous ones take the fused kernels, linear in HW
+        q, k, v = (t(y).flatten(2).transpose(1, 2).unsqueeze(1).contiguous() for t in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return x + self.proj_out(out)

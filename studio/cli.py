@@ -227,6 +227,8 @@ def _model_defaults(engine, request, changes: dict[str, Any], fill_cfg: bool):
         request = request.replace(cfg=_model_config(engine, request).default_cfg)
     if "width" in changes and "height" in changes:
         return request
+    if not fill_cfg and "width" not in changes and "height" not in changes:
+        return request  # a branch keeps its run's size, whatever the model's default or an --init (#17 item 8)
     image = request.init_image
     if image is not None and not request.only_masked and "width" not in changes and "height" not in changes:
         return request.replace(width=image.shape[1], height=image.shape[0])

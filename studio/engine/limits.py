@@ -23,6 +23,8 @@ MAX_SIDE = 16384  # px
 MAX_GROW = 128  # px, as the app's Grow control
 MAX_FEATHER = 128.0  # px, as the app's Feather control
 MAX_PADDING = MAX_SIDE  # px of context around the mask for only-masked inpainting
+MAX_CFG = 100.0  # ComfyUI's cap on the guidance scale; SD works at 1–15
+MAX_ETA = 10.0  # η scales the noise each step adds (DDIM eq. 16); 1 is DDPM's, far beyond it a run is only noise
 MAX_PROMPT_CHARS = 20_000  # ~5,000 CLIP tokens, 70 chunks of 75 (A1111 chunking): far beyond any real prompt
 HEADROOM = 0.9  # of the available memory a run may plan to use
 TILED_DECODE_HEADROOM = 0.8  # tiling.should_tile's default
@@ -44,6 +46,10 @@ def validate_limits(request: GenerationRequest) -> None:
             raise RequestError(f"{name} must be a whole number, got {value!r}")
         if value > MAX_SIDE:
             raise RequestError(f"{name} must be at most {MAX_SIDE} px, got {value}")
+    if _is_number(request.cfg) and request.cfg > MAX_CFG:
+        raise RequestError(f"CFG scale must be at most {MAX_CFG:g}, got {request.cfg:g}")
+    if _is_number(request.eta) and request.eta > MAX_ETA:
+        raise RequestError(f"eta must be at most {MAX_ETA:g}, got {request.eta}")
     if not _is_number(request.feather) or not math.isfinite(request.feather) \
             or not 0 <= request.feather <= MAX_FEATHER:
         raise RequestError(f"feather must be a number of pixels from 0 to {MAX_FEATHER:g}, got {request.feather}")

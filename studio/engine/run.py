@@ -143,7 +143,7 @@ class Run:
     @classmethod
     def load(cls, path: str | Path) -> "Run":
         path = Path(path)
-        meta, tensors = read_run_file(path)  # a regular file, a bounded header, plain reads (run_checks.py)
+        meta, tensors = read_run_file(path, RUN_FORMAT)  # a regular file, a bounded header, plain reads (run_checks.py)
         if meta.get("format") != RUN_FORMAT:
             raise NotARunFile(f"{path.name} is not a Diffusion Studio run file")
         checked = check_run_file(meta, tensors, path.name)  # every field and tensor: one message for a damaged file

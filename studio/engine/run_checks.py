@@ -33,6 +33,8 @@ import torch
 from .archives import ModelLoadError, SafetensorsArchive, SafetensorsHeader
 from .limits import MAX_SIDE
 from .request import GenerationRequest, RequestError
+from .samplers import SAMPLER_TABLE
+from .timeline import LatentPreview
 
 MAX_STEPS = 1000  # pipeline.validate's bound on steps
 KINDS = ("txt2img", "img2img", "inpaint", "invert")
@@ -53,12 +55,15 @@ class _Damaged(Exception):
     pass
 
 
-def read_run_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a run file; a RequestError if it cannot be read as a safetensors file."""
+def read_run_file(path: Path, run_format: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a run file; a RequestError if it cannot be read as a safetensors file. The tensors
+    of a file whose metadata is not `run_format` (a model given as a run, say) are not read at all."""
     if not path.exists():
         raise RequestError(f"run file not found: {path}")
     try:
         header = SafetensorsHeader(path)
+        if header.metadata.get("format") != run_format:
+            return header.metadata, {}
         archive = SafetensorsArchive(path, header)
         try:
             tensors = archive.read_all()
@@ -122,13 +127,35 @@ def _check(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> CheckedRun
         raise _Damaged("its guidance losses are not a list of numbers, one per step")
     _check_pictures(tensors, settings)
     _check_size(tensors, settings)
-    for key in ("preview", "lineage"):  # cosmetic extras: dropped when damaged (run.py reads them leniently)
-        if key in meta:
-            try:
-                json.loads(meta[key])
-            except (ValueError, RecursionError):
-                meta[key] = ""
+    _drop_damaged_extras(meta, tensors)
     return CheckedRun(settings, grid, [None if v is None else float(v) for v in losses], from_step, recorded)
+
+
+def _drop_damaged_extras(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+    """The preview map and the lineage only make a restored run look right; a damaged one is dropped (`meta` is
+    edited), as a run file from before they were saved has none."""
+    if meta.get("preview"):
+        try:
+            preview = LatentPreview.from_json(meta["preview"])
+            channels = tensors["x_t.0"].shape[1] if "x_t.0" in tensors else preview.factors.shape[0]
+            width = preview.hidden[0].shape[1] if preview.hidden is not None else channels
+            ok = (preview.factors.shape == (width, 3) and preview.bias.shape == (3,)
+                  and (preview.hidden is None or (preview.hidden[0].shape[0] == channels
+                                                  and preview.hidden[1].shape == (width,))))
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, RecursionError):
+            ok = False
+        if not ok:
+            meta["preview"] = ""
+    if meta.get("lineage"):
+        try:
+            entries = json.loads(meta["lineage"])
+            ok = isinstance(entries, list) and all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[1], int) and not isinstance(e[1], bool)
+                and e[1] >= 0 and _check_settings(e[0]) is not None for e in entries)
+        except (ValueError, RecursionError, _Damaged):
+            ok = False
+        if not ok:
+            meta["lineage"] = ""
 
 
 def _field_types() -> dict[str, tuple[type, ...]]:
@@ -147,7 +174,8 @@ def _field_types() -> dict[str, tuple[type, ...]]:
 
 def _choices() -> dict[str, tuple]:
     hints = typing.get_type_hints(GenerationRequest)
-    return {k: typing.get_args(h) for k, h in hints.items() if typing.get_origin(h) is typing.Literal}
+    choices = {k: typing.get_args(h) for k, h in hints.items() if typing.get_origin(h) is typing.Literal}
+    return {**choices, "sampler": tuple(SAMPLER_TABLE)}
 
 
 def _check_settings(raw: Any) -> dict[str, Any]:
@@ -197,6 +225,11 @@ def _check_grid(raw: Any) -> list[tuple[float, float]]:
                 and 0 < level[1] <= 1):
             raise _Damaged(f"grid level {i} is not a [timestep, alpha_cumprod] pair with 0 < alpha_cumprod ≤ 1")
         grid.append((float(level[0]), float(level[1])))
+    # the samplers step from each level to the next: noise must fall strictly (σ = √((1 − ᾱ)/ᾱ), DDIM eq. 4's
+    # parametrisation), and only the last level may be clean (ᾱ = 1, σ = 0)
+    sigmas = [math.sqrt((1 - a) / a) for _, a in grid]
+    if any(a >= 1 for _, a in grid[:-1]) or any(later >= earlier for earlier, later in zip(sigmas, sigmas[1:])):
+        raise _Damaged("its grid's noise levels do not fall step by step")
     return grid
 
 

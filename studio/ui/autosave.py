@@ -148,12 +148,33 @@ def read_session(folder: Path) -> Session | None:
     return session
 
 
+# Settings the app fills in by itself at start-up (from the loaded model) or keeps elsewhere (QSettings): a session
+# whose only difference from a fresh one lies here holds nothing the user made.
+NOT_CONTENT = ("width", "height", "cfg", "model", "recent_models", "device", "dtype")
+
+
 def _has_content(folder: Path) -> bool:
+    """Anything the user made: a picture, a result, runs, or settings (a typed prompt is work too, #17)."""
     if not (folder / SESSION).exists():
         return False
     session = read_session(folder)
-    return session is not None and (session.image is not None or session.result is not None
-                                    or session.hint is not None or bool(session.run_paths()))
+    if session is None:
+        return False
+    if session.image is not None or session.result is not None or session.hint is not None or session.run_paths():
+        return True
+    return _settings_changed(session.settings)
+
+
+def _settings_changed(settings: dict[str, Any]) -> bool:
+    from .settings_model import DEFAULTS
+
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    if any(str(settings.get(key) or "").strip() for key in ("prompt", "negative_prompt")):
+        return True
+    return any(plain(value) != plain(DEFAULTS[key]) for key, value in settings.items()
+               if key in DEFAULTS and key not in NOT_CONTENT)
 
 
 def _atomic_npy(path: Path, array: np.ndarray) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,7 @@ MINI_UNET = UNetConfig(model_channels=32, channel_mult=(1, 2, 4, 4), attention_l
 MINI_VAE = VAEConfig(ch=32, ch_mult=(1, 2, 4, 4), norm_groups=8)
 
 MEASURE = textwrap.dedent("""
-    import json, resource, sys, torch
+    import json, sys, torch
     from studio.engine.model import LatentDiffusion, ModelConfig
     from studio.engine.text_encoder import TextEncoderConfig
     from studio.engine.unet import UNetConfig
@@ -42,24 +43,31 @@ MEASURE = textwrap.dedent("""
                              vae=VAEConfig(ch=32, ch_mult=(1, 2, 4, 4), norm_groups=8), text=TextEncoderConfig.tiny())
     model = LatentDiffusion(config).eval()
     z = torch.randn(1, 4, side, side)
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
     with torch.inference_mode():
         if what == "decode":  # warm up at a small size, so the one-off allocations are in the baseline
             model.decode_latent(z[..., :8, :8], tiled=False)
         else:
             model.unet(torch.cat([z, z])[..., :8, :8], torch.tensor([1.0, 1.0]), torch.randn(2, 77, 32))
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak (VmHWM) to what is resident now (Linux's proc(5), clear_refs)
+        base = status("VmRSS:")
         if what == "decode":
             model.decode_latent(z, tiled=False)
         elif what == "attention":
             model.vae.decoder.mid.attn_1(torch.randn(1, config.vae.ch * config.vae.ch_mult[-1], side, side))
         else:
             model.unet(torch.cat([z, z]), torch.tensor([500.0, 500.0]), torch.randn(2, 77, 32))
-    print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024))
+    print(json.dumps(status("VmHWM:") - base))
 """)
 
 
 def measured_peak(what: str, side: int, mini: bool) -> int:
-    """Peak RSS growth of one call, in a fresh child (the test process's own peak would hide it)."""
+    """Peak RSS growth of one call, in a fresh child whose peak is reset just before it."""
     result = subprocess.run([sys.executable, "-c", MEASURE, what, str(side), "mini" if mini else "tiny"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
@@ -124,11 +132,17 @@ def test_a_size_that_does_not_fit_is_refused_with_one_that_does(monkeypatch):
     limits.check_for_model(model, request.replace(width=w, height=h))  # and it is accepted
 
 
+def _address_space(limit: int):
+    def apply() -> None:  # in the child: `ulimit -v`
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
 def test_available_memory_honours_ulimit_v():
     code = ("import torch; from studio.engine.tiling import available_memory; "
             "print(available_memory(torch.device('cpu')))")
-    result = subprocess.run(["prlimit", "--as=3000000000", sys.executable, "-c", code], capture_output=True,
-                            text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=_address_space(3_000_000_000))
     assert result.returncode == 0, result.stderr
     assert 0 < int(result.stdout) < 3_000_000_000
 
@@ -159,7 +173,8 @@ def test_sizes_beyond_the_fixed_limit_need_no_model():
     ("feather", 1e9, "feather must be a number of pixels from 0 to 128"),
     ("feather", float("inf"), "feather must be"), ("feather", float("nan"), "feather must be"),
     ("grow", 100000, "grow must be a whole number of pixels from 0 to 128"), ("grow", -1, "grow must be"),
-    ("padding", 10**9, "padding must be"), ("prompt", "x" * 20001, "the prompt is 20,001 characters long"),
+    ("padding", 10**9, "padding must be"), ("eta", 1e308, "eta must be at most 10"),
+    ("cfg", 10**40, "CFG scale must be at most 100"), ("prompt", "x" * 20001, "the prompt is 20,001 characters long"),
     ("negative_prompt", "caf\udce9", "the negative prompt is not valid text"),
 ])
 def test_mask_and_prompt_bounds(field, value, message):

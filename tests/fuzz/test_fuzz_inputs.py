@@ -133,7 +133,7 @@ def test_damaged_run_files(worker, scratch, base_runs, which, changes, step, ext
 # -- pictures -----------------------------------------------------------------------------------------------------
 
 MODES = ["1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I", "F", "CMYK", "LAB", "YCbCr"]
-FORMATS = {"PNG": ["1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I"], "TIFF": MODES, "JPEG": ["L", "RGB", "CMYK"],
+FORMATS = {"PNG": ["1", "L", "P", "RGB", "RGBA", "LA", "I;16"], "TIFF": MODES, "JPEG": ["L", "RGB", "CMYK"],
            "BMP": ["1", "L", "P", "RGB"], "GIF": ["L", "P"], "WEBP": ["RGB", "RGBA"]}
 
 

@@ -58,7 +58,7 @@ from .images import (
     read_parameters,
     save_png,
 )
-from .guidance import GUIDE_KINDS, GUIDE_MODES, REFERENCE_VARIANTS, Guide
+from .guidance import DEFAULT_STRENGTH, GUIDE_KINDS, GUIDE_MODES, REFERENCE_VARIANTS, Guide, guidance_cost
 from .masks import feather_inward, grow_mask
 from .request import GenerationRequest, RequestError
 from .samplers import SAMPLER_TABLE, SamplerSpec
@@ -89,7 +89,8 @@ __all__ = [
     "format_parameters", "format_run_parameters",
     "model_name", "load_mask", "load_rgb", "load_rgba", "guide_pictures_note",
     "parse_parameters", "read_parameters", "save_png", "GenerationRequest", "RequestError", "SAMPLER_TABLE",
-    "SamplerSpec", "grow_mask", "feather_inward", "Guide", "GUIDE_KINDS", "GUIDE_MODES", "REFERENCE_VARIANTS", *_LAZY,
+    "SamplerSpec", "grow_mask", "feather_inward", "Guide", "GUIDE_KINDS", "GUIDE_MODES", "REFERENCE_VARIANTS",
+    "DEFAULT_STRENGTH", "guidance_cost", *_LAZY,
 ]
 
 if TYPE_CHECKING:

@@ -5,16 +5,25 @@ Notation as in the paper and samplers.py: ᾱ = alpha_cumprod of the current lev
 (DDIM eq. 9). Three pieces, each a wrapper, never a change inside a sampler:
 
 - forward guidance (their eq. 6): ε̃ = ε̂ + s(t)·∇_{z_t} ℓ(f(ẑ0)), the gradient through the UNet's ε̂ (and the VAE
-  decoder when ℓ is on pixels), with s(t) = s·√(1−ᾱ_t) (the classifier-guidance scaling, Dhariwal & Nichol 2021
-  Algorithm 2); `guide_denoiser` wraps the one denoiser contract.
+  decoder when ℓ is on pixels); `guide_denoiser` wraps the one denoiser contract. Here s(t) = s·n·√(ᾱ_t/(1−ᾱ_t))
+  (n = latent pixels h·w), not the paper's default s·√(1−ᾱ_t): by eq. 9's identity the guided ẑ0 then moves by
+  exactly −s·n·∇_{z_t}ℓ at every level, a gradient step of one size in ẑ0's own units. The classifier-guidance
+  scaling moves ẑ0 by −s·(1−ᾱ)/√ᾱ·∇ℓ, which diverges on a zero-terminal-SNR schedule (the built-in model's first
+  level has ᾱ = 2.4e-9) and fades to nothing in the late steps (measurements: DEFAULT_STRENGTH's note).
+  The factor n undoes the 1/n that mean losses put into each latent pixel's gradient, so a strength acts the same
+  at every image size.
 - backward guidance (their eq. 7 and 9): Δz0 = argmin_Δ ℓ(f(ẑ0 + Δ)) by m steps of gradient descent from Δ = 0 with
-  no gradient through the UNet, then ε̃ = ε̂ − √(ᾱ_t/(1−ᾱ_t))·Δz0, which moves ẑ0 to ẑ0 + Δz0 exactly.
+  no gradient through the UNet, then ε̃ = ε̂ − √(ᾱ_t/(1−ᾱ_t))·Δz0, which moves ẑ0 to ẑ0 + Δz0 exactly. Each step
+  takes Polyak's step size η = lr·ℓ/‖∇ℓ‖² (Polyak 1987, "Introduction to Optimization" §5.3, for a known minimum
+  ℓ* = 0): it needs no tuning per loss, picture size or decoder (a fixed step size that suits a quarter-picture
+  hint overshoots on a small stroke, whose per-pixel gradient is larger), and it shrinks as ℓ → 0.
 - per-step self-recurrence (their Algorithm 1): after a step z_t → z_{t−1}, re-noise back to the level of z_t with
   fresh noise, z_t' = √(ᾱ_t/ᾱ_{t−1})·z_{t−1} + √(1 − ᾱ_t/ᾱ_{t−1})·n, and take the step again, k times in all;
   `recurrent_steps` wraps the step, driving any sampler of the table one step at a time.
 
-The strength s of each guide weighs its loss, so forward and backward guidance read the same setting. Losses are
-means over the pixels they look at: a strength means the same at every image size.
+The strength s of each guide weighs its loss, so forward and backward guidance read the same setting; backward's
+Polyak steps do not depend on the overall scale of ℓ, so there the strengths only weigh guides against each other
+(how far backward guidance goes is set by m). Losses are means over the pixels they look at.
 """
 
 from __future__ import annotations
@@ -39,7 +48,25 @@ GUIDE_KINDS: tuple[GuideKind, ...] = ("colour", "reference", "keep")
 GUIDE_MODES: tuple[GuideMode, ...] = ("forward", "backward", "both")
 REFERENCE_VARIANTS = ("layout", "palette")
 LAYOUT_POOL = 8  # "layout": compare 8×8-pixel block means (structure, not detail)
-DEFAULT_STRENGTH: dict[str, float] = {"colour": 10.0, "reference": 10.0, "keep": 10.0}  # placeholder: tuned below
+# Each guide kind's strength s when none is given (CLI, app). Chosen on the built-in model (64 px, DDIM 25 steps,
+# CFG 3, all steps guided) on held-out tuning scenes (training/guidance_eval.py, TUNE_SEED), a hint colour the
+# prompt disagrees with over a quarter of the picture; success = that quarter within ΔE₀₀ 15 of the hint:
+# - backward (Polyak steps, m = 5): 16/16 at any strength (the strength only weighs guides against each other).
+# - forward: s = 1 leaves the picture intact but hardly moves the quarter; s = 3 already fills it with
+#   high-frequency patterns; s = 4 → 2/8, s = 12 → 4/8, both with the picture broken. The gradient through the
+#   UNet (eq. 6) has almost no component that changes a colour the model is sure of (a step of half ε̂'s norm along
+#   it left x̂0's quarter as it was), and what it has is adversarial texture. With the paper's s(t) = s·√(1−ᾱ):
+#   no effect up to s = 300 (also with recurrence k = 3), x̂0 blown up (std 31 vs ~1) from s = 1000 on. Forward
+#   is therefore the gentle mode, backward the default.
+# - reference layout (another scene's picture as the reference), forward: s = 3 → 6/8 runs more correlated with
+#   the reference's low-pass than unguided (median gain +0.05), s = 10 → 7/8 (+0.3); backward 8/8.
+# - keep: the colour hint's loss on the input's pixels; not measured, the colour hint's value.
+# Held out (40 other scenes and seeds, REPORT_SEED; `studio evaluate --guidance 40`), these defaults:
+#   colour hint the prompt disagrees with: unguided 0/40 within ΔE₀₀ 15, forward 0/40 (median ΔE₀₀ 43 vs 49
+#   unguided), backward 40/40 (median 1.1, worst 9.1; the rest of the picture moves by a median 8 ΔE₀₀ a pixel);
+#   hint the prompt agrees with: unguided 38/40, forward 39/40, backward 40/40;
+#   reference layout beats unguided: forward 37/40 (median correlation 0.44 vs 0.02), backward 40/40 (0.96).
+DEFAULT_STRENGTH: dict[str, float] = {"colour": 1.0, "reference": 10.0, "keep": 1.0}
 
 Objective = Callable[["torch.Tensor"], "torch.Tensor"]  # ẑ0 latent (1, C, h, w) → scalar loss
 
@@ -160,6 +187,28 @@ def pixel_objective(guides: Sequence[Guide], decode: Callable[["torch.Tensor"], 
     return objective
 
 
+def guide_support(guides: Sequence[Guide], latent_size: tuple[int, int], device) -> "torch.Tensor | None":
+    """Where the guides look, as a latent mask (1, 1, h, w) (1 = guidance may change ẑ0 there): the latent pixels
+    under a colour hint's painted pixels or a keep region, grown by one latent pixel; None when a guide looks at the
+    whole picture (a reference). The losses see only those pixels, but the decoder's attention block reaches across
+    the picture, so an unconfined gradient step also repaints what no guide asked about (on the tuning scenes it
+    washed whole backgrounds in the hint's colour)."""
+    import torch
+    import torch.nn.functional as F
+
+    support = None
+    for guide in guides:
+        if guide.kind == "reference" or guide.image is None:
+            return None
+        image = np.asarray(guide.image, dtype=np.float32)
+        painted = image[..., 3] if guide.kind == "colour" and image.ndim == 3 else (
+            image[..., 0] if image.ndim == 3 else image)
+        cells = F.adaptive_max_pool2d(torch.from_numpy((painted > 0).astype(np.float32))[None, None], latent_size)
+        cells = F.max_pool2d(cells, 3, stride=1, padding=1)
+        support = cells if support is None else torch.maximum(support, cells)
+    return None if support is None else support.to(device)
+
+
 # -- forward and backward guidance -------------------------------------------------------------------------------------
 @dataclass
 class GuidanceTrace:
@@ -182,19 +231,28 @@ class GuidanceTrace:
 
 
 def backward_delta(objective: Objective, z0: "torch.Tensor", steps: int, lr: float,
-                   mask: "torch.Tensor | None" = None) -> "torch.Tensor":
-    """Bansal et al. 2023 eq. 7: Δz0 ≈ argmin_Δ ℓ(ẑ0 + Δ), `steps` of plain gradient descent from Δ = 0 (step size
-    `lr`), with ẑ0 held fixed (no gradient through the UNet). `mask` (latent, 1 = free) confines Δ to a region."""
+                   mask: "torch.Tensor | None" = None, step_size: Literal["polyak", "fixed"] = "polyak"
+                   ) -> "torch.Tensor":
+    """Bansal et al. 2023 eq. 7: Δz0 ≈ argmin_Δ ℓ(ẑ0 + Δ), `steps` of gradient descent from Δ = 0, with ẑ0 held
+    fixed (no gradient through the UNet). Step size: "polyak", lr·ℓ(Δ)/‖∇ℓ(Δ)‖² (Polyak's, for ℓ* = 0), or "fixed",
+    lr. `mask` (latent, 1 = free) confines Δ to a region."""
     import torch
 
     delta = torch.zeros_like(z0)
     for _ in range(steps):
         with torch.enable_grad():
             probe = delta.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(objective(z0.detach() + probe), probe)
+            loss = objective(z0.detach() + probe)
+            (grad,) = torch.autograd.grad(loss, probe)
         if mask is not None:
             grad = grad * mask
-        delta = delta - lr * grad
+        if step_size == "polyak":
+            norm2 = float((grad.double() ** 2).sum())
+            if norm2 <= 0.0:  # ℓ is flat here (or met): nothing to descend
+                break
+            delta = delta - (lr * float(loss.detach()) / norm2) * grad
+        else:
+            delta = delta - lr * grad
     return delta.detach()
 
 
@@ -218,7 +276,9 @@ def guide_denoiser(denoiser: "Denoiser", objective: Objective, *, mode: GuideMod
             if mask is not None:
                 grad = grad * mask
             eps_hat, loss_value = eps.detach(), float(loss.detach())
-            guided = eps_hat + (1 - a) ** 0.5 * grad  # s(t) = s·√(1−ᾱ_t); s sits in the loss weights
+            # s(t) = s·n·√(ᾱ/(1−ᾱ)) (module docstring): ẑ0(ε̃) = ẑ0 − s·n·∇_{z_t}ℓ; s sits in the loss weights
+            cells = grad.shape[-1] * grad.shape[-2]
+            guided = eps_hat + (a / (1 - a)) ** 0.5 * cells * grad
         else:
             eps_hat = guided = denoiser(x, level)
             loss_value = None
@@ -236,6 +296,27 @@ def guide_denoiser(denoiser: "Denoiser", objective: Objective, *, mode: GuideMod
         return guided
 
     return denoise
+
+
+# Time of a guided step over an unguided one in the app (whose steps all pay one x̂0 decode), in unguided-step units:
+# forward = UNet and decoder forward and backward; backward = the UNet step and one decoder pass for ℓ, then per
+# gradient step one decoder forward and backward. Built-in model, 64 px, CPU, 1 thread, 10 DDIM steps, median of
+# 5 interleaved rounds (benchmarks/bench_guidance.py --decode-steps): forward 2.51, backward m = 1 2.47, m = 5 6.38
+# (so 0.98 per gradient step, 1.49 for the rest), forward with k = 2 4.49, backward m = 5 with k = 2 11.9 (k× the
+# cost overstates recurrence by ~8 %: the step's x̂0 decode is not repeated). Without the per-step decode (scripts,
+# the CLI) guided steps cost more relative to plain ones: forward 3.8, backward m = 5 10.1 on a busy machine.
+FORWARD_COST = 2.5
+BACKWARD_BASE_COST = 1.5
+BACKWARD_STEP_COST = 1.0
+
+
+def guidance_cost(mode: GuideMode, backward_steps: int, recurrence: int) -> float:
+    """Expected time of a guided step as a multiple of an unguided one ("guided steps take ~3.1× as long"):
+    forward's, backward's 1 + m gradient steps, both's sum, all taken k times with self-recurrence."""
+    cost = FORWARD_COST if mode in ("forward", "both") else 1.0
+    if mode in ("backward", "both"):
+        cost += BACKWARD_BASE_COST - 1.0 + backward_steps * BACKWARD_STEP_COST
+    return max(1, recurrence) * cost
 
 
 # -- self-recurrence ---------------------------------------------------------------------------------------------------

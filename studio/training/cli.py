@@ -73,6 +73,8 @@ def add_training_commands(sub) -> None:
     ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--json", type=Path, help="also write the numbers as JSON")
     ev.add_argument("--samples", type=Path, help="write a contact sheet of the generations (PNG)")
+    ev.add_argument("--guidance", type=int, metavar="SCENES",
+                    help="instead, score universal guidance (colour hint, reference layout) on SCENES held-out scenes")
     ev.set_defaults(handler=run_evaluate)
 
 
@@ -170,11 +172,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_spec, format_table
 
     torch.set_num_threads(args.threads)
+    if args.guidance is not None:
+        return _evaluate_guidance(args)
     try:
         report = evaluate_spec(args)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     print(format_table(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _evaluate_guidance(args: argparse.Namespace) -> int:
+    from .evaluate import load_for_evaluation
+    from .guidance_eval import REPORT_SEED, Setting, evaluate_guidance, format_report
+
+    if args.guidance < 1:
+        raise UserError(f"--guidance needs at least one scene, got {args.guidance}")
+    try:
+        model = load_for_evaluation(args.model)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    setting = Setting(steps=args.steps, cfg=args.cfg)
+    report = evaluate_guidance(model, args.guidance, REPORT_SEED if args.seed is None else args.seed, setting)
+    print(format_report(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return 0

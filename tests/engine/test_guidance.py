@@ -41,9 +41,10 @@ def test_forward_guidance_is_equation_6_in_closed_form():
     a, s = LEVEL.alpha_cumprod, 2.5
     trace = GuidanceTrace()
     guided = guide_denoiser(linear, quadratic(y, s), mode="forward", active=lambda lv: True, trace=trace)
-    # ẑ0 = k·x with k = (1 − √(1−ᾱ)·C)/√ᾱ, so ∇_x ½s‖kx − y‖² = s·k·(kx − y); ε̃ = C·x + √(1−ᾱ)·that
+    # ẑ0 = k·x with k = (1 − √(1−ᾱ)·C)/√ᾱ, so ∇_x ½s‖kx − y‖² = s·k·(kx − y); ε̃ = C·x + s(t)·that with
+    # s(t) = n·√(ᾱ/(1−ᾱ)), n = 3·3 latent pixels (guidance.py's forward scaling)
     k = (1 - math.sqrt(1 - a) * C) / math.sqrt(a)
-    expected = C * x + math.sqrt(1 - a) * s * k * (k * x - y)
+    expected = C * x + 9 * math.sqrt(a / (1 - a)) * s * k * (k * x - y)
     torch.testing.assert_close(guided(x, LEVEL), expected, rtol=1e-5, atol=1e-6)
     delta, loss = trace.take()
     torch.testing.assert_close(delta, expected - C * x, rtol=1e-5, atol=1e-6)
@@ -54,7 +55,7 @@ def test_forward_guidance_is_equation_6_in_closed_form():
 def test_forward_guidance_lowers_the_loss_of_the_prediction():
     torch.manual_seed(1)
     x, y = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3)
-    objective = quadratic(y)
+    objective = quadratic(y, 1 / y.numel())  # a mean over the latent, as the engine's losses are
     guided = guide_denoiser(linear, objective, mode="forward", active=lambda lv: True)
     a = LEVEL.alpha_cumprod
     before = objective(predict_x0(x, linear(x, LEVEL), a))
@@ -67,12 +68,12 @@ def test_backward_guidance_moves_the_prediction_by_delta_z0_exactly():
     x, y = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3)
     a = LEVEL.alpha_cumprod
     guided = guide_denoiser(linear, quadratic(y), mode="backward", active=lambda lv: True, backward_steps=1,
-                            backward_lr=1.0)
-    # one gradient step of size 1 on ½‖ẑ0 + Δ − y‖² from Δ = 0 is Δ = y − ẑ0: the guided ẑ0 is y itself (eq. 9)
+                            backward_lr=2.0)
+    # Polyak's step on ½‖ẑ0 + Δ − y‖² from Δ = 0 is ½(y − ẑ0); twice it is y − ẑ0: the guided ẑ0 is y (eq. 9)
     torch.testing.assert_close(predict_x0(x, guided(x, LEVEL), a), y, rtol=1e-5, atol=1e-5)
     # m steps of size η: Δ_m = (1 − (1 − η)^m)·(y − ẑ0)
     z0 = predict_x0(x, linear(x, LEVEL), a)
-    delta = backward_delta(quadratic(y), z0, steps=4, lr=0.3)
+    delta = backward_delta(quadratic(y), z0, steps=4, lr=0.3, step_size="fixed")
     torch.testing.assert_close(delta, (1 - 0.7**4) * (y - z0), rtol=1e-5, atol=1e-6)
 
 
@@ -83,7 +84,7 @@ def test_backward_delta_matches_a_direct_least_squares_minimiser():
     A, b, z0 = torch.randn(8, n, dtype=torch.float64), torch.randn(8, dtype=torch.float64), torch.randn(1, n, dtype=torch.float64)
     objective = lambda z: 0.5 * ((z.reshape(-1) @ A.T - b) ** 2).sum()  # noqa: E731
     lr = 1.0 / torch.linalg.matrix_norm(A, ord=2).item() ** 2
-    delta = backward_delta(objective, z0, steps=4000, lr=lr)
+    delta = backward_delta(objective, z0, steps=4000, lr=lr, step_size="fixed")
     direct = torch.linalg.lstsq(A, b - A @ z0.reshape(-1), driver="gelsd").solution  # minimum norm
     torch.testing.assert_close(delta.reshape(-1), direct, rtol=1e-6, atol=1e-6)
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .engine import SAMPLER_TABLE, UserError, report_internal_error
+from .guide_options import add_guidance_options, guidance_changes
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -100,6 +101,7 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fill", choices=["original", "noise", "blur"], help="what the masked area starts from")
     p.add_argument("--no-paste-back", dest="paste_back", action="store_const", const=False,
                    help="keep the decoded pixels outside the mask instead of the original ones")
+    add_guidance_options(p)  # --guide KIND:PICTURE[:STRENGTH], --guide-mode, … (guide_options.py)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,6 +174,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if args.init is None and base.init_image is None:
                 raise CliError("--mask needs --init IMG (the image to inpaint)")
             changes["mask"] = load_mask(args.mask)
+        changes.update(guidance_changes(args, base))
         request = base.replace(**changes)
         engine = Engine()
         request = _model_defaults(engine, request, changes, fill_cfg=parent is None)

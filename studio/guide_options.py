@@ -1,0 +1,118 @@
+"""`studio generate`'s universal-guidance options (issue #14): --guide KIND:PICTURE[:STRENGTH][:VARIANT] and the
+settings around it, turned into GenerationRequest fields.
+
+    --guide colour:HINT.png[:STRENGTH]            RGBA: the hint colour where alpha > 0
+    --guide reference:REF.png[:STRENGTH][:palette] layout (default) or palette
+    --guide keep:MASK.png[:STRENGTH]              white = keep that region of --init
+
+A branch keeps its parent's guides unless --guide replaces them or --no-guides drops them; --guide-strength gives
+every guide (given or inherited) one strength. Building the options imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+from typing import Any
+
+from .engine import GUIDE_KINDS, GUIDE_MODES, REFERENCE_VARIANTS, UserError
+
+def add_guidance_options(p: argparse.ArgumentParser) -> None:
+    # Every default is None: a plain run takes GenerationRequest's defaults, a branch its parent's. Values are read
+    # as text and checked here or by the engine's validation, so a bad one is one sentence and exit status 1.
+    p.add_argument("--guide", action="append", metavar="KIND:PICTURE[:STRENGTH]",
+                   help="universal guidance, repeatable: colour:HINT.png (RGBA, hint where alpha > 0), "
+                        "reference:REF.png (add :palette for colours instead of layout), keep:MASK.png (with --init); "
+                        "strength defaults per kind")
+    p.add_argument("--guide-mode", metavar="MODE",
+                   help=f"{' | '.join(GUIDE_MODES)}: through the model (forward) or on its prediction (backward)")
+    p.add_argument("--guide-steps", metavar="FRACTION", help="guide the first FRACTION of the steps")
+    p.add_argument("--backward-steps", metavar="M", help="gradient steps of backward guidance per sampler step")
+    p.add_argument("--recurrence", metavar="K", help="take each guided step K times (1 = off)")
+    p.add_argument("--guide-in-mask", action=argparse.BooleanOptionalAction, default=None,
+                   help="when inpainting, guide only inside the mask")
+    p.add_argument("--guide-strength", metavar="S", help="one strength for every guide (e.g. a branch's)")
+    p.add_argument("--no-guides", action="store_const", const=True, help="drop the guides (e.g. a branch's parent's)")
+
+
+def _number(args: argparse.Namespace, option: str, kind: type):
+    text = getattr(args, option, None)
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise UserError(f"--{option.replace('_', '-')} must be {what}, got {text!r}") from None
+
+
+def parse_guide(spec: str):
+    """KIND:PICTURE[:STRENGTH][:VARIANT] → Guide with its picture loaded; a path may itself hold colons."""
+    from .engine import DEFAULT_STRENGTH, Guide, load_mask, load_rgb, load_rgba
+
+    kind, sep, rest = spec.partition(":")
+    if kind not in GUIDE_KINDS:
+        raise UserError(f"unknown guide kind {kind!r} in --guide {spec}; choose one of {', '.join(GUIDE_KINDS)}")
+    if not sep or not rest:
+        raise UserError(f"--guide {spec} names no picture; write {kind}:PICTURE.png[:STRENGTH]")
+    variant = "layout"
+    head, _, last = rest.rpartition(":")
+    if head and last in REFERENCE_VARIANTS:
+        if kind != "reference":
+            raise UserError(f"--guide {spec}: only a reference guide has a variant ({last})")
+        rest, variant = head, last
+    strength = DEFAULT_STRENGTH[kind]
+    head, _, last = rest.rpartition(":")
+    if head and _is_strength_field(last):
+        strength = _strength(last, spec)
+        rest = head
+    loader = {"colour": load_rgba, "reference": load_rgb, "keep": load_mask}[kind]
+    return Guide(kind, strength, loader(rest), variant)
+
+
+def _is_strength_field(text: str) -> bool:
+    """The last ':' field is a strength unless it looks like (the end of) a file name: a path separator or an
+    extension such as .png."""
+    return "/" not in text and "\\" not in text and re.search(r"\.[A-Za-z]\w*$", text) is None
+
+
+def _strength(text: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"bad strength {text!r} in --guide {spec}: give a number ≥ 0") from None
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"bad strength {text!r} in --guide {spec}: give a number ≥ 0")
+    return value
+
+
+def guidance_changes(args: argparse.Namespace, base) -> dict[str, Any]:
+    """The request fields the guidance options set (nothing when none is given)."""
+    changes: dict[str, Any] = {}
+    if args.guide_mode is not None:
+        changes["guide_mode"] = args.guide_mode
+    if args.guide_in_mask is not None:
+        changes["guide_in_mask"] = args.guide_in_mask
+    for option, kind in (("guide_steps", float), ("backward_steps", int), ("recurrence", int)):
+        value = _number(args, option, kind)
+        if value is not None:
+            changes[option] = value
+    strength = _number(args, "guide_strength", float)
+    if args.guide and args.no_guides:
+        raise UserError("--guide and --no-guides contradict each other; give one of them")
+    guides = base.guides
+    if args.no_guides:
+        guides = ()
+    elif args.guide:
+        guides = tuple(parse_guide(spec) for spec in args.guide)
+    if strength is not None:
+        if not math.isfinite(strength) or strength < 0:
+            raise UserError(f"--guide-strength must be a number ≥ 0, got {args.guide_strength}")
+        if not guides:
+            raise UserError("--guide-strength needs a guide: give --guide KIND:PICTURE (or branch a guided run)")
+        guides = tuple(dataclasses.replace(g, strength=strength) for g in guides)
+    if args.no_guides or args.guide or strength is not None:
+        changes["guides"] = guides
+    return changes

@@ -28,8 +28,12 @@ PARTIAL_SUFFIX = ".partial"
 LEGACY_STALE_SECONDS = 3600  # a `NAME.partial` (the old fixed temporary name) this old belongs to no live writer
 
 
-class FileProblem(UserError):
-    """A path that cannot be read or written as asked; the message names it."""
+class FileProblem(UserError, OSError):
+    """A path that cannot be read or written as asked; the message names it. Also an OSError, so code that
+    already handles a failed write as one (the app's save actions, autosave) handles this too."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _kind(mode: int) -> str:

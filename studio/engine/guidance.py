@@ -10,8 +10,8 @@ Notation as in the paper and samplers.py: ᾱ = alpha_cumprod of the current lev
   exactly −s·n·∇_{z_t}ℓ at every level, a gradient step of one size in ẑ0's own units. The classifier-guidance
   scaling moves ẑ0 by −s·(1−ᾱ)/√ᾱ·∇ℓ, which diverges on a zero-terminal-SNR schedule (the built-in model's first
   level has ᾱ = 2.4e-9) and fades to nothing in the late steps (measurements: DEFAULT_STRENGTH's note).
-  The factor n undoes the 1/n that mean losses put into each latent pixel's gradient, so a strength acts the same
-  at every image size.
+  The factor n undoes the 1/n that mean losses put into each latent pixel's gradient, so that a strength acts
+  alike at every image size (reasoned, measured only at 64 px).
 - backward guidance (their eq. 7 and 9): Δz0 = argmin_Δ ℓ(f(ẑ0 + Δ)) by m steps of gradient descent from Δ = 0 with
   no gradient through the UNet, then ε̃ = ε̂ − √(ᾱ_t/(1−ᾱ_t))·Δz0, which moves ẑ0 to ẑ0 + Δz0 exactly. Each step
   takes Polyak's step size η = lr·ℓ/‖∇ℓ‖² (Polyak 1987, "Introduction to Optimization" §5.3, for a known minimum
@@ -304,7 +304,8 @@ def guide_denoiser(denoiser: "Denoiser", objective: Objective, *, mode: GuideMod
 # 5 interleaved rounds (benchmarks/bench_guidance.py --decode-steps): forward 2.51, backward m = 1 2.47, m = 5 6.38
 # (so 0.98 per gradient step, 1.49 for the rest), forward with k = 2 4.49, backward m = 5 with k = 2 11.9 (k× the
 # cost overstates recurrence by ~8 %: the step's x̂0 decode is not repeated). Without the per-step decode (scripts,
-# the CLI) guided steps cost more relative to plain ones: forward 3.8, backward m = 5 10.1 on a busy machine.
+# the CLI; an unguided step 20.5 ms) the ratios are larger: forward 3.87, backward m = 1 3.92, m = 5 11.1, forward
+# k = 2 7.97, backward m = 5 k = 2 22.0.
 FORWARD_COST = 2.5
 BACKWARD_BASE_COST = 1.5
 BACKWARD_STEP_COST = 1.0

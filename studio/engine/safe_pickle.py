@@ -81,8 +81,11 @@ def check_legacy_pickles(path: Path) -> None:
     string) or a stream that is no pickle at all is refused here, with nothing allocated for it."""
     with open_regular(path, "model file") as f:
         head = f.read(MAX_SCAN_BYTES + 1)
-    stream = io.BytesIO(head[:MAX_SCAN_BYTES])
+    data = head[:MAX_SCAN_BYTES]
+    stream = io.BytesIO(data)
     for _ in range(LEGACY_PICKLES):
+        if stream.tell() == len(data):  # a plain pickle ends here: torch.load and the scan below say what it is
+            return
         try:
             for _opcode in pickletools.genops(stream):
                 pass

@@ -33,7 +33,7 @@ from .image_io import (
     is_image_path,
     read_image,
 )
-from .images import qimage_to_rgb
+from .images import accepts_drop, dropped, qimage_to_rgb
 from .lineage_replay import LineageReplay, lineage_note, replay_chain
 from .timeline_export import export_gif, export_pngs
 
@@ -112,23 +112,18 @@ class FileActions:
 
     # -- drag and drop (the whole window is a drop target) --------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        mime = event.mimeData()
-        if (mime.hasUrls() and any(u.isLocalFile() for u in mime.urls())) or mime.hasImage():
-            event.acceptProposedAction()
-        else:
-            event.ignore()
+        event.acceptProposedAction() if accepts_drop(event.mimeData()) else event.ignore()
 
     def dropEvent(self, event: QDropEvent) -> None:
-        mime = event.mimeData()
-        paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
-        if paths:
-            event.acceptProposedAction()
-            self.handle_dropped_path(paths[0])
-        elif mime.hasImage():
-            event.acceptProposedAction()
-            self.open_image(qimage_to_rgb(mime.imageData()), "dropped image")
-        else:
+        what = dropped(event.mimeData())
+        if what is None:
             event.ignore()
+            return
+        event.acceptProposedAction()
+        if isinstance(what, str):
+            self.handle_dropped_path(what)
+        else:
+            self.open_image(what, "dropped image")
 
     def handle_dropped_path(self, path: str) -> None:
         """A PNG with a `parameters` chunk restores its settings; other images open; runs and models load."""

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 
 from .form_widgets import bound_check, bound_combo, bound_spin, dspin, form
 from .guides import cost_text
-from .images import qimage_to_rgb, thumbnail
+from .images import accepts_drop, dropped, thumbnail
 from .settings_model import UI_LIMITS, GenerationSettings, bind
 
 MODES = {"forward": "Forward", "backward": "Backward", "both": "Forward + backward"}
@@ -187,24 +187,19 @@ class GuidanceSection(QGroupBox):
         self.referenceChanged.emit()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        mime = event.mimeData()
-        if (mime.hasUrls() and any(u.isLocalFile() for u in mime.urls())) or mime.hasImage():
-            event.acceptProposedAction()
-        else:
-            event.ignore()
+        event.acceptProposedAction() if accepts_drop(event.mimeData()) else event.ignore()
 
     def dropEvent(self, event: QDropEvent) -> None:
         """A picture dropped here is the reference (anywhere else in the window it opens as the input)."""
-        mime = event.mimeData()
-        paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
-        if paths:
-            event.acceptProposedAction()
-            self.referenceDropped.emit(paths[0])
-        elif mime.hasImage():
-            event.acceptProposedAction()
-            self.set_reference(qimage_to_rgb(mime.imageData()), "dropped picture")
-        else:
+        what = dropped(event.mimeData())
+        if what is None:
             event.ignore()
+            return
+        event.acceptProposedAction()
+        if isinstance(what, str):
+            self.referenceDropped.emit(what)
+        else:
+            self.set_reference(what, "dropped picture")
 
 
 def _small_button(text: str, name: str, tip: str) -> QToolButton:

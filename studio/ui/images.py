@@ -80,3 +80,16 @@ def thumbnail(image: np.ndarray | None, size: int) -> QPixmap:
     return QPixmap.fromImage(rgb_to_qimage(image)).scaled(
         size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
     )
+
+
+def accepts_drop(mime) -> bool:
+    """Whether a drag carries something a drop target here can take: a local file or an image."""
+    return (mime.hasUrls() and any(u.isLocalFile() for u in mime.urls())) or mime.hasImage()
+
+
+def dropped(mime) -> str | np.ndarray | None:
+    """What a drop carries: the first local file's path, else its image as HxWx3 uint8, else None."""
+    paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
+    if paths:
+        return paths[0]
+    return qimage_to_rgb(mime.imageData()) if mime.hasImage() else None

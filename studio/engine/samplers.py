@@ -347,6 +347,37 @@ def ddim_inversion(denoiser, x, grid, refine: int = 0) -> Iterator[Step]:
         x = x_next
 
 
+def cold_improved(denoiser, x, grid, *, eta=0.0, generator=None, start=0, history=()) -> Iterator[Step]:
+    """Cold diffusion's improved sampling (Bansal et al. 2022, Algorithm 2): x_{s'} = x_s − D(x̂0, s) + D(x̂0, s').
+
+    `denoiser(x_s, level)` is the restoration R(x_s, s) = x̂0 (not ε̂) and `denoiser.degrade(x0, level)` is D; the
+    level's timestep is s. Step.eps_pred records the correction D(x̂0, s) − D(x̂0, s'). Deterministic: the only
+    randomness of a cold run is its start. The paper's argument (§3.3): for D(x, s) = x + s·e, linear in s,
+    x_s = D(x0, s) gives x_{s−1} = x0 + s·e − x̂0 − s·e + x̂0 + (s−1)·e = D(x0, s − 1) whatever x̂0 is, so R's errors
+    do not accumulate; for a smooth D this holds to first order in the step, where Algorithm 1 carries R's error
+    D(x̂0 − x0, s − 1) into every step.
+    """
+    for i in range(start, len(grid) - 1):
+        level, nxt = grid[i], grid[i + 1]
+        x0 = denoiser(x, level)
+        correction = denoiser.degrade(x0, level) - denoiser.degrade(x0, nxt)
+        x_next = x - correction  # Algorithm 2, line 4, with s − 1 → s' (a strided grid)
+        yield Step(i, level, nxt, x, x0, correction, x_next)
+        x = x_next
+
+
+def cold_naive(denoiser, x, grid, *, eta=0.0, generator=None, start=0, history=()) -> Iterator[Step]:
+    """Cold diffusion's naive sampling (Bansal et al. 2022, Algorithm 1): x_{s'} = D(x̂0, s'), x̂0 = R(x_s, s).
+
+    Records the same correction D(x̂0, s) − D(x̂0, s') as Algorithm 2, so the two can be compared step by step."""
+    for i in range(start, len(grid) - 1):
+        level, nxt = grid[i], grid[i + 1]
+        x0 = denoiser(x, level)
+        x_next = denoiser.degrade(x0, nxt)  # Algorithm 1, line 4
+        yield Step(i, level, nxt, x, x0, denoiser.degrade(x0, level) - x_next, x_next)
+        x = x_next
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """Everything the rest of the studio knows about one sampler: validation, the pipeline, branching, the CLI, the
@@ -360,6 +391,7 @@ class SamplerSpec:
     history_steps: int = 0  # how many previous steps' x̂0 the multistep update reads (rebuilt for a resumed run)
     supports_karras: bool = True  # can walk Karras et al. 2022 eq. 5 σs (fractional timesteps)
     model_calls_per_step: int = 1  # denoiser calls per step; stages past the first are skipped on a move to σ = 0
+    family: str = "ldm"  # the models it runs with: "ldm" (ε/v latent diffusion) or "cold" (cold.py's restorers)
 
     def draws_noise(self, eta: float) -> bool:
         """Whether a run with this η consumes the noise generator (then its state is kept per step for branching)."""
@@ -390,4 +422,12 @@ SAMPLER_TABLE: dict[str, SamplerSpec] = {
     "dpmpp_2m": SamplerSpec(dpmpp_2m, "DPM++ 2M", "clean", history_steps=1),
     "dpmpp_2m_sde": SamplerSpec(dpmpp_2m_sde, "DPM++ 2M SDE", "clean", uses_eta=True, default_eta=1.0, history_steps=1),
     "unipc": SamplerSpec(unipc, "UniPC", "clean", history_steps=2),
+    "cold_improved": SamplerSpec(cold_improved, "Cold improved (Alg. 2)", "clean", supports_karras=False,
+                                 family="cold"),
+    "cold_naive": SamplerSpec(cold_naive, "Cold naive (Alg. 1)", "clean", supports_karras=False, family="cold"),
 }
+
+
+def samplers_for(family: str) -> dict[str, SamplerSpec]:
+    """The table's samplers that run with a model of this family ("ldm" or "cold"), in the table's order."""
+    return {name: spec for name, spec in SAMPLER_TABLE.items() if spec.family == family}

@@ -17,6 +17,7 @@ from studio.engine.samplers import (
     euler_ancestral,
     predict_eps,
     predict_x0,
+    samplers_for,
     v_from_eps,
 )
 from studio.engine.schedules import NoiseSchedule, ScheduleConfig, sampling_grid
@@ -146,7 +147,7 @@ def test_euler_is_ddim_eta_zero_on_the_same_grid():
             torch.testing.assert_close(sa.x_next, sb.x_next, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLER_TABLE))
+@pytest.mark.parametrize("name", sorted(samplers_for("ldm")))
 def test_model_calls_match_the_table(name):
     """SamplerSpec.model_calls (time estimates) counts what the sampler really asks of the model: Heun twice per
     step except on the move to σ = 0."""
@@ -162,7 +163,7 @@ def test_model_calls_match_the_table(name):
     assert len(calls) == spec.model_calls(7)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLER_TABLE))
+@pytest.mark.parametrize("name", sorted(samplers_for("ldm")))
 def test_draws_noise_says_when_the_generator_is_used(name):
     """The pipeline records the generator's state per step only when `draws_noise(η)`; a sampler that drew without
     saying so would break branch replay silently."""
@@ -186,7 +187,7 @@ def test_sampler_table_names_are_unique_and_torch_free():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLER_TABLE))
+@pytest.mark.parametrize("name", sorted(samplers_for("ldm")))
 def test_every_sampler_lands_on_the_data_point_with_an_oracle_denoiser(name):
     target = torch.linspace(-1, 1, 256).reshape(SHAPE)
     spec = SAMPLER_TABLE[name]
@@ -198,7 +199,7 @@ def test_every_sampler_lands_on_the_data_point_with_an_oracle_denoiser(name):
         torch.testing.assert_close(predict_x0(s.x_t, s.eps_pred, s.level.alpha_cumprod), s.x0_pred)
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLER_TABLE))
+@pytest.mark.parametrize("name", sorted(samplers_for("ldm")))
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_resuming_from_any_step_reproduces_the_run_bit_for_bit(name, k):
     """Resume at step k from the recorded x_t of steps < k alone (SamplerSpec.resume_history), with the

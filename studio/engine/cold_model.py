@@ -1,0 +1,188 @@
+"""The restoration network R(x_s, s) ≈ x0 of cold diffusion (Bansal et al. 2022, eq. 2: min ‖R(D(x, s), s) − x‖),
+a small pixel-space UNet at 64 px.
+
+Pixel space, not our VAE's latents: blur and downsampling are defined on pixels (a blur of latents is not a blur
+of the picture, and at s = T the "per-channel mean" has to be the picture's colour for the GMM start of §5.1), and
+masking must keep the unmasked pixels exactly, which a decoder would not. At 64 px a net of ~1.5 M parameters is
+as cheap per image as the VAE round trip would be.
+
+R predicts x̂0 = x_s + UNet(x_s, s, …): near s = 0 the image is almost right and the net learns the small change.
+Inputs besides x_s: the current mask m_s for the mask kind (R must know which pixels are holes, and m_s is known
+at sampling time), and, for caption-conditioned models, a caption vector: the mean of learned embeddings of its
+CLIP-tokenizer ids (the scene world's captions name a handful of facts; the shipped text encoder would add ~40 %
+compute per step on one CPU thread for no fact it knows that a bag of words does not), added to the step embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class ColdConfig:
+    kind: str = "blur"  # the degradation: blur | mask | down
+    steps: int = 40  # T
+    size: int = 64  # image side, px
+    channels: tuple[int, ...] = (32, 64, 96, 128)  # per resolution 64, 32, 16, 8 px
+    vocabulary: int = 0  # caption token ids (0: unconditional)
+    # GMM over training images' per-channel means in [−1, 1] (§5.1: the start x_T of generation from blur)
+    gmm_weights: tuple[float, ...] = ()
+    gmm_means: tuple[tuple[float, ...], ...] = ()
+    gmm_stds: tuple[tuple[float, ...], ...] = ()  # diagonal
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ColdConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("channels", "gmm_weights"):
+            if key in known:
+                known[key] = tuple(known[key])
+        for key in ("gmm_means", "gmm_stds"):
+            if key in known:
+                known[key] = tuple(tuple(row) for row in known[key])
+        return cls(**known)
+
+    @property
+    def extra_inputs(self) -> int:
+        return 1 if self.kind == "mask" else 0
+
+
+def step_embedding(s: torch.Tensor, steps: int, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of s/T (Vaswani et al. 2017 §3.5, as DDPM embeds t)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, dtype=torch.float32) / half).to(s.device)
+    angle = (s.float() / steps * 1000.0)[:, None] * freqs[None] / 10.0
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(emb, 2 * cout)
+        self.norm2 = nn.GroupNorm(8, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return self.skip(x) + h
+
+
+class RestorationNet(nn.Module):
+    """UNet: one ResBlock per level down, a middle block, one per level up with skips; FiLM from (s, caption)."""
+
+    def __init__(self, config: ColdConfig):
+        super().__init__()
+        self.config = config
+        ch = config.channels
+        emb = 4 * ch[0]
+        self.emb = nn.Sequential(nn.Linear(ch[0], emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.words = nn.EmbeddingBag(config.vocabulary, emb, mode="mean") if config.vocabulary else None
+        self.stem = nn.Conv2d(3 + config.extra_inputs, ch[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        for i, c in enumerate(ch):
+            self.down.append(ResBlock(ch[i - 1] if i else ch[0], c, emb))
+        self.middle = ResBlock(ch[-1], ch[-1], emb)
+        self.up = nn.ModuleList()
+        for i in reversed(range(len(ch))):
+            above = ch[i + 1] if i + 1 < len(ch) else ch[-1]
+            self.up.append(ResBlock(above + ch[i], ch[i], emb))
+        self.out_norm = nn.GroupNorm(8, ch[0])
+        self.out = nn.Conv2d(ch[0], 3, 3, padding=1)
+
+    def forward(
+        self,
+        x_s: torch.Tensor,
+        s: torch.Tensor,
+        extra: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x̂0 = x_s + UNet(…). `extra`: m_s for the mask kind; `tokens`/`offsets`: EmbeddingBag input."""
+        cfg = self.config
+        s = s.reshape(-1).to(x_s.device).expand(x_s.shape[0]) if s.numel() == 1 else s.to(x_s.device)
+        emb = self.emb(step_embedding(s, cfg.steps, cfg.channels[0]).to(x_s.dtype))
+        if self.words is not None and tokens is not None:
+            emb = emb + self.words(tokens, offsets)
+        h = self.stem(torch.cat([x_s, extra], dim=1) if extra is not None else x_s)
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                h = F.avg_pool2d(h, 2)
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle(h, emb)
+        for i, block in enumerate(self.up):
+            skip = skips.pop()
+            if i:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = block(torch.cat([h, skip], dim=1), emb)
+        return x_s + self.out(F.silu(self.out_norm(h)))
+
+
+# ---- the model file: safetensors, the ColdConfig as JSON in its metadata --------------------------------------
+
+COLD_METADATA_KEY = "studio_cold_config"
+
+
+def caption_tokens(captions: list[str], words: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """EmbeddingBag input for a batch of captions: ids into `words` (0 = a word the model does not know)."""
+    index = {w: i + 1 for i, w in enumerate(words)}
+    ids, offsets = [], []
+    for text in captions:
+        offsets.append(len(ids))
+        found = [index.get(w, 0) for w in _WORD.findall(text.lower())]
+        ids.extend(found or [0])
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
+
+
+_WORD = __import__("re").compile(r"[a-z]+")
+
+
+def save_cold_file(net: RestorationNet, words: tuple[str, ...], path, dtype: torch.dtype = torch.float16) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
+    metadata = {COLD_METADATA_KEY: json.dumps(net.config.to_json()), "studio_cold_words": json.dumps(list(words))}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def read_cold_header(path) -> tuple[ColdConfig, tuple[str, ...]] | None:
+    """The config and caption words of a cold model file, or None when the file is not one."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if COLD_METADATA_KEY not in metadata:
+        return None
+    return ColdConfig.from_json(json.loads(metadata[COLD_METADATA_KEY])), tuple(
+        json.loads(metadata.get("studio_cold_words", "[]"))
+    )
+
+
+def load_cold_file(path, device="cpu", dtype: torch.dtype = torch.float32) -> tuple[RestorationNet, tuple[str, ...]]:
+    from safetensors.torch import load_file
+
+    header = read_cold_header(path)
+    if header is None:
+        raise ValueError(f"{path} is not a cold model file")
+    config, words = header
+    net = RestorationNet(config)
+    net.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(path)).items()})
+    return net.to(device=device, dtype=dtype).eval(), words

@@ -42,10 +42,15 @@ if TYPE_CHECKING:
     from .samplers import Denoiser, SamplerSpec
     from .schedules import NoiseLevel
 
-GuideKind = Literal["colour", "reference", "keep"]
-GuideMode = Literal["forward", "backward", "both"]
-GUIDE_KINDS: tuple[GuideKind, ...] = ("colour", "reference", "keep")
-GUIDE_MODES: tuple[GuideMode, ...] = ("forward", "backward", "both")
+GuideKind = Literal["colour", "reference", "keep", "classifier"]
+GuideMode = Literal["forward", "backward", "both", "noisy"]
+GUIDE_KINDS: tuple[GuideKind, ...] = ("colour", "reference", "keep")  # guides with a picture (the app's hint layers)
+TRAINED_GUIDE_KINDS: tuple[GuideKind, ...] = ("classifier",)  # guides with trained weights (classifier_guidance.py)
+ALL_GUIDE_KINDS: tuple[GuideKind, ...] = GUIDE_KINDS + TRAINED_GUIDE_KINDS
+# forward/backward/both: universal guidance on ẑ0 (a classifier guide uses the clean classifier there); noisy:
+# classifier guidance on z_t with the noise-aware classifier, Dhariwal & Nichol's Algorithm 1 or 2 per sampler
+GUIDE_MODES: tuple[GuideMode, ...] = ("forward", "backward", "both", "noisy")
+UNIVERSAL_MODES: tuple[GuideMode, ...] = ("forward", "backward", "both")
 REFERENCE_VARIANTS = ("layout", "palette")
 LAYOUT_POOL = 8  # "layout": compare 8×8-pixel block means (structure, not detail)
 # Each guide kind's strength s when none is given (CLI, app). Chosen on the built-in model (64 px, DDIM 25 steps,
@@ -66,7 +71,8 @@ LAYOUT_POOL = 8  # "layout": compare 8×8-pixel block means (structure, not deta
 #   unguided), backward 40/40 (median 1.1, worst 9.1; the rest of the picture moves by a median 8 ΔE₀₀ a pixel);
 #   hint the prompt agrees with: unguided 38/40, forward 39/40, backward 40/40;
 #   reference layout beats unguided: forward 37/40 (median correlation 0.44 vs 0.02), backward 40/40 (0.96).
-DEFAULT_STRENGTH: dict[str, float] = {"colour": 1.0, "reference": 10.0, "keep": 1.0}
+DEFAULT_STRENGTH: dict[str, float] = {"colour": 1.0, "reference": 10.0, "keep": 1.0,
+                                      "classifier": 1.0}  # classifier: classifier_guidance.py's note
 
 Objective = Callable[["torch.Tensor"], "torch.Tensor"]  # ẑ0 latent (1, C, h, w) → scalar loss
 
@@ -86,9 +92,19 @@ class Guide:
     strength: float = 1.0
     image: np.ndarray | None = field(default=None, compare=False, repr=False)
     variant: str = "layout"
+    # classifier: the labels asked for, as the captions name them, e.g. {"shape": "star", "position": "top left"}
+    # (a dict is taken and kept as sorted (group, value) pairs, so the guide stays hashable and comparable)
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.labels, dict):
+            object.__setattr__(self, "labels", tuple(sorted((str(k), str(v)) for k, v in self.labels.items())))
 
     def settings(self) -> dict:
-        return {"kind": self.kind, "strength": self.strength, "variant": self.variant}
+        values = {"kind": self.kind, "strength": self.strength, "variant": self.variant}
+        if self.labels:
+            values["labels"] = dict(self.labels)
+        return values
 
 
 def guide_active(index: int, steps: int, fraction: float) -> bool:
@@ -176,13 +192,18 @@ def pixel_loss(guide: Guide, size: tuple[int, int], device, init_image: np.ndarr
 
 
 def pixel_objective(guides: Sequence[Guide], decode: Callable[["torch.Tensor"], "torch.Tensor"],
-                    size: tuple[int, int], device, init_image: np.ndarray | None = None) -> Objective:
-    """ℓ(ẑ0) = Σ_i s_i·ℓ_i(D(ẑ0)): every guide's loss on the decoded prediction, D differentiable."""
-    losses = [(g.strength, pixel_loss(g, size, device, init_image)) for g in guides]
+                    size: tuple[int, int], device, init_image: np.ndarray | None = None,
+                    latent_losses: Sequence[tuple[float, Objective]] = ()) -> Objective:
+    """ℓ(ẑ0) = Σ_i s_i·ℓ_i(D(ẑ0)): every picture guide's loss on the decoded prediction, D differentiable, plus
+    the `latent_losses` (s_i, ℓ_i) that read ẑ0 itself (a clean classifier's −log p(y | ẑ0))."""
+    losses = [(g.strength, pixel_loss(g, size, device, init_image)) for g in guides if g.kind in GUIDE_KINDS]
 
     def objective(z0: torch.Tensor) -> torch.Tensor:
-        image = decode(z0)
-        return sum(weight * loss(image) for weight, loss in losses)
+        total = sum(weight * loss(z0) for weight, loss in latent_losses)
+        if losses:
+            image = decode(z0)
+            total = total + sum(weight * loss(image) for weight, loss in losses)
+        return total
 
     return objective
 
@@ -198,7 +219,7 @@ def guide_support(guides: Sequence[Guide], latent_size: tuple[int, int], device)
 
     support = None
     for guide in guides:
-        if guide.kind == "reference" or guide.image is None:
+        if guide.kind in ("reference", *TRAINED_GUIDE_KINDS) or guide.image is None:
             return None
         image = np.asarray(guide.image, dtype=np.float32)
         painted = image[..., 3] if guide.kind == "colour" and image.ndim == 3 else (

@@ -26,7 +26,7 @@ from .api import frozen_array
 from .request import GenerationRequest, RequestError
 from .run import Run
 from .guidance import (
-    GUIDE_KINDS,
+    ALL_GUIDE_KINDS,
     GUIDE_MODES,
     REFERENCE_VARIANTS,
     GuidanceTrace,
@@ -74,7 +74,7 @@ def validate(request: GenerationRequest) -> None:
 
 def _validate_guidance(request: GenerationRequest) -> None:
     if request.guide_mode not in GUIDE_MODES:
-        raise RequestError(f"guidance mode must be forward, backward or both, got {request.guide_mode!r}")
+        raise RequestError(f"guidance mode must be forward, backward, both or noisy, got {request.guide_mode!r}")
     if not (isinstance(request.guide_steps, (int, float)) and 0 <= request.guide_steps <= 1):
         raise RequestError(f"the guided fraction of steps must be between 0 and 1, got {request.guide_steps}")
     if not 1 <= request.backward_steps <= 100:
@@ -82,12 +82,19 @@ def _validate_guidance(request: GenerationRequest) -> None:
     if not 1 <= request.recurrence <= 20:
         raise RequestError(f"recurrence must be between 1 (off) and 20, got {request.recurrence}")
     for guide in request.guides:
-        if guide.kind not in GUIDE_KINDS:
-            raise RequestError(f"unknown guide {guide.kind!r}; choose one of {', '.join(GUIDE_KINDS)}")
+        if guide.kind not in ALL_GUIDE_KINDS:
+            raise RequestError(f"unknown guide {guide.kind!r}; choose one of {', '.join(ALL_GUIDE_KINDS)}")
         if not math.isfinite(guide.strength) or guide.strength < 0:
             raise RequestError(f"a guide's strength must be a number ≥ 0, got {guide.strength}")
         if guide.kind == "reference" and guide.variant not in REFERENCE_VARIANTS:
             raise RequestError(f"a reference guide is 'layout' or 'palette', got {guide.variant!r}")
+        if guide.kind == "classifier":
+            if not guide.labels:
+                raise RequestError("a classifier guide needs labels, e.g. shape=star")
+            continue
+        if request.guide_mode == "noisy":
+            raise RequestError(f"noisy guidance is classifier guidance on z_t: a {guide.kind} guide works with "
+                               "forward, backward or both")
         if guide.image is None:
             raise RequestError(f"the {guide.kind} guide has no picture; give it one")
         if guide.kind == "keep" and request.init_image is None:
@@ -202,7 +209,7 @@ class Engine:
                 run, x, history = Run(request, plan.grid, Timeline(), kind=plan.kind), plan.x, ()
             self._describe(run, model, x)
             spec = SAMPLER_TABLE[request.sampler]
-            denoiser, trace, repeats = _guidance(model, request, plan, run.grid)
+            denoiser, trace, repeats, spec = _guidance(model, request, plan, run.grid, spec)
             if trace is not None and parent is not None and spec.history_steps:  # the history the guided run saw
                 history = self._branch_history(spec, denoiser, parent, from_step, plan.x.device)
             stochastic = spec.draws_noise(request.eta) or repeats is not None
@@ -359,31 +366,47 @@ def _oom_message(request: GenerationRequest) -> str:
             "tiles itself when memory is short); nothing was lost")
 
 
-def _guidance(model: LatentDiffusion, request: GenerationRequest, plan: Plan, grid: list):
-    """Universal guidance around the plan's denoiser (guidance.py), on the first `guide_steps` of this run's grid:
-    (denoiser, trace, repeats). Without guides: the plan's own denoiser, None, None (the run is the unguided one)."""
+def _guidance(model: LatentDiffusion, request: GenerationRequest, plan: Plan, grid: list, spec):
+    """Universal guidance (guidance.py) or, in "noisy" mode, classifier guidance (classifier_guidance.py) around the
+    plan's denoiser or the sampler's step, on the first `guide_steps` of this run's grid: (denoiser, trace, repeats,
+    sampler spec). Without guides: the plan's own denoiser, None, None, `spec` (the run is the unguided one)."""
     if not request.guides:
-        return plan.denoiser, None, None
+        return plan.denoiser, None, None, spec
+    from . import classifier_guidance as cg
+
     scale = model.config.vae.scaling_factor
+    steps = len(grid) - 1
+    guided_levels = {lv.timestep for i, lv in enumerate(grid[:-1]) if guide_active(i, steps, request.guide_steps)}
+    trace = GuidanceTrace()
+    repeats = None
+    if request.recurrence > 1:
+        def repeats(i: int) -> int:
+            return request.recurrence if guide_active(i, steps, request.guide_steps) else 1
+    if request.guide_mode == "noisy":  # Dhariwal & Nichol 2021, Algorithm 1 or 2 by sampler
+        classifier = cg.shipped_classifier(False, model.device)
+        cg.check_fits(classifier, plan.x)
+        log_prob = cg.log_prob_fn(request.guides, classifier)
+        active = lambda level: level.timestep in guided_levels  # noqa: E731
+        if cg.algorithm_for(spec, request.eta) == 1:
+            return plan.denoiser, trace, repeats, cg.noisy_sampler(spec, log_prob, active, trace)
+        return cg.noisy_denoiser(plan.denoiser, log_prob, active, trace), trace, repeats, spec
+    latent_losses = []
+    if cg.classifier_guides(request.guides):  # the clean classifier on ẑ0
+        classifier = cg.shipped_classifier(True, model.device)
+        cg.check_fits(classifier, plan.x)
+        latent_losses = cg.clean_losses(request.guides, classifier)
 
     def decode(z0: torch.Tensor) -> torch.Tensor:  # differentiable: no tiling, no NaN retry
         return model.vae.decode((z0 / scale).to(model.dtype)).float()
 
     objective = pixel_objective(request.guides, decode, (request.height, request.width), model.device,
-                                request.init_image)
-    steps = len(grid) - 1
-    guided_levels = {lv.timestep for i, lv in enumerate(grid[:-1]) if guide_active(i, steps, request.guide_steps)}
-    trace = GuidanceTrace()
+                                request.init_image, latent_losses)
     denoiser = guide_denoiser(
         plan.denoiser, objective, mode=request.guide_mode, active=lambda level: level.timestep in guided_levels,
         backward_steps=request.backward_steps, backward_lr=BACKWARD_LR,
         mask=_guide_mask(request, plan), trace=trace,
     )
-    repeats = None
-    if request.recurrence > 1:
-        def repeats(i: int) -> int:
-            return request.recurrence if guide_active(i, steps, request.guide_steps) else 1
-    return denoiser, trace, repeats
+    return denoiser, trace, repeats, spec
 
 
 def _guide_mask(request: GenerationRequest, plan: Plan) -> torch.Tensor | None:

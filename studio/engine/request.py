@@ -66,6 +66,9 @@ class GenerationRequest:
     backward_steps: int = 5  # m: gradient steps of backward guidance per sampler step
     recurrence: int = 1  # k: take each guided step k times, re-noising in between (Algorithm 1); 1 = off
     guide_in_mask: bool = False  # when inpainting, guide only inside the mask
+    # cold diffusion (cold_pipeline.py): scale of the Gaussian perturbation added to the GMM start x_T (Bansal et al.
+    # 2022 §5.1: without it the blur model's samples collapse onto a few); 0 = the deterministic start
+    cold_noise: float = 0.002
 
     def __post_init__(self) -> None:
         if self.eta is None:  # a request always carries the η it runs with, so PNGs and saved runs record it
@@ -94,7 +97,8 @@ class GenerationRequest:
             raise RequestError("damaged guidance settings: guides must be a list of objects")
         pictures = list(guide_images) + [None] * len(raw)
         try:
-            guides = tuple(Guide(str(g["kind"]), float(g.get("strength", 1.0)), pictures[i], str(g.get("variant", "layout")))
+            guides = tuple(Guide(str(g["kind"]), float(g.get("strength", 1.0)), pictures[i], str(g.get("variant", "layout")),
+                                 {str(k): str(v) for k, v in dict(g.get("labels") or {}).items()})
                            for i, g in enumerate(raw))
         except (KeyError, TypeError, ValueError) as exc:
             raise RequestError(f"damaged guidance settings ({exc})") from None

@@ -25,6 +25,7 @@ from .model_info import file_hash
 from .api import frozen_array
 from .request import GenerationRequest, RequestError
 from .run import Run
+from .cold_pipeline import cold_generate, is_cold_run
 from .guidance import (
     ALL_GUIDE_KINDS,
     GUIDE_MODES,
@@ -196,6 +197,9 @@ class Engine:
         raise RuntimeError("generation ended without a result")
 
     def _generate(self, request, job_id, cancel, parent, from_step) -> Iterator[RunEvent]:
+        if is_cold_run(request):  # cold diffusion: its own plan on the same Run and timeline (cold_pipeline.py)
+            yield from cold_generate(self, request, job_id, cancel, parent, from_step)
+            return
         validate(request)
         model = self.model(request.model, request.device, request.dtype)
         check_for_model(model, request)  # steps, CLIP skip and memory for this size, before any work

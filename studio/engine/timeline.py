@@ -36,6 +36,8 @@ class TimelineStep:
 
     @property
     def x0(self) -> torch.Tensor:
+        if self.x0_exact is not None:  # kept: a cold run's x̂0 = R(x_s, s) is not a function of (x_t, ε̂)
+            return self.x0_exact
         return predict_x0(self.x_t, self.eps.float(), self.level.alpha_cumprod)
 
     def view_array(self, which: View) -> np.ndarray:
@@ -46,6 +48,8 @@ class TimelineStep:
         eps = self.eps.numpy().astype(np.float32)
         if which == "eps":
             return eps
+        if self.x0_exact is not None:
+            return self.x0_exact.numpy()
         a = self.level.alpha_cumprod
         return (x_t - np.float32((1 - a) ** 0.5) * eps) / np.float32(a**0.5)
 

@@ -7,11 +7,11 @@ import torch
 from studio.engine.pipeline import Engine
 from studio.engine.request import GenerationRequest, RequestError
 from studio.engine.run import Run
-from studio.engine.samplers import SAMPLER_TABLE
+from studio.engine.samplers import SAMPLER_TABLE, samplers_for
 
 BASE = GenerationRequest(prompt="a red circle", model="tiny-random", steps=8, width=64, height=64, seed=11, cfg=3.0)
 # every sampler at its own default η (so the stochastic ones draw noise), plus DDIM with some noise
-REPLAYS = [(name, None) for name in SAMPLER_TABLE] + [("ddim", 0.5)]
+REPLAYS = [(name, None) for name in samplers_for("ldm")] + [("ddim", 0.5)]
 
 
 @pytest.fixture(scope="module")

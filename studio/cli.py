@@ -25,7 +25,7 @@ REQUEST_OPTIONS = {
     "steps": "steps", "eta": "eta", "cfg": "cfg", "seed": "seed", "width": "width", "height": "height",
     "clip_skip": "clip_skip", "strength": "strength", "device": "device", "dtype": "dtype", "feather": "feather",
     "grow": "grow", "inpaint_mode": "inpaint_mode", "only_masked": "only_masked", "padding": "padding",
-    "fill": "fill", "paste_back": "paste_back", "prediction": "prediction",
+    "fill": "fill", "paste_back": "paste_back", "prediction": "prediction", "noise": "cold_noise",
 }
 
 
@@ -89,6 +89,8 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int)
     p.add_argument("--clip-skip", type=int)
     p.add_argument("--strength", type=float, help="fraction of the schedule re-run over --init (SDEdit)")
+    p.add_argument("--noise", type=float,
+                   help="cold models: scale of the Gaussian perturbation of the generation start (default 0.002)")
     p.add_argument("--prediction", choices=["auto", "epsilon", "v"],
                    help="what the model predicts (auto: from the file; SD 2.x 768 models are v)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
@@ -226,6 +228,10 @@ def _check_generate_outputs(args: argparse.Namespace) -> None:
 def _model_defaults(engine, request, changes: dict[str, Any], fill_cfg: bool):
     """What the command line leaves open, from the model: its guidance scale (a branch keeps its parent's) and its
     size, unless given or taken from the init image (only-masked works at the model's size)."""
+    from .engine import is_cold_model
+
+    if is_cold_model(request.model):  # a cold model works at its own size, with its own samplers (cold_pipeline.py)
+        return request if "sampler" in changes or not fill_cfg else request.replace(sampler="cold_improved")
     if fill_cfg and "cfg" not in changes:
         request = request.replace(cfg=_model_config(engine, request).default_cfg)
     if "width" in changes and "height" in changes:

@@ -79,6 +79,7 @@ _LAZY = {
     # universal guidance's per-kind default strengths and the time multiple of a guided step (guidance.py; no torch)
     "DEFAULT_STRENGTH": "guidance",
     "guidance_cost": "guidance",
+    "is_cold_model": "cold_pipeline",  # cold diffusion (cold_pipeline.py): whether a model spec names a cold model
 }
 
 __all__ = [

@@ -56,6 +56,10 @@ def cold_model_path(spec: str) -> Path | None:
     return None
 
 
+def is_cold_model(spec: str) -> bool:
+    return cold_model_path(spec) is not None
+
+
 def is_cold_run(request: GenerationRequest) -> bool:
     """Whether `request` goes to the cold pipeline; a cold sampler with another model is a user error."""
     cold = cold_model_path(request.model) is not None

@@ -10,6 +10,13 @@ tuning of the guidance defaults used (`TUNE_SEED` tuned them, `REPORT_SEED` repo
   each scene colour there), which the unguided run should miss, and one that *agrees* with the colour covering
   most of the quadrant, which the unguided run may already meet. Run unguided, with forward guidance alone and
   with backward guidance alone.
+- colour hint on an open prompt: the same quarter-picture hint (a random palette colour) with an empty prompt at
+  CFG 1, the model's unconditional branch, so that nothing but the hint says what colour goes there. This is
+  where forward guidance (eq. 6) can act: its gradient reaches z_t only through ∂ẑ0/∂z_t, and for an ideal
+  denoiser ẑ0 = E[x0 | z_t] that derivative is proportional to the posterior covariance Cov[x0 | z_t] (Tweedie's
+  formula differentiated once; Efron 2011, "Tweedie's formula and selection bias").
+  A prompt at CFG 3 that names the quadrant's colour leaves that posterior no spread in the colour, so forward
+  guidance cannot override it however strong (the "differs" row), while backward guidance edits ẑ0 directly.
 - reference layout: the "layout" reference guide with another held-out scene's picture as the reference. A case
   succeeds when the Pearson correlation between the result's low-pass and the reference's low-pass is higher than
   the unguided run's (same prompt and seed). The low-pass here is a Gaussian blur of σ = 4 px, not the guide's own
@@ -88,6 +95,14 @@ def colour_cases(n: int, seed: int) -> list[ColourCase]:
         cases.append(ColourCase(prompt, seed + i, quadrant, COLOURS[differing], agrees=False))
         cases.append(ColourCase(prompt, seed + i, quadrant, COLOURS[asked], agrees=True))
     return cases
+
+
+def open_colour_cases(n: int, seed: int) -> list[ColourCase]:
+    """n cases with an empty prompt (run at CFG 1): a random palette colour over a random quadrant."""
+    rng = np.random.default_rng([seed, 2])
+    names = list(COLOURS)
+    return [ColourCase("", seed + i, int(rng.integers(4)), COLOURS[names[rng.integers(len(names))]], agrees=False)
+            for i in range(n)]
 
 
 def layout_cases(n: int, seed: int) -> list[LayoutCase]:
@@ -199,6 +214,7 @@ def evaluate_guidance(model: LatentDiffusion, scenes: int = 40, seed: int = REPO
     began = time.perf_counter()
     cases = colour_cases(scenes, seed)
     colour = colour_scores(model, cases, setting)
+    open_colour = colour_scores(model, open_colour_cases(scenes, seed), replace(setting, cfg=1.0))
     layout = layout_scores(model, layout_cases(scenes, seed), setting)
     report: dict = {"model": model.config.name, "scenes": scenes, "seed": seed, "setting": setting.__dict__ | {
         "cfg": model.config.default_cfg if setting.cfg is None else setting.cfg}}
@@ -209,6 +225,11 @@ def evaluate_guidance(model: LatentDiffusion, scenes: int = 40, seed: int = REPO
                         for mode in ("unguided", "forward", "backward")}
         for mode in ("forward", "backward"):
             report[name][mode]["median_outside_change"] = float(np.median(colour[f"{mode} outside"][pick]))
+    report["colour_open"] = {mode: {"hit_rate": float(np.mean(open_colour[mode] <= HIT_DELTA_E)),
+                                    "median_delta_e": float(np.median(open_colour[mode]))}
+                             for mode in ("unguided", "forward", "backward")}
+    for mode in ("forward", "backward"):
+        report["colour_open"][mode]["median_outside_change"] = float(np.median(open_colour[f"{mode} outside"]))
     report["layout"] = {"unguided_correlation": float(np.median(layout["unguided"]))} | {
         mode: {"beats_unguided": float(np.mean(layout[mode] > layout["unguided"])),
                "median_correlation": float(np.median(layout[mode]))}
@@ -224,7 +245,9 @@ def format_report(report: dict) -> str:
              f"{s['backward_steps']}, colour strength {s['colour_strength']:g}, reference strength "
              f"{s['reference_strength']:g}",
              f"{'colour hint (ΔE00 <= 15)':28} {'unguided':>10} {'forward':>10} {'backward':>10}"]
-    for name in ("colour_differs", "colour_agrees"):
+    for name in ("colour_differs", "colour_agrees", "colour_open"):
+        if name not in report:  # reports written before the open-prompt case
+            continue
         row = report[name]
         lines.append(f"{name + ' hit rate':28} " + " ".join(f"{100 * row[m]['hit_rate']:9.1f}%"
                                                             for m in ("unguided", "forward", "backward")))

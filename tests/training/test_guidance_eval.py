@@ -10,7 +10,8 @@ from studio.engine.model import build_tiny_random
 from studio.training.colour_difference import delta_e00_rgb
 from studio.training.guidance_eval import (DIFFERS_DELTA_E, REPORT_SEED, TUNE_SEED, ColourCase, Setting,
                                            colour_cases, evaluate_guidance, format_report, hint_image,
-                                           layout_cases, layout_correlation, quadrant_delta_e, quadrant_slice)
+                                           layout_cases, layout_correlation, open_colour_cases, quadrant_delta_e,
+                                           quadrant_slice)
 from studio.training.scenes import COLOURS, make_batch
 
 
@@ -25,6 +26,14 @@ def test_cases_differ_from_every_scene_colour_or_agree_with_the_majority():
         assert delta_e00_rgb(differing.hint, agreeing.hint) >= DIFFERS_DELTA_E
     tuning = {(c.prompt, c.seed) for c in colour_cases(12, TUNE_SEED)}
     assert not tuning & {(c.prompt, c.seed) for c in cases}  # reported on other scenes and seeds than tuned on
+
+
+def test_open_cases_have_no_prompt_and_palette_hints():
+    cases = open_colour_cases(40, REPORT_SEED)
+    assert len(cases) == 40 and all(c.prompt == "" and not c.agrees for c in cases)
+    assert {c.hint for c in cases} <= set(COLOURS.values()) and len({c.hint for c in cases}) > 6
+    assert {c.quadrant for c in cases} == {0, 1, 2, 3}
+    assert not {c.seed for c in open_colour_cases(40, TUNE_SEED)} & {c.seed for c in cases}
 
 
 def test_hint_picture_and_quadrant_score():
@@ -50,6 +59,6 @@ def test_report_on_a_tiny_model():
     torch.set_num_threads(1)
     model = build_tiny_random()
     report = evaluate_guidance(model, scenes=1, setting=Setting(steps=2, cfg=2.0, backward_steps=1))
-    assert set(report["colour_differs"]) == {"unguided", "forward", "backward"}
+    assert set(report["colour_differs"]) == set(report["colour_open"]) == {"unguided", "forward", "backward"}
     assert 0 <= report["layout"]["backward"]["beats_unguided"] <= 1
-    assert "colour_differs hit rate" in format_report(report)
+    assert "colour_differs hit rate" in format_report(report) and "colour_open hit rate" in format_report(report)

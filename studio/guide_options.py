@@ -4,6 +4,10 @@ settings around it, turned into GenerationRequest fields.
     --guide colour:HINT.png[:STRENGTH]            RGBA: the hint colour where alpha > 0
     --guide reference:REF.png[:STRENGTH][:palette] layout (default) or palette
     --guide keep:MASK.png[:STRENGTH]              white = keep that region of --init
+    --guide classifier:shape=star,colour=red[:STRENGTH]   the built-in world's scene classifier (labels as the
+                                                  captions name them: position=top left); with --guide-mode
+                                                  noisy the noise-aware one on z_t (Dhariwal & Nichol 2021),
+                                                  else the clean one on ẑ0
 
 A branch keeps its parent's guides unless --guide replaces them or --no-guides drops them; --guide-strength gives
 every guide (given or inherited) one strength. Building the options imports no torch.
@@ -19,15 +23,18 @@ from typing import Any
 
 from .engine import GUIDE_KINDS, GUIDE_MODES, REFERENCE_VARIANTS, UserError
 
+LABEL_ALIASES = {"color": "colour", "bg": "background"}  # US spelling and the short name also work
+
 def add_guidance_options(p: argparse.ArgumentParser) -> None:
     # Every default is None: a plain run takes GenerationRequest's defaults, a branch its parent's. Values are read
     # as text and checked here or by the engine's validation, so a bad one is one sentence and exit status 1.
     p.add_argument("--guide", action="append", metavar="KIND:PICTURE[:STRENGTH]",
                    help="universal guidance, repeatable: colour:HINT.png (RGBA, hint where alpha > 0), "
-                        "reference:REF.png (add :palette for colours instead of layout), keep:MASK.png (with --init); "
-                        "strength defaults per kind")
+                        "reference:REF.png (add :palette for colours instead of layout), keep:MASK.png (with --init), "
+                        "classifier:shape=star,colour=red (labels as captions name them); strength defaults per kind")
     p.add_argument("--guide-mode", metavar="MODE",
-                   help=f"{' | '.join(GUIDE_MODES)}: through the model (forward) or on its prediction (backward)")
+                   help=f"{' | '.join(GUIDE_MODES)}: through the model (forward) or on its prediction (backward); "
+                        "noisy: classifier guidance on the noisy latent (Algorithm 1 or 2 by sampler)")
     p.add_argument("--guide-steps", metavar="FRACTION", help="guide the first FRACTION of the steps")
     p.add_argument("--backward-steps", metavar="M", help="gradient steps of backward guidance per sampler step")
     p.add_argument("--recurrence", metavar="K", help="take each guided step K times (1 = off)")
@@ -53,8 +60,11 @@ def parse_guide(spec: str):
     from .engine import DEFAULT_STRENGTH, Guide, load_mask, load_rgb, load_rgba
 
     kind, sep, rest = spec.partition(":")
+    if kind == "classifier":
+        return parse_classifier_guide(spec, rest)
     if kind not in GUIDE_KINDS:
-        raise UserError(f"unknown guide kind {kind!r} in --guide {spec}; choose one of {', '.join(GUIDE_KINDS)}")
+        raise UserError(f"unknown guide kind {kind!r} in --guide {spec}; choose one of "
+                        f"{', '.join(GUIDE_KINDS)}, classifier")
     if not sep or not rest:
         raise UserError(f"--guide {spec} names no picture; write {kind}:PICTURE.png[:STRENGTH]")
     variant = "layout"
@@ -70,6 +80,29 @@ def parse_guide(spec: str):
         rest = head
     loader = {"colour": load_rgba, "reference": load_rgb, "keep": load_mask}[kind]
     return Guide(kind, strength, loader(rest), variant)
+
+
+def parse_classifier_guide(spec: str, rest: str):
+    """classifier:GROUP=VALUE[,GROUP=VALUE…][:STRENGTH] → Guide("classifier", labels=…); the values are checked
+    against the classifier's own labels when the run starts."""
+    from .engine import DEFAULT_STRENGTH, Guide
+
+    strength = DEFAULT_STRENGTH["classifier"]
+    head, _, last = rest.rpartition(":")
+    if head and "=" not in last:
+        strength, rest = _strength(last, spec), head
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        group, eq, value = (x.strip() for x in item.partition("="))
+        if not eq or not group or not value:
+            raise UserError(f"--guide {spec}: write labels as GROUP=VALUE, e.g. classifier:shape=star,colour=red")
+        group = LABEL_ALIASES.get(group.lower(), group.lower())
+        if group in labels:
+            raise UserError(f"--guide {spec} asks for two {group}s; give one")
+        labels[group] = value.lower()
+    if not labels:
+        raise UserError(f"--guide {spec} names no label; write e.g. classifier:shape=star,colour=red[:STRENGTH]")
+    return Guide("classifier", strength, labels=labels)
 
 
 def _is_strength_field(text: str) -> bool:

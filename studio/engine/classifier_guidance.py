@@ -65,6 +65,24 @@ def shipped_classifier(clean: bool, device) -> "NoisyClassifier":
     return _load(str(path), str(device))
 
 
+def classifier_labels(clean: bool = False) -> dict[str, tuple[str, ...]]:
+    """The shipped classifier's label groups and values, read from its file's header without torch (the app lists
+    them); {} when the file is missing or unreadable (the run then says why)."""
+    import json
+    import struct
+
+    try:
+        with open(classifier_path(clean), "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > 1 << 20:
+                return {}
+            header = json.loads(f.read(length))
+        heads = json.loads(header["__metadata__"]["studio_classifier"])["heads"]
+        return {str(group): tuple(str(v) for v in values) for group, values in heads}
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return {}
+
+
 def check_fits(classifier: "NoisyClassifier", latent: "torch.Tensor") -> None:
     c = classifier.config
     if latent.shape[1] != c.in_channels or tuple(latent.shape[-2:]) != (c.latent_size, c.latent_size):

@@ -218,7 +218,8 @@ def guidance_fields(request: GenerationRequest) -> list[tuple[str, Any]]:
     if not request.guides:
         return []
     guides = ", ".join(f"{g.kind} {_num(g.strength)}" + (f" {g.variant}" if g.kind == "reference" else "")
-                       for g in request.guides)
+                       + (" " + ";".join(f"{k}={v}" for k, v in g.labels) if g.labels else "")
+                       for g in request.guides)  # a classifier's labels: "classifier 2 colour=red;shape=star"
     fields: list[tuple[str, Any]] = [("Guidance", json.dumps(guides)), ("Guidance mode", request.guide_mode),
                                      ("Guided steps", _num(request.guide_steps))]
     if request.guide_mode != "forward":
@@ -231,6 +232,7 @@ def guidance_fields(request: GenerationRequest) -> list[tuple[str, Any]]:
 
 
 _GUIDE = re.compile(r"(colour|reference|keep) ([0-9.eE+-]+)(?: (layout|palette))?")
+_LABELLED_GUIDE = re.compile(r"(classifier) ([0-9.eE+-]+) ((?:[\w ]+=[\w ]+;?)+)")
 
 
 def parse_guidance_fields(fields: dict[str, str]) -> dict[str, Any]:
@@ -241,9 +243,14 @@ def parse_guidance_fields(fields: dict[str, str]) -> dict[str, Any]:
         guides = []
         for part in fields["Guidance"].split(","):
             match = _GUIDE.fullmatch(part.strip())
+            labelled = _LABELLED_GUIDE.fullmatch(part.strip())
             try:
                 if match is not None:
                     guides.append({"kind": match[1], "strength": float(match[2]), "variant": match[3] or "layout"})
+                elif labelled is not None:
+                    labels = dict(item.split("=", 1) for item in labelled[3].split(";") if item)
+                    guides.append({"kind": labelled[1], "strength": float(labelled[2]), "variant": "layout",
+                                   "labels": labels})
             except ValueError:
                 pass
         if guides:
@@ -266,6 +273,9 @@ def guide_pictures_note(settings: dict[str, Any]) -> str:
     if not kinds:
         return ""
     names = {"colour": "colour hint", "reference": "reference picture", "keep": "keep region"}
+    kinds = [k for k in kinds if k in names]  # a classifier guide has no picture: its labels are in the PNG
+    if not kinds:
+        return ""
     listed = ", ".join(dict.fromkeys(names.get(k, k) for k in kinds))
     return f" It was guided ({listed}); a PNG does not hold the guides' pictures, so paint or choose them again."
 

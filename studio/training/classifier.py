@@ -176,7 +176,8 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
             for e, b in zip(ema.buffers(), net.buffers()):
                 e.copy_(b)
         step += 1
-        running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+        value = float(loss.detach())
+        running = value if running is None else 0.98 * running + 0.02 * value
         if time.perf_counter() - last_log > 60 or step == steps:
             last_log = time.perf_counter()
             log(f"{name} step {step}/{steps} loss {running:.3f} lr {learning_rate(step, steps, lr):.2e} "

@@ -26,8 +26,11 @@ TRAIN_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "dataset_s
 
 
 def add_training_commands(sub) -> None:
-    train = sub.add_parser("train", help="train the built-in model (stage vae, then stage unet)")
-    train.add_argument("--stage", choices=["vae", "unet"], required=True)
+    train = sub.add_parser("train", help="train the built-in model (stage vae, then stage unet) or its guides")
+    train.add_argument("--stage", choices=["vae", "unet", "classifier"], required=True,
+                       help="classifier: the scene classifier for classifier guidance (training/classifier.py)")
+    train.add_argument("--clean", action="store_true",
+                       help="stage classifier: train on clean latents only (t = 0), the guide of universal guidance")
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder (keep it outside git)")
     train.add_argument("--init", help="fresh UNet stage: vae.pt / a training checkpoint / a model file / default")
     train.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint saved)")
@@ -75,6 +78,10 @@ def add_training_commands(sub) -> None:
     ev.add_argument("--samples", type=Path, help="write a contact sheet of the generations (PNG)")
     ev.add_argument("--guidance", type=int, metavar="SCENES",
                     help="instead, score universal guidance (colour hint, reference layout) on SCENES held-out scenes")
+    ev.add_argument("--classifier-guidance", type=int, metavar="SCENES",
+                    help="instead, score classifier guidance (issue #15's table) on SCENES held-out seeds")
+    ev.add_argument("--sweep", metavar="S1,S2,...",
+                    help="with --classifier-guidance: the DDIM row over these strengths instead (tuning seeds)")
     ev.set_defaults(handler=run_evaluate)
 
 
@@ -96,6 +103,8 @@ def run_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, shapes_model_config, tiny_model_config
 
     torch.set_num_threads(args.threads)
+    if args.stage == "classifier":
+        return _train_classifier(args)
     device = _device(args.device)
     out: Path = args.out
     overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k, None) is not None}
@@ -172,6 +181,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_spec, format_table
 
     torch.set_num_threads(args.threads)
+    if args.classifier_guidance is not None:
+        return _evaluate_classifier_guidance(args)
     if args.guidance is not None:
         return _evaluate_guidance(args)
     try:
@@ -197,6 +208,47 @@ def _evaluate_guidance(args: argparse.Namespace) -> int:
     setting = Setting(steps=args.steps, cfg=args.cfg)
     report = evaluate_guidance(model, args.guidance, REPORT_SEED if args.seed is None else args.seed, setting)
     print(format_report(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine import load_model
+    from ..resources import resources_dir
+    from .classifier import CLEAN_NAME, NOISY_NAME, train
+
+    model = load_model("default", torch.device("cpu"), torch.float32)
+    export = args.export or resources_dir() / "guides" / (CLEAN_NAME if args.clean else NOISY_NAME)
+    export.parent.mkdir(parents=True, exist_ok=True)
+    train(model, args.out, clean=args.clean, steps=args.steps or (700 if args.clean else 2000),
+          batch=args.batch_size or 128, lr=args.lr or 1e-3, scenes=args.dataset_size or 16000, held_out=2000,
+          export=export, minutes=args.minutes, log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _evaluate_classifier_guidance(args: argparse.Namespace) -> int:
+    from . import classifier_guidance_eval as cge
+    from .evaluate import load_for_evaluation
+
+    if args.classifier_guidance < 1:
+        raise UserError(f"--classifier-guidance needs at least one scene, got {args.classifier_guidance}")
+    try:
+        model = load_for_evaluation(args.model)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    if args.sweep:
+        try:
+            strengths = [float(s) for s in args.sweep.split(",")]
+        except ValueError:
+            raise UserError(f"--sweep takes numbers separated by commas, got {args.sweep!r}") from None
+        report = {"sweep": {str(s): row for s, row in cge.sweep(model, strengths, args.classifier_guidance,
+                                                                 sampler=args.sampler).items()}}
+    else:
+        report = cge.evaluate(model, args.classifier_guidance, cge.REPORT_SEED if args.seed is None else args.seed)
+        print(cge.format_report(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return 0

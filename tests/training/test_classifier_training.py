@@ -1,0 +1,66 @@
+"""The scene classifier's trainer (training/classifier.py): labels of the main object, a few steps on the tiny
+architecture that export a loadable file with its metrics, exact resume, and the shipped classifiers' held-out
+accuracy (bars set from the measured numbers in resources/guides/MODEL_CARD.md, on fewer scenes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from studio.engine import classifier_guidance as cg
+from studio.engine.classifier import classifier_metrics, load_classifier
+from studio.engine.model import LatentDiffusion
+from studio.training import classifier as training
+from studio.training.config import tiny_model_config
+from studio.training.scenes import Scene, SceneObject, render_layers
+
+
+def test_labels_describe_the_object_covering_most_pixels():
+    scene = Scene("blue", (SceneObject("star", "red", "small", "top left"),
+                           SceneObject("square", "green", "large", "bottom right")))
+    _, alphas = render_layers(scene)
+    assert training.main_object(scene, alphas) == 1
+    labels = training.scene_labels(scene, alphas)
+    names = dict(training.HEADS)
+    assert [names[g][i] for (g, _), i in zip(training.HEADS, labels)] == [
+        "square", "green", "large", "bottom right", "blue"]
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_a_few_steps_export_a_loadable_classifier_and_resume(tmp_path, clean):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = LatentDiffusion(tiny_model_config())
+    kwargs = dict(clean=clean, batch=8, lr=1e-3, scenes=32, held_out=16, log=lambda s: None)
+    metrics = training.train(model, tmp_path, steps=2, export=tmp_path / "c.safetensors", **kwargs)
+    loaded = load_classifier(tmp_path / "c.safetensors")
+    assert loaded.config.clean == clean and loaded.config.heads == training.HEADS
+    assert classifier_metrics(tmp_path / "c.safetensors")["steps"] == 2 == metrics["steps"]
+    keys = set(metrics["accuracy"])
+    assert keys == ({"clean"} if clean else {f"t={t}" for t in training.EVAL_LEVELS} | {"uniform t"})
+    resumed = training.train(model, tmp_path, steps=3, export=None, **kwargs)  # continues at step 2
+    assert resumed["steps"] == 3
+
+
+def _held_out(n: int):
+    from studio.engine import load_model
+
+    model = load_model("default", torch.device("cpu"), torch.float32)
+    latents, labels = training.build_cache(model, n, training.HELD_OUT_SEED + 1, log=lambda s: None)
+    return model, latents, labels
+
+
+@pytest.mark.skipif(not cg.classifier_path(False).exists(), reason="the scene classifier is not trained")
+def test_the_shipped_classifiers_read_held_out_latents():
+    torch.set_num_threads(1)
+    model, latents, labels = _held_out(256)
+    noisy = load_classifier(cg.classifier_path(False))
+    acc = training.accuracy(noisy, latents, labels, model.schedule.alphas_cumprod, clean=False, levels=(0, 500))
+    for head in ("shape", "colour", "position", "background"):  # measured on 2,000 scenes: MODEL_CARD.md
+        assert acc["t=0"][head] >= 0.85, acc
+    assert acc["t=500"]["colour"] >= 0.8 and acc["t=500"]["position"] >= 0.8, acc
+    clean = load_classifier(cg.classifier_path(True))
+    acc = training.accuracy(clean, latents, labels, model.schedule.alphas_cumprod, clean=True)
+    assert all(acc["clean"][head] >= 0.85 for head in ("shape", "colour", "position", "background")), acc
+    assert np.isfinite(list(acc["clean"].values())).all()

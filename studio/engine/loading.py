@@ -54,8 +54,14 @@ def load_model(
     if prediction is not None and model.config.prediction != prediction:
         model = model.with_prediction(prediction)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    if spec != "tiny-random" and device.type == "cpu" and dtype == torch.float32:
+    if device.type == "cpu" and dtype != torch.float32:
+        # The VAE runs once or twice a generation, so its precision costs little time; in bf16 its decoder adds
+        # visible banding to smooth gradients (docs/numerics.md), so on the CPU it stays fp32.
+        model.first_stage_model.float()
+    if spec != "tiny-random" and device.type == "cpu":
         prepack_for_cpu(model)  # ~2× faster float32 convolutions and linears on the CPU (cpu_kernels.py)
+        if dtype != torch.float32:
+            prepack_for_cpu(model.first_stage_model)
     return model
 
 

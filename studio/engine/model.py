@@ -144,6 +144,11 @@ class LatentDiffusion(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The autoencoder's own precision: fp32 beside a bf16 UNet on the CPU (loading.py), else the model's."""
+        return next(self.first_stage_model.parameters()).dtype
+
     def with_prediction(self, prediction: Prediction) -> "LatentDiffusion":
         """Take the UNet's output as ε or v from now on (the user's word beats any detection)."""
         if prediction not in ("epsilon", "v"):
@@ -172,9 +177,9 @@ class LatentDiffusion(nn.Module):
         """(B, 3, H, W) in [−1, 1] → scaled latent z_s = scaling_factor·mean (float32).
 
         tiled: None chooses by free memory (and falls back to tiles on out-of-memory); True/False forces it."""
-        x = image.to(self.device, self.dtype)
+        x = image.to(self.device, self.vae_dtype)
         if tiled is None:
-            tiled = tiling.should_tile(tiling.encode_bytes(self.vae, x.shape, self.dtype), self.device)
+            tiled = tiling.should_tile(tiling.encode_bytes(self.vae, x.shape, self.vae_dtype), self.device)
         moments = self._with_tiling_fallback(
             lambda: self.vae.quant_conv(self.vae.encoder(x)),
             lambda: tiling.encode_moments_tiled(self.vae, x),
@@ -191,10 +196,10 @@ class LatentDiffusion(nn.Module):
         tiled: None chooses by free memory (and falls back to tiles on out-of-memory); True/False forces it."""
         z = latent.float() / self.config.vae.scaling_factor
         if tiled is None:
-            tiled = tiling.should_tile(tiling.decode_bytes(self.vae, z.shape, self.dtype), self.device)
-        image = self._decode(z, self.dtype, tiled)
-        if self.dtype != torch.float32 and not torch.isfinite(image).all():
-            dtype = self.dtype
+            tiled = tiling.should_tile(tiling.decode_bytes(self.vae, z.shape, self.vae_dtype), self.device)
+        image = self._decode(z, self.vae_dtype, tiled)
+        if self.vae_dtype != torch.float32 and not torch.isfinite(image).all():
+            dtype = self.vae_dtype
             self.vae.float()
             try:
                 image = self._decode(z, torch.float32, tiled)

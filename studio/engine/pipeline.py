@@ -401,7 +401,7 @@ def _guidance(model: LatentDiffusion, request: GenerationRequest, plan: Plan, gr
         latent_losses = cg.clean_losses(request.guides, classifier)
 
     def decode(z0: torch.Tensor) -> torch.Tensor:  # differentiable: no tiling, no NaN retry
-        return model.vae.decode((z0 / scale).to(model.dtype)).float()
+        return model.vae.decode((z0 / scale).to(model.vae_dtype)).float()
 
     objective = pixel_objective(request.guides, decode, (request.height, request.width), model.device,
                                 request.init_image, latent_losses)

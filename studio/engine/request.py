@@ -15,7 +15,7 @@ from .samplers import SAMPLER_TABLE
 
 SamplerName = str  # a key of samplers.SAMPLER_TABLE (pipeline.validate checks it)
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
-DtypeName = Literal["auto", "fp32", "fp16", "bf16"]
+DtypeName = Literal["auto", "fast", "fp32", "fp16", "bf16"]
 InpaintMode = Literal["auto", "blend", "model"]
 MaskFill = Literal["original", "noise", "blur"]
 

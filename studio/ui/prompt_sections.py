@@ -75,7 +75,9 @@ class ModelSection(QGroupBox):
         self.device = bound_combo(settings, "device", "deviceCombo", {"auto": DEVICES["auto"], "cpu": DEVICES["cpu"]},
                                   "Where the model runs. Auto picks a CUDA or Apple GPU when there is one.")
         self.dtype = bound_combo(settings, "dtype", "dtypeCombo", DTYPES,
-                                 "Precision. Auto = half precision on a GPU, full on the CPU.")
+                                 "Precision. Auto = half precision on a GPU, exact fp32 on the CPU. Fast = bf16 on a "
+                                 "CPU with AVX512-BF16 or AMX (about 1.5-2x faster, slightly different pixels), "
+                                 "fp32 on other CPUs.")
         layout = form()
         layout.addRow("Model", self.model)
         layout.addRow("Device", self.device)

@@ -138,12 +138,13 @@ COLD_METADATA_KEY = "studio_cold_config"
 
 
 def caption_tokens(captions: list[str], words: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """EmbeddingBag input for a batch of captions: ids into `words` (0 = a word the model does not know)."""
+    """EmbeddingBag input for a batch of captions: ids into `words`, words the model does not know left out (id 0
+    stands for a caption with no known word)."""
     index = {w: i + 1 for i, w in enumerate(words)}
     ids, offsets = [], []
     for text in captions:
         offsets.append(len(ids))
-        found = [index.get(w, 0) for w in _WORD.findall(text.lower())]
+        found = [i for i in (index.get(w, 0) for w in _WORD.findall(text.lower())) if i]  # unknown words add nothing
         ids.extend(found or [0])
     return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
 

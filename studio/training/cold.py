@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -161,7 +162,7 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
         path.with_suffix(".tmp").replace(path)
         if export is not None:
             export.parent.mkdir(parents=True, exist_ok=True)
-            save_cold_file(ema, words, export)
+            save_cold_file(ema, trained_words() if words else (), export)
 
     started, last_save, losses = time.monotonic() - elapsed, time.monotonic(), []
     while elapsed < cfg.minutes * 60:
@@ -193,12 +194,22 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
     return path
 
 
+def trained_words(samples: int = 3_000, seed: int = 5) -> tuple[str, ...]:
+    """caption_vocabulary() with the words that training captions never use blanked (their embeddings never
+    moved from their random start, so a caption is better read without them); the indices stay."""
+    rng = np.random.default_rng(seed)
+    seen = set()
+    for _ in range(samples):
+        seen.update(re.findall(r"[a-z]+", caption(sample_scene(rng), rng).lower()))
+    return tuple(w if w in seen else "" for w in caption_vocabulary())
+
+
 def export_only(out: Path, kind: str, export: Path) -> None:
     state = torch.load(out / f"cold-{kind}.pt", map_location="cpu", weights_only=True)
     config = ColdConfig.from_json(json.loads(state["config"]))
     ema = RestorationNet(config)
     ema.load_state_dict(state["ema"])
-    save_cold_file(ema, caption_vocabulary() if kind == "mask" else (), export)
+    save_cold_file(ema, trained_words() if kind == "mask" else (), export)
 
 
 if __name__ == "__main__":  # python -m studio.training.cold KIND MINUTES [EXPORT]

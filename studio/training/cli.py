@@ -27,8 +27,11 @@ TRAIN_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "dataset_s
 
 def add_training_commands(sub) -> None:
     train = sub.add_parser("train", help="train the built-in model (stage vae, then stage unet) or its guides")
-    train.add_argument("--stage", choices=["vae", "unet", "classifier"], required=True,
-                       help="classifier: the scene classifier for classifier guidance (training/classifier.py)")
+    train.add_argument("--stage", choices=["vae", "unet", "classifier", "cold"], required=True,
+                       help="classifier: the scene classifier for classifier guidance (training/classifier.py); "
+                            "cold: a cold-diffusion restoration net (training/cold.py)")
+    train.add_argument("--degradation", choices=["blur", "mask", "down"],
+                       help="stage cold: the degradation D(x0, s) its restoration net learns to undo")
     train.add_argument("--clean", action="store_true",
                        help="stage classifier: train on clean latents only (t = 0), the guide of universal guidance")
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder (keep it outside git)")
@@ -82,6 +85,8 @@ def add_training_commands(sub) -> None:
                     help="instead, score classifier guidance (issue #15's table) on SCENES held-out seeds")
     ev.add_argument("--sweep", metavar="S1,S2,...",
                     help="with --classifier-guidance: the DDIM row over these strengths instead (tuning seeds)")
+    ev.add_argument("--cold", metavar="KINDS",
+                    help="instead, score the cold models (blur,mask,down): restoration PSNR, generation, inpainting")
     ev.set_defaults(handler=run_evaluate)
 
 
@@ -103,6 +108,10 @@ def run_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, shapes_model_config, tiny_model_config
 
     torch.set_num_threads(args.threads)
+    if args.stage == "cold":  # cold diffusion's restoration nets: their own loop (training/cold.py)
+        from .cold import run_cli
+
+        return run_cli(args)
     if args.stage == "classifier":
         return _train_classifier(args)
     device = _device(args.device)
@@ -181,6 +190,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_spec, format_table
 
     torch.set_num_threads(args.threads)
+    if args.cold is not None:
+        from .cold_eval import run_cli
+
+        return run_cli(args)
     if args.classifier_guidance is not None:
         return _evaluate_classifier_guidance(args)
     if args.guidance is not None:

@@ -93,14 +93,14 @@ def fit_channel_gmm(means: np.ndarray, k: int, seed: int = 0, iterations: int = 
     return weights, mu, np.sqrt(var)
 
 
-def model_config(kind: str, seed: int) -> ColdConfig:
+def model_config(kind: str, seed: int, tiny: bool = False) -> ColdConfig:
     rng = np.random.default_rng(seed + 99)
-    images, _, _, _ = scene_batch("blur" if kind == "blur" else "down", rng, GMM_IMAGES)
+    images, _, _, _ = scene_batch("blur" if kind == "blur" else "down", rng, 200 if tiny else GMM_IMAGES)
     weights, mu, std = fit_channel_gmm(images.mean(dim=(2, 3)).numpy().astype(np.float64), GMM_COMPONENTS, seed)
     return ColdConfig(
         kind=kind,
         steps=DEFAULT_STEPS[kind],
-        channels=CHANNELS,
+        channels=(8, 16) if tiny else CHANNELS,
         vocabulary=len(caption_vocabulary()) + 1 if kind == "mask" else 0,
         gmm_weights=tuple(float(w) for w in weights),
         gmm_means=tuple(tuple(float(v) for v in row) for row in mu),
@@ -130,7 +130,8 @@ def learning_rate(cfg: ColdTrainConfig, step: int, elapsed: float) -> float:
     return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: int = 1, log=print) -> Path:
+def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: int = 1, log=print,
+          max_steps: int | None = None, tiny: bool = False) -> Path:
     """Train (or resume) `<out>/cold-<kind>.pt` for cfg.minutes of this run's time budget; returns the checkpoint."""
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,7 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
         config = ColdConfig.from_json(json.loads(state["config"]))
         step, elapsed = int(state["step"]), float(state["elapsed"])
     else:
-        state, config, step, elapsed = None, model_config(cfg.kind, cfg.seed), 0, 0.0
+        state, config, step, elapsed = None, model_config(cfg.kind, cfg.seed, tiny), 0, 0.0
     net = RestorationNet(config)
     ema = RestorationNet(config)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -165,7 +166,7 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
             save_cold_file(ema, trained_words() if words else (), export)
 
     started, last_save, losses = time.monotonic() - elapsed, time.monotonic(), []
-    while elapsed < cfg.minutes * 60:
+    while elapsed < cfg.minutes * 60 and (max_steps is None or step < max_steps):
         rng = np.random.default_rng([cfg.seed, step])
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         x0, captions, region, _ = scene_batch(cfg.kind, rng, cfg.batch_size)
@@ -210,6 +211,27 @@ def export_only(out: Path, kind: str, export: Path) -> None:
     ema = RestorationNet(config)
     ema.load_state_dict(state["ema"])
     save_cold_file(ema, trained_words() if kind == "mask" else (), export)
+
+
+def run_cli(args) -> int:
+    """`studio train --stage cold --degradation KIND --out DIR [--minutes M] [--export FILE] [--export-only]`."""
+    from ..engine import UserError
+
+    if args.degradation is None:
+        raise UserError("--stage cold needs --degradation blur, mask or down")
+    export = args.export or Path("resources/cold") / f"cold-{args.degradation}.safetensors"
+    if args.export_only:
+        if not (args.out / f"cold-{args.degradation}.pt").exists():
+            raise UserError(f"no checkpoint {args.out / f'cold-{args.degradation}.pt'} to export")
+        export_only(args.out, args.degradation, export)
+        return 0
+    cfg = ColdTrainConfig(kind=args.degradation)
+    changes = {"minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
+               "warmup_steps": args.warmup_steps, "checkpoint_minutes": args.checkpoint_minutes}
+    cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    train(cfg, args.out, export, threads=args.threads, log=lambda line: print(line, flush=True),
+          max_steps=args.steps, tiny=args.tiny)
+    return 0
 
 
 if __name__ == "__main__":  # python -m studio.training.cold KIND MINUTES [EXPORT]

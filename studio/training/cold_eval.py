@@ -210,13 +210,21 @@ def evaluate(kinds: list[str], log=print, samples: Path | None = None) -> dict:
     return report
 
 
-if __name__ == "__main__":  # python -m studio.training.cold_eval blur,mask [out.json]
-    import json
-    import sys
 
-    kinds = sys.argv[1].split(",")
-    report = evaluate(kinds, log=lambda line: print(line, flush=True), samples=Path("/work/ckpt/cold"))
-    text = json.dumps(report, indent=1)
-    print(text)
-    if len(sys.argv) > 2:
-        Path(sys.argv[2]).write_text(text)
+
+def run_cli(args) -> int:
+    """`studio evaluate --cold blur,mask [--json FILE] [--samples DIR]`."""
+    import json
+
+    from ..engine import UserError
+
+    kinds = [k.strip() for k in args.cold.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in ("blur", "mask", "down"):
+            raise UserError(f"--cold takes blur, mask and down, got {kind!r}")
+        if not cold_model_path(f"cold-{kind}").exists():
+            raise UserError(f"cold-{kind} is not trained: studio train --stage cold --degradation {kind}")
+    report = evaluate(kinds, log=lambda line: print(line, flush=True), samples=args.samples)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0

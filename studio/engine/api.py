@@ -50,6 +50,8 @@ class ModelInfo:
     latent_channels: int
     vae_factor: int  # pixels per latent pixel
     file_hash: str | None = None  # A1111's short hash: first 10 hex digits of the file's SHA-256; None for built-ins
+    family: str = "ldm"  # "ldm" (latent diffusion) or "cold" (cold diffusion's restoration nets, cold_pipeline.py)
+    samplers: tuple[str, ...] = ()  # the SAMPLER_TABLE names that run with this model (empty: every "ldm" one)
 
 
 @dataclass(frozen=True)

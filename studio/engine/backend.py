@@ -112,10 +112,14 @@ class LocalBackend:
                 image = self.engine.decode_step(self.run(job.run_id), job.index, job.view)
                 yield Decoded(job.job_id, job.run_id, job.index, job.view, frozen_array(image))
             case ProbeModel():
+                from .cold_pipeline import cold_model_info, is_cold_model
                 from .model_info import model_info
 
-                model = self.engine.model(job.spec, job.device, job.dtype)
-                yield ModelProbed(job.job_id, model_info(model, job.spec))
+                if is_cold_model(job.spec):  # a cold-diffusion restorer, no latent diffusion model (cold_pipeline.py)
+                    yield ModelProbed(job.job_id, cold_model_info(job.spec))
+                else:
+                    model = self.engine.model(job.spec, job.device, job.dtype)
+                    yield ModelProbed(job.job_id, model_info(model, job.spec))
             case SaveRun():
                 self.run(job.run_id).save(job.path)
                 yield RunSaved(job.job_id, job.run_id, job.path)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..resources import resources_dir
+from .api import ModelInfo
 from .cold import Degradation, mask_order, whole_order
 from .cold_model import ColdConfig, RestorationNet, caption_tokens, load_cold_file, read_cold_header
 from .devices import resolve_device
@@ -67,6 +68,19 @@ def is_cold_run(request: GenerationRequest) -> bool:
     if not cold and spec is not None and spec.family == "cold":
         raise RequestError(f"{spec.display_name} needs a cold model ({', '.join(COLD_MODELS)})")
     return cold
+
+
+def cold_model_info(spec: str) -> ModelInfo:
+    """What the app needs to know about a cold model: its size, family and samplers."""
+    path = cold_model_path(spec)
+    if path is None or not path.exists():
+        raise UserError(f"cold model not found: {path or spec}; train it with studio train --stage cold")
+    header = read_cold_header(path)
+    config = header[0]
+    label = next((f"Cold diffusion ({kind})" for name, kind in COLD_MODELS.items() if name == spec), path.name)
+    return ModelInfo(spec=spec, label=label, default_size=config.size, size_multiple=config.size, default_cfg=1.0,
+                     prediction="x0", inpaints_natively=config.kind == "mask", latent_channels=3, vae_factor=1,
+                     file_hash=file_hash(str(path)), family="cold", samplers=tuple(samplers_for("cold")))
 
 
 @dataclass

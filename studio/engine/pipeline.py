@@ -360,6 +360,8 @@ class Engine:
     # -- timeline views ---------------------------------------------------------------------------------------------
     def decode_step(self, run: Run, index: int, view: View = "x0") -> np.ndarray:
         """Full VAE decode of one step's x_t or x̂0 (not cached here: whoever shows it keeps it)."""
+        if is_cold_run(run.request):  # pixels already: nothing to decode
+            return tensor_to_image(run.timeline[index].view(view))
         model = self.model(run.request.model, run.request.device, run.request.dtype)
         with torch.inference_mode():
             return tensor_to_image(model.decode_latent(run.timeline[index].view(view).to(model.device)))

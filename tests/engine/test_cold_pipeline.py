@@ -145,3 +145,20 @@ def test_user_errors(tmp_path):
         engine.run(GenerationRequest(model=blur, sampler="cold_naive", init_image=picture()[:32, :32]))
     with pytest.raises(RequestError, match="noise must be between 0 and 1"):
         engine.run(GenerationRequest(model=blur, sampler="cold_naive", cold_noise=-1.0))
+
+
+def test_the_backend_probes_a_cold_model_and_decodes_its_steps(tmp_path):
+    import threading
+
+    from studio.engine import LocalBackend, ModelProbed, ProbeModel
+    from studio.engine.cold_pipeline import cold_model_info
+
+    path = tiny_model(tmp_path)
+    info = cold_model_info(path)
+    assert (info.family, info.samplers, info.default_size) == ("cold", ("cold_improved", "cold_naive"), 64)
+    backend = LocalBackend()
+    messages = list(backend.execute(ProbeModel(job_id=1, spec=path), threading.Event()))
+    assert isinstance(messages[-1], ModelProbed) and messages[-1].info.family == "cold"
+    engine = Engine()
+    run = engine.run(GenerationRequest(model=path, sampler="cold_improved", steps=3))
+    assert engine.decode_step(run, 1, "x0").shape == (64, 64, 3)

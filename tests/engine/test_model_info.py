@@ -32,7 +32,8 @@ def assert_plain(info: ModelInfo) -> None:
     """Only plain values cross to the UI thread: no tensors, no torch dtypes, nothing live."""
     for f in dataclasses.fields(info):
         value = getattr(info, f.name)
-        assert type(value) in (str, int, float, bool) or (f.name == "file_hash" and value is None), (f.name, type(value))
+        plain = type(value) in (str, int, float, bool) or (type(value) is tuple and all(type(v) is str for v in value))
+        assert plain or (f.name == "file_hash" and value is None), (f.name, type(value))
     hash(info)  # frozen and hashable
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.label = "changed"  # type: ignore[misc]

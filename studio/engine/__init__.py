@@ -62,6 +62,7 @@ from .guidance import DEFAULT_STRENGTH, GUIDE_KINDS, GUIDE_MODES, REFERENCE_VARI
 from .guidance import ALL_GUIDE_KINDS, TRAINED_GUIDE_KINDS, UNIVERSAL_MODES
 from .classifier_guidance import classifier_labels
 from .masks import feather_inward, grow_mask
+from .cold import shipped_cold_models
 from .request import GenerationRequest, RequestError
 from .samplers import SAMPLER_TABLE, SamplerSpec
 
@@ -94,7 +95,7 @@ __all__ = [
     "parse_parameters", "read_parameters", "save_png", "GenerationRequest", "RequestError", "SAMPLER_TABLE",
     "SamplerSpec", "grow_mask", "feather_inward", "Guide", "GUIDE_KINDS", "GUIDE_MODES", "REFERENCE_VARIANTS",
     "DEFAULT_STRENGTH", "guidance_cost", "ALL_GUIDE_KINDS", "TRAINED_GUIDE_KINDS", "UNIVERSAL_MODES",
-    "classifier_labels", *_LAZY,
+    "classifier_labels", "shipped_cold_models", *_LAZY,
 ]
 
 if TYPE_CHECKING:

@@ -30,6 +30,8 @@ Steps = Union[int, "torch.Tensor"]
 BLUR_SIGMA_MIN = 0.5  # px, σ_1: a barely visible blur
 BLUR_SIGMA_MAX = 40.0  # px, σ_{T−1}: the lowest frequency is down to 8 % (exp(−(π/64)²·40²/2))
 DEFAULT_STEPS = {"blur": 40, "mask": 32, "down": 12}  # T per kind; the model file records its own
+COLD_MODEL_LABELS = {"cold-blur": "Cold diffusion: blur", "cold-mask": "Cold diffusion: masking (inpaints)",
+                     "cold-down": "Cold diffusion: downsampling"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,15 @@ class Degradation:
             k, odd = divmod(int(step), 2)
             out[i] = levels[k][i] if not odd else (levels[k][i] + levels[k + 1][i]) / 2
         return out
+
+
+def shipped_cold_models() -> dict[str, str]:
+    """Built-in cold model name → label, for the model files present in resources/cold/ (no torch: the app's model
+    list reads it)."""
+    from ..resources import resources_dir
+
+    folder = resources_dir() / "cold"
+    return {spec: label for spec, label in COLD_MODEL_LABELS.items() if (folder / f"{spec}.safetensors").is_file()}
 
 
 def _per_image(s: Steps, x0: torch.Tensor) -> torch.Tensor:

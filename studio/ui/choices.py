@@ -5,10 +5,12 @@ Sampler facts come from the engine's sampler table (torch-free, so the UI thread
 
 from __future__ import annotations
 
-from ..engine import SAMPLER_TABLE
+from ..engine import SAMPLER_TABLE, shipped_cold_models
 
 SAMPLERS: dict[str, str] = {name: spec.display_name for name, spec in SAMPLER_TABLE.items()}
 USES_ETA = frozenset(name for name, spec in SAMPLER_TABLE.items() if spec.uses_eta)
+SAMPLER_FAMILY = {name: spec.family for name, spec in SAMPLER_TABLE.items()}
+LDM_SAMPLERS = tuple(name for name, spec in SAMPLER_TABLE.items() if spec.family == "ldm")  # ModelInfo.samplers = ()
 
 
 def default_eta(sampler: str) -> float:
@@ -27,7 +29,8 @@ DTYPES: dict[str, str] = {"auto": "Auto (exact on the CPU)", "fast": "Fast (bf16
 DEVICES: dict[str, str] = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 FILLS: dict[str, str] = {"original": "Original", "noise": "Latent noise", "blur": "Blurred original"}
 INPAINT_MODES: dict[str, str] = {"auto": "Auto", "blend": "Latent blend", "model": "Inpainting model"}
-BUILTIN_MODELS: dict[str, str] = {"default": "Built-in shapes model", "tiny-random": "tiny-random (test)"}
+BUILTIN_MODELS: dict[str, str] = {"default": "Built-in shapes model", "tiny-random": "tiny-random (test)",
+                                  **shipped_cold_models()}
 KINDS: dict[str, str] = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint", "invert": "Inversion"}
 
 

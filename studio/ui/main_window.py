@@ -39,6 +39,7 @@ from ..engine import (
 )
 from .autosave import Autosave
 from .canvas_toolbar import CanvasToolbar, CanvasViewBar
+from .choices import LDM_SAMPLERS
 from .dock_sizes import DockShares
 from .file_actions import FileActions
 from .generation import GenerationController
@@ -418,6 +419,7 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
             self._update_mode()
             self._fit_to_model(info.size_multiple)
             self.prompt_panel.follow_model_cfg(info.default_cfg)
+            self.prompt_panel.allow_samplers(info.samplers or LDM_SAMPLERS)  # a cold model: only the cold samplers
             self.engine_label.setText(f"Model ready: {self.prompt_panel.model_name()} ({info.default_size} px)")
             if not self.canvas.has_image():
                 self.prompt_panel.set_size(info.default_size, info.default_size)

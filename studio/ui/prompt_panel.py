@@ -91,7 +91,7 @@ class PromptPanel(QWidget):
         self.sampler, self.karras, self.steps = sampling.sampler, sampling.karras, sampling.steps
         self.eta, self.eta_label, self.cfg = sampling.eta, sampling.eta_label, sampling.cfg
         self.seed, self.random_seed, self.random_each = sampling.seed, sampling.random_seed, sampling.random_each
-        self.clip_skip = sampling.clip_skip
+        self.clip_skip, self.cold_noise = sampling.clip_skip, sampling.cold_noise
         self.width_spin, self.height_spin, self.size_label = size.width_spin, size.height_spin, size.size_label
         self.strength = size.strength
         self.inpaint_box = inpaint
@@ -111,6 +111,9 @@ class PromptPanel(QWidget):
         self.reference_guide, self.reference_strength = guidance.reference_check, guidance.reference_strength
         self.reference_variant = guidance.reference_variant
         self.keep_guide, self.keep_strength = guidance.keep_check, guidance.keep_strength
+        self.classifier_guide, self.classifier_strength = guidance.classifier_check, guidance.classifier_strength
+        for group, combo in guidance.classifier_labels.items():  # classifier_shape, classifier_colour, …
+            setattr(self, f"classifier_{group}", combo)
 
     def _connect(self) -> None:
         self.run_buttons.generate_button.clicked.connect(self.generateRequested)
@@ -154,6 +157,9 @@ class PromptPanel(QWidget):
         self.size_section.set_size_multiple(multiple)
 
     # -- models ---------------------------------------------------------------------------------------------------
+    def allow_samplers(self, names: tuple[str, ...]) -> None:
+        self.sampling_section.allow_samplers(names)
+
     def follow_model_cfg(self, cfg: float) -> None:
         """The loaded model's recommended guidance scale, unless the user has chosen one."""
         self.settings_model.follow_model_cfg(cfg)

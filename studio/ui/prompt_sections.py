@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from .choices import BUILTIN_MODELS, DEVICES, DTYPES, ETA_TOOLTIP, FILLS, INPAINT_MODES, SAMPLERS, USES_ETA
-from .choices import model_label, supports_karras
+from .choices import SAMPLER_FAMILY, model_label, supports_karras
 from .form_widgets import bound_check, bound_combo, bound_spin, form, set_combo, text_edit
 from .settings_model import LIMITS, MAX_SEED, GenerationSettings, bind
 
@@ -167,6 +167,10 @@ class SamplingSection(QGroupBox):
                                        "Draw a new seed every time you press Generate")
         self.clip_skip = bound_spin(settings, "clip_skip", "clipSkipSpin", 1,
                                     tooltip="Use the text encoder's n-th last layer (A1111 convention: 1 = last)")
+        self.cold_noise = bound_spin(settings, "cold_noise", "coldNoiseSpin", 0.001, tooltip=(
+            "Cold diffusion: the Gaussian noise added to the one-colour start of a generation.\n"
+            "0 = the deterministic start: the samples collapse onto a few pictures."))
+        self.cold_noise_label = QLabel("Start noise")
 
     def _build_layout(self) -> None:
         layout = form()
@@ -177,6 +181,7 @@ class SamplingSection(QGroupBox):
         layout.addRow("Seed", _row(self.seed, self.random_seed))
         layout.addRow("", self.random_each)
         layout.addRow("Clip skip", self.clip_skip)
+        layout.addRow(self.cold_noise_label, self.cold_noise)
         self.setLayout(layout)
 
     def _on_setting_changed(self, name: str, _value: Any) -> None:
@@ -192,6 +197,17 @@ class SamplingSection(QGroupBox):
 
     def randomize_seed(self) -> None:
         self._settings.seed = random.randint(0, MAX_SEED)
+
+    def allow_samplers(self, names: tuple[str, ...]) -> None:
+        """Offer only the samplers the loaded model runs with (ModelInfo.samplers: a cold model's are its own)."""
+        view = self.sampler.view()
+        for row in range(self.sampler.count()):
+            view.setRowHidden(row, self.sampler.itemData(row) not in names)
+        if names and self._settings.sampler not in names:
+            self._settings.sampler = names[0]
+        cold = bool(names) and all(SAMPLER_FAMILY.get(name) == "cold" for name in names)
+        for widget in (self.cold_noise, self.cold_noise_label):  # a cold model's start; latent diffusion has none
+            widget.setEnabled(cold)
 
 
 class SizeSection(QGroupBox):

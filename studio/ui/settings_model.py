@@ -50,6 +50,7 @@ LIMITS: dict[str, Limits] = {
     "guide_steps": Limits(0.05, 1.0, 2),
     "backward_steps": Limits(1, 50),
     "recurrence": Limits(1, 10),
+    "cold_noise": Limits(0.0, 0.1, 3),
 }
 
 

@@ -48,6 +48,7 @@ CONTROLS = {
     "fill": ("fill", "noise"),
     "paste_back": ("paste_back", False),
     "random_each": ("random_each", True),
+    "cold_noise": ("cold_noise", 0.01),
     # universal guidance (the Guidance section): the request's scalar settings, then each guide's on/strength
     "guide_mode": ("guide_mode", "both"),
     "guide_steps": ("guide_steps", 0.5),

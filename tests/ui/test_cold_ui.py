@@ -1,0 +1,36 @@
+"""Cold models in the app: listed when shipped, and the sampler box offers only the samplers a model runs with."""
+
+from studio.engine import ModelInfo, ModelProbed, shipped_cold_models
+from studio.ui.choices import BUILTIN_MODELS, LDM_SAMPLERS
+
+
+def cold_info(spec):
+    return ModelInfo(spec=spec, label="Cold", default_size=64, size_multiple=64, default_cfg=1.0, prediction="x0",
+                     inpaints_natively=False, latent_channels=3, vae_factor=1, family="cold",
+                     samplers=("cold_improved", "cold_naive"))
+
+
+def shown(combo):
+    return [combo.itemData(i) for i in range(combo.count()) if not combo.view().isRowHidden(i)]
+
+
+def test_shipped_cold_models_are_in_the_model_list(window):
+    assert set(shipped_cold_models()) <= set(BUILTIN_MODELS)
+    combo = window.prompt_panel.model
+    specs = [combo.itemData(i) for i in range(combo.count())]
+    assert all(spec in specs for spec in shipped_cold_models())
+
+
+def test_a_cold_model_offers_only_the_cold_samplers_and_back(window):
+    panel = window.prompt_panel
+    spec = panel.model_spec()
+    assert window.prompt_panel.settings_model.sampler in LDM_SAMPLERS
+    window._probe_job = 77
+    window._on_model_probed(ModelProbed(77, cold_info(spec)))
+    assert shown(panel.sampler) == ["cold_improved", "cold_naive"]
+    assert window.prompt_panel.settings_model.sampler == "cold_improved" and panel.cold_noise.isEnabled()
+    plain = ModelInfo(spec=spec, label="x", default_size=64, size_multiple=4, default_cfg=3.0, prediction="v",
+                      inpaints_natively=True, latent_channels=4, vae_factor=4)
+    window._on_model_probed(ModelProbed(77, plain))
+    assert shown(panel.sampler) == list(LDM_SAMPLERS) and window.prompt_panel.settings_model.sampler == "ddim"
+    assert not panel.cold_noise.isEnabled()

@@ -31,12 +31,15 @@ from PySide6.QtWidgets import (
 from .form_widgets import bound_check, bound_combo, bound_spin, dspin, form
 from .guides import cost_text
 from .images import accepts_drop, dropped, thumbnail
-from .settings_model import UI_LIMITS, GenerationSettings, bind
+from .settings_model import CLASSIFIER_LABELS, UI_LIMITS, GenerationSettings, bind
 
-MODES = {"forward": "Forward", "backward": "Backward", "both": "Forward + backward"}
+MODES = {"forward": "Forward", "backward": "Backward", "both": "Forward + backward",
+         "noisy": "Noisy (classifier guidance)"}
 VARIANTS = {"layout": "Layout", "palette": "Palette"}
 MODE_TIP = ("Forward: the loss's gradient through the model and decoder is added to the predicted noise (eq. 6).\n"
-            "Backward: the predicted image itself is optimised for m steps, then the noise follows it (eq. 7, 9).")
+            "Backward: the predicted image itself is optimised for m steps, then the noise follows it (eq. 7, 9).\n"
+            "Noisy: classifier guidance on the noisy latent with the noise-aware classifier (Dhariwal & Nichol\n"
+            "2021: Algorithm 2 for DDIM-type samplers, Algorithm 1 for ancestral ones); the classifier guide only.")
 THUMB = 44
 COST_SETTINGS = ("guide_mode", "backward_steps", "recurrence")
 
@@ -100,6 +103,15 @@ class GuidanceSection(QGroupBox):
         self.keep_strength = self._strength("keep", "keepGuideStrength", "Strength of the keep region")
         self.clear_keep = _small_button("Clear", "clearKeepButton", "Clear the keep region")
         self.clear_keep.clicked.connect(self.clearKeepRequested)
+        self.classifier_check = bound_check(settings, "guide_classifier_on", "classifierGuideCheck", "Classifier",
+                                            "Steer towards the labels picked here with the trained scene classifier "
+                                            "(built-in model)")
+        self.classifier_strength = self._strength("classifier", "classifierGuideStrength",
+                                                  "Strength s of the classifier guide")
+        self.classifier_labels = {
+            group: bound_combo(settings, f"guide_classifier_{group}", f"classifier{group.capitalize()}Combo",
+                               {"": f"any {group}", **{v: v for v in values}}, f"The {group} to ask for")
+            for group, values in CLASSIFIER_LABELS.items()}
 
     def _build_options(self, settings: GenerationSettings) -> None:
         self.guide_mode = bound_combo(settings, "guide_mode", "guideModeCombo", MODES, MODE_TIP)
@@ -134,6 +146,10 @@ class GuidanceSection(QGroupBox):
         picture.setStretch(1, 1)
         rows.addRow(picture)
         rows.addRow(_row(self.keep_check, self.keep_strength, self.clear_keep))
+        rows.addRow(_row(self.classifier_check, self.classifier_strength))
+        combos = list(self.classifier_labels.values())
+        for start in range(0, len(combos), 3):
+            rows.addRow(_row(*combos[start:start + 3]))
         rows.addRow("Mode", self.guide_mode)
         rows.addRow("", self.cost_label)
         rows.addRow("Guided steps", self.guide_steps)
@@ -162,13 +178,14 @@ class GuidanceSection(QGroupBox):
 
     def _show_state(self) -> None:
         s = self._settings
-        on = [f"{kind} {s.get(f'guide_{kind}_strength'):g}" for kind in ("colour", "reference", "keep")
+        on = [f"{kind} {s.get(f'guide_{kind}_strength'):g}" for kind in ("colour", "reference", "keep", "classifier")
               if s.get(f"guide_{kind}_on")]
         self.toggle.setText("Guidance · " + (", ".join(on) + f" · {s.guide_mode}" if on else "off"))
         self.cost_label.setText(cost_text(s.guide_mode, s.backward_steps, s.recurrence))
         self.backward_steps.setEnabled(s.guide_mode != "forward")
         for kind, widgets in (("colour", (self.colour_strength,)), ("keep", (self.keep_strength,)),
-                              ("reference", (self.reference_strength, self.reference_variant))):
+                              ("reference", (self.reference_strength, self.reference_variant)),
+                              ("classifier", (self.classifier_strength, *self.classifier_labels.values()))):
             for widget in widgets:
                 widget.setEnabled(bool(s.get(f"guide_{kind}_on")))
 

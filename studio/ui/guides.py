@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import engine
 from ..engine import GUIDE_KINDS, GenerationRequest, Guide
+from .settings_model import CLASSIFIER_LABELS
 
 KIND_LABELS = {"colour": "colour hint", "reference": "reference picture", "keep": "keep region"}
 MISSING = {"colour": "paint a hint with the Hint tool (H)", "reference": "choose a reference picture",
@@ -39,6 +40,13 @@ def build_guides(settings: Any, pictures: GuidePictures) -> tuple[tuple[Guide, .
             continue
         variant = settings.get("guide_reference_variant") if kind == "reference" else "layout"
         guides.append(Guide(kind, float(settings.get(f"guide_{kind}_strength")), picture, variant))
+    if settings.get("guide_classifier_on"):
+        labels = {group: settings.get(f"guide_classifier_{group}") for group in CLASSIFIER_LABELS}
+        labels = {group: value for group, value in labels.items() if value}
+        if labels:
+            guides.append(Guide("classifier", float(settings.get("guide_classifier_strength")), labels=labels))
+        else:
+            missing.append("the classifier guide is on but asks for nothing (pick a shape, colour, …)")
     return tuple(guides), missing
 
 
@@ -48,7 +56,8 @@ def picture_of(guides: Iterable[Guide], kind: str) -> np.ndarray | None:
 
 def describe(guides: Iterable[Guide]) -> str:
     """"colour 10, reference 1 palette"."""
-    return ", ".join(f"{g.kind} {g.strength:g}" + (f" {g.variant}" if g.kind == "reference" else "") for g in guides)
+    return ", ".join(f"{g.kind} {g.strength:g}" + (f" {g.variant}" if g.kind == "reference" else "")
+                     + (" " + "/".join(v for _, v in g.labels) if g.labels else "") for g in guides)
 
 
 def guided_line(request: GenerationRequest) -> str:
@@ -75,7 +84,8 @@ def guide_cost(mode: str, backward_steps: int, recurrence: int) -> float:
     # A rough estimate until then: forward guidance backpropagates through the UNet and the decoder (about 3 plain
     # steps); each backward step decodes and backpropagates the decoder (about one plain step); recurrence repeats
     # the whole step k times.
-    per_step = {"forward": 3.0, "backward": 1.0 + backward_steps, "both": 3.0 + backward_steps}.get(mode, 3.0)
+    per_step = {"forward": 3.0, "backward": 1.0 + backward_steps, "both": 3.0 + backward_steps,
+                "noisy": 1.3}.get(mode, 3.0)
     return per_step * max(1, recurrence)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QPlainTextEdit, QSpinBox, QWidget
 
-from ..engine import GUIDE_KINDS, REFERENCE_VARIANTS, GenerationRequest
+from ..engine import GUIDE_KINDS, REFERENCE_VARIANTS, GenerationRequest, classifier_labels
 from .choices import BUILTIN_MODELS, SAMPLERS, default_eta, supports_karras
 
 MAX_SEED = 2**32 - 1  # A1111 and ComfyUI seeds fit; the engine takes up to 2^63 − 1
@@ -80,10 +80,19 @@ for _kind in GUIDE_KINDS:
     GUIDE_SETTINGS[f"guide_{_kind}_on"] = False
     GUIDE_SETTINGS[f"guide_{_kind}_strength"] = _default_strength(_kind)
 GUIDE_SETTINGS["guide_reference_variant"] = REFERENCE_VARIANTS[0]
+# The classifier guide (classifier guidance, issue #15): on, strength, and per label group of the shipped scene
+# classifier the value asked for ("" = any). Groups and values come from the classifier's file header (no torch).
+CLASSIFIER_LABELS: dict[str, tuple[str, ...]] = classifier_labels()
+GUIDE_SETTINGS["guide_classifier_on"] = False
+GUIDE_SETTINGS["guide_classifier_strength"] = _default_strength("classifier")
+for _group in CLASSIFIER_LABELS:
+    GUIDE_SETTINGS[f"guide_classifier_{_group}"] = ""
 UI_DEFAULTS.update(GUIDE_SETTINGS)
 # ranges of the UI's own settings (LIMITS and CHOICES list the request's: a request has each of those)
-UI_LIMITS: dict[str, Limits] = {f"guide_{kind}_strength": Limits(0.0, 1000.0, 2) for kind in GUIDE_KINDS}
-UI_CHOICES: dict[str, tuple] = {"guide_reference_variant": tuple(REFERENCE_VARIANTS)}
+UI_LIMITS: dict[str, Limits] = {f"guide_{kind}_strength": Limits(0.0, 1000.0, 2)
+                                for kind in (*GUIDE_KINDS, "classifier")}
+UI_CHOICES: dict[str, tuple] = {"guide_reference_variant": tuple(REFERENCE_VARIANTS)} | {
+    f"guide_classifier_{group}": ("", *values) for group, values in CLASSIFIER_LABELS.items()}
 NATIVE_INPAINT_STRENGTH = 1.0  # what inpainting with a 9-channel inpainting model starts from (A1111, InvokeAI)
 DEFAULTS: dict[str, Any] = {**REQUEST_DEFAULTS, **UI_DEFAULTS}
 
@@ -226,9 +235,16 @@ class GenerationSettings(QObject):
         for guide in guides:
             values = guide.settings() if hasattr(guide, "settings") else dict(guide)
             kind = values["kind"]
-            if kind not in GUIDE_KINDS:
+            if kind not in (*GUIDE_KINDS, "classifier"):
                 raise ValueError(f"unknown guide {kind!r}")
             listed[kind] = values
+        self.set("guide_classifier_on", "classifier" in listed)
+        if "classifier" in listed:
+            self.set("guide_classifier_strength", listed["classifier"].get("strength",
+                                                                         DEFAULTS["guide_classifier_strength"]))
+            labels = dict(listed["classifier"].get("labels") or {})
+            for group in CLASSIFIER_LABELS:
+                self.set(f"guide_classifier_{group}", labels.get(group, ""))
         for kind in GUIDE_KINDS:
             self.set(f"guide_{kind}_on", kind in listed)
             if kind in listed:

@@ -62,6 +62,11 @@ CONTROLS = {
     "guide_reference_variant": ("reference_variant", "palette"),
     "guide_keep_on": ("keep_guide", True),
     "guide_keep_strength": ("keep_strength", 4.0),
+    "guide_classifier_on": ("classifier_guide", True),
+    "guide_classifier_strength": ("classifier_strength", 7.5),
+    **{f"guide_{group}": (group, value) for group, value in (  # the shipped classifier's groups (issue #15)
+        ("classifier_shape", "star"), ("classifier_colour", "red"), ("classifier_size", "small"),
+        ("classifier_position", "top left"), ("classifier_background", "blue")) if f"guide_{group}" in DEFAULTS},
 }
 WITHOUT_CONTROL = {"model", "prediction", "recent_models"}
 

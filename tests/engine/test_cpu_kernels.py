@@ -59,8 +59,25 @@ def test_stock_path_for_training_and_other_dtypes():
     out = conv(x)  # autograd on: the stock convolution, so gradients flow
     out.sum().backward()
     assert x.grad is not None
-    half = torch.nn.Conv2d(4, 4, 3, padding=1).to(torch.bfloat16)
-    assert prepack_for_cpu(half) == 0  # only float32 weights are packed
+    half = torch.nn.Conv2d(4, 4, 3, padding=1).to(torch.float16)
+    assert prepack_for_cpu(half) == 0  # fp16 is never packed: the CPU has no fast fp16 kernels
+    mixed = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4).to(torch.bfloat16))
+    assert prepack_for_cpu(mixed) == 0  # one precision per packed part
+
+
+def test_bf16_is_packed_only_where_the_cpu_runs_it(monkeypatch):
+    model = random_model(sd1_config(), seed=33).to(torch.bfloat16)
+    x, t, context = (v.to(torch.bfloat16) if v.is_floating_point() else v for v in inputs(model))
+    with torch.inference_mode():
+        stock = model.unet(x, t, context).float()
+    monkeypatch.setattr(cpu_kernels, "cpu_runs_bf16_natively", lambda: False)
+    assert prepack_for_cpu(model.unet) == 0
+    monkeypatch.setattr(cpu_kernels, "cpu_runs_bf16_natively", lambda: True)
+    assert prepack_for_cpu(model.unet) > 50 and isinstance(model.unet.out[2], PackedConv2d)
+    with torch.inference_mode():
+        packed = model.unet(x, t, context).float()
+    # both are bf16 computations (8 significant bits) summed in another order: they agree to bf16's precision
+    assert ((packed - stock).norm() / stock.norm()).item() < 0.03
 
 
 def test_can_be_turned_off(monkeypatch):

@@ -7,7 +7,9 @@ the result; the object that matches the most asked attributes is the one the gui
 right when that object has it ("all" when it has every asked one). An empty prompt draws one or two objects, so an
 unguided picture already meets an attribute now and then: the baseline row says how often.
 
-Rows: the noise-aware classifier with DDIM (Dhariwal & Nichol's Algorithm 2) and with DDPM (Algorithm 1); the
+Rows: the noise-aware classifier with DDIM (Dhariwal & Nichol's Algorithm 2) and with DDPM (Algorithm 1), each
+also with self-recurrence k = 3 (every guided step taken three times, re-noised in between: Bansal et al. 2023's
+Algorithm 1, which the engine applies to any guide mode); the
 clean classifier through universal guidance on ẑ0 (forward + backward, recurrence k = 3; shape and colour asked);
 the unguided baseline; and a prompt with a guide for what it leaves open ("a circle on the left" + colour=green,
 the model's own CFG: right when a detected object is green). `sweep` runs the DDIM row over strengths.
@@ -28,8 +30,9 @@ REPORT_SEED = 8_300_000
 TUNE_SEED = 8_400_000
 STEPS = 25
 # strengths s per row (tuned on TUNE_SEED scenes: MODEL_CARD.md of resources/guides)
-DDIM_STRENGTH = 3.0
-DDPM_STRENGTH = 3.0
+DDIM_STRENGTH = 10.0
+DDPM_STRENGTH = 10.0
+NOISY_RECURRENCE = 3  # the extra rows: each guided step taken k times (Bansal et al. 2023's self-recurrence)
 UNIVERSAL_STRENGTH = 1.0
 UNIVERSAL_RECURRENCE = 3
 PROMPT_CASE = ("a circle on the left", {"colour": "green"})
@@ -109,7 +112,11 @@ def evaluate(model: LatentDiffusion, n: int = 40, seed: int = REPORT_SEED, log=p
     rows = {
         "unguided (empty prompt)": dict(mode=None),
         f"classifier, DDIM (Alg. 2), s={DDIM_STRENGTH:g}": dict(sampler="ddim", strength=DDIM_STRENGTH),
+        f"classifier, DDIM (Alg. 2) + recurrence k={NOISY_RECURRENCE}, s={DDIM_STRENGTH:g}": dict(
+            sampler="ddim", strength=DDIM_STRENGTH, recurrence=NOISY_RECURRENCE),
         f"classifier, DDPM (Alg. 1), s={DDPM_STRENGTH:g}": dict(sampler="ddpm", strength=DDPM_STRENGTH),
+        f"classifier, DDPM (Alg. 1) + recurrence k={NOISY_RECURRENCE}, s={DDPM_STRENGTH:g}": dict(
+            sampler="ddpm", strength=DDPM_STRENGTH, recurrence=NOISY_RECURRENCE),
         f"universal, clean classifier (both, k={UNIVERSAL_RECURRENCE}), s={UNIVERSAL_STRENGTH:g}": dict(
             mode="both", strength=UNIVERSAL_STRENGTH, attributes=("shape", "colour"),
             recurrence=UNIVERSAL_RECURRENCE),

@@ -90,14 +90,16 @@ def row_scores(engine: Engine, cases: list[Target], *, sampler: str = "ddim", mo
         "seconds_per_image": round((time.perf_counter() - began) / max(1, len(cases)), 2)}
 
 
-def prompt_scores(engine: Engine, model: LatentDiffusion, n: int, seed: int, strength: float) -> dict:
+def prompt_scores(engine: Engine, model: LatentDiffusion, n: int, seed: int, strength: float,
+                  recurrence: int = 1) -> dict:
     """The prompt leaves the colour open; the guide asks for green. Unguided and guided (DDIM, noisy)."""
     prompt, labels = PROMPT_CASE
     out = {}
     for name, guides in (("unguided", ()), ("guided", (Guide("classifier", strength, labels=labels),))):
         green = circle = 0
         for i in range(n):
-            request = _request(prompt, seed + i, model.config.default_cfg).replace(guides=guides, guide_mode="noisy")
+            request = _request(prompt, seed + i, model.config.default_cfg).replace(
+                guides=guides, guide_mode="noisy", recurrence=recurrence if guides else 1)
             objects = detect(engine.run(request).image).objects
             green += any(o.colour == labels["colour"] for o in objects)
             circle += any(o.shape == "circle" and o.position == "left" for o in objects)
@@ -126,6 +128,8 @@ def evaluate(model: LatentDiffusion, n: int = 40, seed: int = REPORT_SEED, log=p
         log(f"{name}: {report[name]}")
     report["prompt 'a circle on the left' + classifier colour=green (DDIM, noisy)"] = prompt_scores(
         engine, model, n, seed, DDIM_STRENGTH)
+    report[f"prompt 'a circle on the left' + classifier colour=green (DDIM, noisy, k={NOISY_RECURRENCE})"] = \
+        prompt_scores(engine, model, n, seed, DDIM_STRENGTH, NOISY_RECURRENCE)
     log(str(report))
     return report
 

@@ -59,6 +59,7 @@ def test_report_on_a_tiny_model():
     torch.set_num_threads(1)
     model = build_tiny_random()
     report = evaluate_guidance(model, scenes=1, setting=Setting(steps=2, cfg=2.0, backward_steps=1))
-    assert set(report["colour_differs"]) == set(report["colour_open"]) == {"unguided", "forward", "backward"}
+    assert set(report["colour_differs"]) == {"unguided", "forward", "backward"}
+    assert set(report["colour_open"]) == {"unguided", "forward", "backward", "forward k=3"}
     assert 0 <= report["layout"]["backward"]["beats_unguided"] <= 1
-    assert "colour_differs hit rate" in format_report(report) and "colour_open hit rate" in format_report(report)
+    assert "colour_differs hit rate" in format_report(report) and "colour_open, forward k=3" in format_report(report)

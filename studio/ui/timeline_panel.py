@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .choices import SAMPLER_FAMILY
 from .guidance_view import GUIDANCE_VIEW, add_loss_plot, refresh_guidance
 from .sigma_plot import SigmaPlot
 from .step_view import StepView
@@ -35,6 +36,15 @@ VIEWS = (
     ("eps", "epsView", "predicted noise ε", "The noise the model sees in x_t at this step"),
     GUIDANCE_VIEW,  # universal guidance's Δε; "not guided" on unguided steps (guidance_view.py)
 )
+# A cold-diffusion run (Bansal et al. 2022) holds x_s, x̂0 = R(x_s, s) and Algorithm 2's correction
+# D(x̂0, s) − D(x̂0, s−1) in the same three slots; its level is the degradation s/T, not a noise σ.
+COLD_CAPTIONS = {
+    "x_t": ("x<sub>s</sub> &nbsp;degraded image", "The degraded image the sampler holds before this step"),
+    "x0": ("restored x̂<sub>0</sub> = R(x<sub>s</sub>, s)", "The restoration network's estimate of the clean image"),
+    "eps": ("correction D(x̂<sub>0</sub>, s) − D(x̂<sub>0</sub>, s−1)",
+            "What this step changes: the degradation of x̂0 at this level minus at the next (Algorithm 2)"),
+}
+PLOT_CAPTIONS = {"ldm": "noise level σ per step", "cold": "degradation level s/T per step"}
 
 
 class TimelinePanel(QWidget):
@@ -106,7 +116,8 @@ class TimelinePanel(QWidget):
             row.addLayout(_captioned(self.views[key], caption), 3)
         self.plot = SigmaPlot()
         self.plot.stepClicked.connect(self.set_index)
-        plot_caption = QLabel("noise level σ per step")
+        self.plot_caption = plot_caption = QLabel(PLOT_CAPTIONS["ldm"])
+        plot_caption.setObjectName("levelPlotCaption")
         plot_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
         plot_column = _captioned(self.plot, plot_caption)
         add_loss_plot(self, plot_column)  # the guidance loss under the σ plot
@@ -239,11 +250,25 @@ class TimelinePanel(QWidget):
         self.plot.set_levels(list(run.sigmas[: run.steps]), n, branch=branch)
         self.plot.set_current(i)
         step = run.step(i)
-        values = (f"t = {step.timestep:.0f}", f"σ = {step.sigma:.3g}", f"ᾱ = {step.alpha_cumprod:.3g}")
+        if self._show_family(run) == "cold":
+            values = (f"s = {step.timestep:.0f}", f"level = {step.sigma:.3g}")
+        else:
+            values = (f"t = {step.timestep:.0f}", f"σ = {step.sigma:.3g}", f"ᾱ = {step.alpha_cumprod:.3g}")
         # "σ = 14.6" stays on one line: a narrow dock wraps between the parts, never inside one
         parts = [f"Step {i + 1} of {run.steps}", *(value.replace(" ", "\u00a0") for value in values)]
         self.step_label.setText("   ".join(parts))
         refresh_guidance(self, run, i)
+
+    def _show_family(self, run: Any) -> str:
+        """Caption the views for the run's kind of process: latent diffusion or cold diffusion."""
+        family = SAMPLER_FAMILY.get(run.request.sampler, "ldm")
+        for key, _name, title, tip in VIEWS:
+            if key in COLD_CAPTIONS:
+                title, tip = COLD_CAPTIONS[key] if family == "cold" else (title, tip)
+                self.captions[key].setText(title)
+                self.views[key].setToolTip(tip)
+        self.plot_caption.setText(PLOT_CAPTIONS.get(family, PLOT_CAPTIONS["ldm"]))
+        return family
 
     # -- play -----------------------------------------------------------------------------------------------------
     def _toggle_play(self, playing: bool) -> None:

@@ -34,3 +34,35 @@ def test_a_cold_model_offers_only_the_cold_samplers_and_back(window):
     window._on_model_probed(ModelProbed(77, plain))
     assert shown(panel.sampler) == list(LDM_SAMPLERS) and window.prompt_panel.settings_model.sampler == "ddim"
     assert not panel.cold_noise.isEnabled()
+
+
+def test_a_cold_run_captions_its_views_as_cold_diffusion(window, qtbot):
+    """Picked from the model list as a user does, a cold model runs and the timeline names x_s, R(x_s, s), the
+    correction and the degradation level; a latent-diffusion run afterwards gets its own captions back."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QLabel, QPushButton
+
+    combo, panel = window.prompt_panel.model, window.prompt_panel
+    index = combo.findData("cold-blur")
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)
+    qtbot.waitUntil(lambda: window.engine_label.text().startswith("Model ready: Cold"), timeout=60000)
+    assert panel.settings_model.sampler == "cold_improved"
+    panel.steps.setValue(4)
+    with qtbot.waitSignal(window.controller.finished, timeout=120000):
+        QTest.mouseClick(window.findChild(QPushButton, "generateButton"), Qt.MouseButton.LeftButton)
+    timeline = window.timeline
+    assert "degraded" in window.findChild(QLabel, "xtCaption").text()
+    assert "correction" in window.findChild(QLabel, "epsCaption").text()
+    assert window.findChild(QLabel, "levelPlotCaption").text().startswith("degradation level")
+    step_text = timeline.step_label.text().replace("\xa0", " ")
+    assert "level = " in step_text and "σ" not in step_text
+    index = combo.findData("tiny-random")
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)
+    qtbot.waitUntil(lambda: window.engine_label.text().startswith("Model ready: tiny"), timeout=60000)
+    with qtbot.waitSignal(window.controller.finished, timeout=120000):
+        QTest.mouseClick(window.findChild(QPushButton, "generateButton"), Qt.MouseButton.LeftButton)
+    assert "noisy latent" in window.findChild(QLabel, "xtCaption").text()
+    assert window.findChild(QLabel, "levelPlotCaption").text() == "noise level σ per step"

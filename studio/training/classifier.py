@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..engine.classifier import ClassifierConfig, NoisyClassifier, save_classifier
 from .data import render_scenes, to_unit
+from .descent import descend
 from .scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene
 
 HEADS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -166,15 +167,7 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
         loss = classifier_loss(net, z, a, labels[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), net.parameters()):
-                e.lerp_(p, 1 - 0.995)
-            for e, b in zip(ema.buffers(), net.buffers()):
-                e.copy_(b)
+        descend(loss, net, optimizer, ema, 0.995)
         step += 1
         value = float(loss.detach())
         running = value if running is None else 0.98 * running + 0.02 * value

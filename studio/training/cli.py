@@ -208,16 +208,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_guidance(args: argparse.Namespace) -> int:
+def _model_to_evaluate(spec: str):
     from .evaluate import load_for_evaluation
+
+    try:
+        return load_for_evaluation(spec)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _evaluate_guidance(args: argparse.Namespace) -> int:
     from .guidance_eval import REPORT_SEED, Setting, evaluate_guidance, format_report
 
     if args.guidance < 1:
         raise UserError(f"--guidance needs at least one scene, got {args.guidance}")
-    try:
-        model = load_for_evaluation(args.model)
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from None
+    model = _model_to_evaluate(args.model)
     setting = Setting(steps=args.steps, cfg=args.cfg)
     report = evaluate_guidance(model, args.guidance, REPORT_SEED if args.seed is None else args.seed, setting)
     print(format_report(report))
@@ -244,14 +249,10 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 def _evaluate_classifier_guidance(args: argparse.Namespace) -> int:
     from . import classifier_guidance_eval as cge
-    from .evaluate import load_for_evaluation
 
     if args.classifier_guidance < 1:
         raise UserError(f"--classifier-guidance needs at least one scene, got {args.classifier_guidance}")
-    try:
-        model = load_for_evaluation(args.model)
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from None
+    model = _model_to_evaluate(args.model)
     if args.sweep:
         try:
             strengths = [float(s) for s in args.sweep.split(",")]

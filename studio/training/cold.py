@@ -28,6 +28,7 @@ import torch
 from ..engine.cold import DEFAULT_STEPS, Degradation, mask_order
 from ..engine.cold_model import ColdConfig, RestorationNet, caption_tokens, save_cold_file
 from .data import object_mask, to_unit
+from .descent import descend
 from .scenes import CANVAS, caption, caption_words, random_mask, render_layers, sample_scene
 
 CHANNELS = (24, 48, 96, 128)  # ~1.8 M parameters, ~50 ms per 64 px image for a training step on one thread
@@ -173,13 +174,7 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, elapsed)
         loss = cold_loss(net, degradation, x0, captions, region, generator, words)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), net.parameters()):
-                e.lerp_(p, 1 - cfg.ema_decay)
+        descend(loss, net, optimizer, ema, cfg.ema_decay)
         losses.append(loss.item())
         step += 1
         elapsed = time.monotonic() - started

@@ -24,8 +24,7 @@ def supports_karras(sampler: str) -> bool:
     return spec is not None and spec.supports_karras
 
 
-DTYPES: dict[str, str] = {"auto": "Auto (exact on the CPU)", "fast": "Fast (bf16 on capable CPUs)",
-                          "fp32": "fp32 (full)", "fp16": "fp16 (half)", "bf16": "bf16"}
+DTYPES: dict[str, str] = {"auto": "Auto", "fast": "Fast", "fp32": "fp32 (full)", "fp16": "fp16 (half)", "bf16": "bf16"}
 DEVICES: dict[str, str] = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 FILLS: dict[str, str] = {"original": "Original", "noise": "Latent noise", "blur": "Blurred original"}
 INPAINT_MODES: dict[str, str] = {"auto": "Auto", "blend": "Latent blend", "model": "Inpainting model"}

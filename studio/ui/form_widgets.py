@@ -32,11 +32,18 @@ def dspin(name: str, lo: float, hi: float, value: float, step: float, decimals: 
     return spin
 
 
+COMBO_MIN_CHARACTERS = 8  # a box may shrink to this many characters; its popup still shows whole labels
+
+
 def combo(name: str, items: dict[str, str]) -> QComboBox:
     combo = QComboBox()
     combo.setObjectName(name)
     for key, label in items.items():
         combo.addItem(label, key)
+    # The longest label ("Cold improved (Alg. 2)") must not set the panel's minimum width: at the window's minimum
+    # size the settings column is narrower than that, and a wider row would be clipped (no sideways scrolling).
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(COMBO_MIN_CHARACTERS)
     return combo
 
 

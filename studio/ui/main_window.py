@@ -83,6 +83,7 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
         self._pending_loads: dict[int, Callable[[RunsLoaded], None]] = {}  # job id → what to do with the runs
         self._pending_saves: dict[int, str] = {}  # job id → what to say when the run file is written
         self._probe_job = 0
+        self._probed_spec: str | None = None  # the model the last probe asked about (None: the engine is not up)
         self._model_pending = False  # the selected model has not said its size and guidance scale yet
         self._native_inpaint = False  # the probed model is a 9-channel inpainting model
         self._decoding: set[tuple[str, int]] = set()  # x̂0 decodes asked for quietly while scrubbing
@@ -162,6 +163,7 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
         panel.cancelRequested.connect(self.cancel)
         panel.openCheckpointRequested.connect(self.open_checkpoint_dialog)
         panel.modelChanged.connect(self._model_changed)
+        panel.settings_model.changed.connect(self._setting_changed)
         panel.sizeChanged.connect(self._size_changed)
         panel.inpaintOptionsChanged.connect(lambda: canvas.set_feather(*panel.feather_and_grow()))
         panel.changed.connect(self.schedule_autosave)
@@ -575,7 +577,16 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
             self.canvas.set_blank_size(width, height)
             self._update_mode()
 
+    def _setting_changed(self, name: str, value: object) -> None:
+        """A model set without the model box (a dropped PNG, a run picked in the history, an autosave) is probed
+        like a picked one, so its samplers, size and guidance scale follow it."""
+        if name == "model" and self._probed_spec is not None and value != self._probed_spec:
+            self._model_changed(str(value))
+
     def _model_changed(self, spec: str) -> None:
+        if spec == self._probed_spec and self._model_pending:
+            return  # a probe of this model is already under way
+        self._probed_spec = spec
         self.engine_label.setText(f"Loading {self.prompt_panel.model_name()}…")
         self._show_model_pending(True)
         panel = self.prompt_panel

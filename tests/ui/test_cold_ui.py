@@ -66,3 +66,16 @@ def test_a_cold_run_captions_its_views_as_cold_diffusion(window, qtbot):
         QTest.mouseClick(window.findChild(QPushButton, "generateButton"), Qt.MouseButton.LeftButton)
     assert "noisy latent" in window.findChild(QLabel, "xtCaption").text()
     assert window.findChild(QLabel, "levelPlotCaption").text() == "noise level σ per step"
+
+
+def test_a_model_restored_without_the_model_box_is_probed_too(window, qtbot):
+    """Settings brought back from a PNG, a history entry or an autosave may name a cold model: its samplers must
+    follow it as if the user had picked it."""
+    panel = window.prompt_panel
+    qtbot.waitUntil(lambda: window.engine_label.text().startswith("Model ready"), timeout=60000)
+    panel.settings_model.apply({"model": "cold-blur", "sampler": "ddim"})
+    qtbot.waitUntil(lambda: window.engine_label.text().startswith("Model ready: Cold"), timeout=60000)
+    assert panel.settings_model.sampler == "cold_improved" and shown(panel.sampler) == ["cold_improved", "cold_naive"]
+    panel.settings_model.apply({"model": "tiny-random"})
+    qtbot.waitUntil(lambda: window.engine_label.text().startswith("Model ready: tiny"), timeout=60000)
+    assert shown(panel.sampler) == list(LDM_SAMPLERS) and panel.settings_model.sampler in LDM_SAMPLERS

@@ -8,6 +8,9 @@ settings around it, turned into GenerationRequest fields.
                                                   captions name them: position=top left); with --guide-mode
                                                   noisy the noise-aware one on z_t (Dhariwal & Nichol 2021),
                                                   else the clean one on ẑ0
+    --guide clip:"a red star at the top"[:STRENGTH]  the built-in world's scene CLIP: the picture should match the
+                                                  caption (GLIDE's CLIP guidance with --guide-mode noisy, the
+                                                  clean CLIP's score on ẑ0 otherwise)
 
 A branch keeps its parent's guides unless --guide replaces them or --no-guides drops them; --guide-strength gives
 every guide (given or inherited) one strength. Building the options imports no torch.
@@ -31,10 +34,11 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guide", action="append", metavar="KIND:PICTURE[:STRENGTH]",
                    help="universal guidance, repeatable: colour:HINT.png (RGBA, hint where alpha > 0), "
                         "reference:REF.png (add :palette for colours instead of layout), keep:MASK.png (with --init), "
-                        "classifier:shape=star,colour=red (labels as captions name them); strength defaults per kind")
+                        "classifier:shape=star,colour=red (labels as captions name them), "
+                        "clip:\"a red star at the top\" (a caption); strength defaults per kind")
     p.add_argument("--guide-mode", metavar="MODE",
                    help=f"{' | '.join(GUIDE_MODES)}: through the model (forward) or on its prediction (backward); "
-                        "noisy: classifier guidance on the noisy latent (Algorithm 1 or 2 by sampler)")
+                        "noisy: classifier or CLIP guidance on the noisy latent (Algorithm 1 or 2 by sampler)")
     p.add_argument("--guide-steps", metavar="FRACTION", help="guide the first FRACTION of the steps")
     p.add_argument("--backward-steps", metavar="M", help="gradient steps of backward guidance per sampler step")
     p.add_argument("--recurrence", metavar="K", help="take each guided step K times (1 = off)")
@@ -62,9 +66,11 @@ def parse_guide(spec: str):
     kind, sep, rest = spec.partition(":")
     if kind == "classifier":
         return parse_classifier_guide(spec, rest)
+    if kind == "clip":
+        return parse_clip_guide(spec, rest)
     if kind not in GUIDE_KINDS:
         raise UserError(f"unknown guide kind {kind!r} in --guide {spec}; choose one of "
-                        f"{', '.join(GUIDE_KINDS)}, classifier")
+                        f"{', '.join(GUIDE_KINDS)}, classifier, clip")
     if not sep or not rest:
         raise UserError(f"--guide {spec} names no picture; write {kind}:PICTURE.png[:STRENGTH]")
     variant = "layout"
@@ -103,6 +109,31 @@ def parse_classifier_guide(spec: str, rest: str):
     if not labels:
         raise UserError(f"--guide {spec} names no label; write e.g. classifier:shape=star,colour=red[:STRENGTH]")
     return Guide("classifier", strength, labels=labels)
+
+
+def parse_clip_guide(spec: str, rest: str):
+    """clip:CAPTION[:STRENGTH] → Guide("clip", text=CAPTION); quotes around the caption (kept by a shell that was
+    given them inside other quotes) are dropped. A last ':' field that reads as a number is the strength."""
+    from .engine import DEFAULT_STRENGTH, Guide
+
+    strength = DEFAULT_STRENGTH["clip"]
+    head, _, last = rest.rpartition(":")
+    if head and _is_number(last):
+        strength, rest = _strength(last, spec), head
+    text = rest.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    if not text:
+        raise UserError(f'--guide {spec} names no caption; write e.g. clip:"a red star at the top"[:STRENGTH]')
+    return Guide("clip", strength, text=text)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_strength_field(text: str) -> bool:

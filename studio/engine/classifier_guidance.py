@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence
 
 from .errors import UserError
-from .guidance import TRAINED_GUIDE_KINDS, Guide, GuidanceTrace
+from .guidance import Guide, GuidanceTrace
 from .samplers import SamplerSpec, Step, ddpm, ddpm_posterior, dpmpp_2m_sde, euler_ancestral
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def check_fits(classifier: "NoisyClassifier", latent: "torch.Tensor") -> None:
 
 
 def classifier_guides(guides: Sequence[Guide]) -> list[Guide]:
-    return [g for g in guides if g.kind in TRAINED_GUIDE_KINDS]
+    return [g for g in guides if g.kind == "classifier"]
 
 
 def log_prob_fn(guides: Sequence[Guide], classifier: "NoisyClassifier") -> LogProb:

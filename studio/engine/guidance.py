@@ -42,13 +42,13 @@ if TYPE_CHECKING:
     from .samplers import Denoiser, SamplerSpec
     from .schedules import NoiseLevel
 
-GuideKind = Literal["colour", "reference", "keep", "classifier"]
+GuideKind = Literal["colour", "reference", "keep", "classifier", "clip"]
 GuideMode = Literal["forward", "backward", "both", "noisy"]
 GUIDE_KINDS: tuple[GuideKind, ...] = ("colour", "reference", "keep")  # guides with a picture (the app's hint layers)
-TRAINED_GUIDE_KINDS: tuple[GuideKind, ...] = ("classifier",)  # guides with trained weights (classifier_guidance.py)
+TRAINED_GUIDE_KINDS: tuple[GuideKind, ...] = ("classifier", "clip")  # trained guides (classifier_ and clip_guidance.py)
 ALL_GUIDE_KINDS: tuple[GuideKind, ...] = GUIDE_KINDS + TRAINED_GUIDE_KINDS
-# forward/backward/both: universal guidance on ẑ0 (a classifier guide uses the clean classifier there); noisy:
-# classifier guidance on z_t with the noise-aware classifier, Dhariwal & Nichol's Algorithm 1 or 2 per sampler
+# forward/backward/both: universal guidance on ẑ0 (a classifier or CLIP guide uses the clean one there); noisy:
+# classifier / CLIP guidance on z_t with the noise-aware guide, Dhariwal & Nichol's Algorithm 1 or 2 per sampler
 GUIDE_MODES: tuple[GuideMode, ...] = ("forward", "backward", "both", "noisy")
 UNIVERSAL_MODES: tuple[GuideMode, ...] = ("forward", "backward", "both")
 REFERENCE_VARIANTS = ("layout", "palette")
@@ -79,7 +79,10 @@ LAYOUT_POOL = 8  # "layout": compare 8×8-pixel block means (structure, not deta
 # classifier (issue #15): s = 10 in noisy mode, the best of s ∈ {1, 3, 10, 30, 100} for DDIM (Algorithm 2) and DDPM
 # (Algorithm 1) on 16 tuning seeds (docs/guidance_scale_sweep.md); in the universal modes s = 1 was measured
 # (resources/guides/MODEL_CARD.md), so give :1 there.
-DEFAULT_STRENGTH: dict[str, float] = {"colour": 1.0, "reference": 10.0, "keep": 1.0, "classifier": 10.0}
+# clip (issue #15): s = 10 in noisy mode (the CLIP's score is its temperature-scaled logit exp(τ)·f·g, on the
+# classifier's log-probability scale); the sweep that chose it: resources/guides/MODEL_CARD.md.
+DEFAULT_STRENGTH: dict[str, float] = {"colour": 1.0, "reference": 10.0, "keep": 1.0, "classifier": 10.0,
+                                      "clip": 10.0}
 
 Objective = Callable[["torch.Tensor"], "torch.Tensor"]  # ẑ0 latent (1, C, h, w) → scalar loss
 
@@ -102,6 +105,7 @@ class Guide:
     # classifier: the labels asked for, as the captions name them, e.g. {"shape": "star", "position": "top left"}
     # (a dict is taken and kept as sorted (group, value) pairs, so the guide stays hashable and comparable)
     labels: tuple[tuple[str, str], ...] = ()
+    text: str = ""  # clip: the caption the picture should match, e.g. "a red star at the top"
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, dict):
@@ -111,6 +115,8 @@ class Guide:
         values = {"kind": self.kind, "strength": self.strength, "variant": self.variant}
         if self.labels:
             values["labels"] = dict(self.labels)
+        if self.text:
+            values["text"] = self.text
         return values
 
 

@@ -219,7 +219,8 @@ def guidance_fields(request: GenerationRequest) -> list[tuple[str, Any]]:
         return []
     guides = ", ".join(f"{g.kind} {_num(g.strength)}" + (f" {g.variant}" if g.kind == "reference" else "")
                        + (" " + ";".join(f"{k}={v}" for k, v in g.labels) if g.labels else "")
-                       for g in request.guides)  # a classifier's labels: "classifier 2 colour=red;shape=star"
+                       + (" " + json.dumps(g.text) if g.kind == "clip" else "")
+                       for g in request.guides)  # "classifier 2 colour=red;shape=star", 'clip 10 "a red star"'
     fields: list[tuple[str, Any]] = [("Guidance", json.dumps(guides)), ("Guidance mode", request.guide_mode),
                                      ("Guided steps", _num(request.guide_steps))]
     if request.guide_mode != "forward":
@@ -233,6 +234,7 @@ def guidance_fields(request: GenerationRequest) -> list[tuple[str, Any]]:
 
 _GUIDE = re.compile(r"(colour|reference|keep) ([0-9.eE+-]+)(?: (layout|palette))?")
 _LABELLED_GUIDE = re.compile(r"(classifier) ([0-9.eE+-]+) ((?:[\w ]+=[\w ]+;?)+)")
+_CLIP_GUIDE = re.compile(r'clip ([0-9.eE+-]+) ("(?:[^"\\]|\\.)*")')  # the caption JSON-quoted: it may hold commas
 
 
 def parse_guidance_fields(fields: dict[str, str]) -> dict[str, Any]:
@@ -241,7 +243,17 @@ def parse_guidance_fields(fields: dict[str, str]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if "Guidance" in fields:
         guides = []
-        for part in fields["Guidance"].split(","):
+        captions = _CLIP_GUIDE.findall(fields["Guidance"])  # each stands in the list as "clip #i" (no commas)
+        listed = iter(range(len(captions)))
+        for part in _CLIP_GUIDE.sub(lambda m: f"clip #{next(listed)}", fields["Guidance"]).split(","):
+            if part.strip().startswith("clip #"):
+                try:
+                    strength, caption = captions[int(part.strip()[6:])]
+                    guides.append({"kind": "clip", "strength": float(strength), "variant": "layout",
+                                   "text": str(json.loads(caption))})
+                except (ValueError, IndexError):
+                    pass
+                continue
             match = _GUIDE.fullmatch(part.strip())
             labelled = _LABELLED_GUIDE.fullmatch(part.strip())
             try:

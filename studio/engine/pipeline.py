@@ -19,6 +19,7 @@ from .errors import UserError
 from .events import EventKind, RunEvent
 from .images import image_to_tensor, tensor_to_image
 from .limits import check_branch, check_for_model, validate_limits
+from .cpu_kernels import parameter_count
 from .loading import load_model, source_changed
 from .model import LatentDiffusion
 from .model_info import file_hash
@@ -93,9 +94,13 @@ def _validate_guidance(request: GenerationRequest) -> None:
             if not guide.labels:
                 raise RequestError("a classifier guide needs labels, e.g. shape=star")
             continue
+        if guide.kind == "clip":
+            if not isinstance(guide.text, str) or not guide.text.strip():
+                raise RequestError('a CLIP guide needs a caption, e.g. "a red star at the top"')
+            continue
         if request.guide_mode == "noisy":
-            raise RequestError(f"noisy guidance is classifier guidance on z_t: a {guide.kind} guide works with "
-                               "forward, backward or both")
+            raise RequestError(f"noisy guidance is classifier guidance on z_t (a classifier or CLIP guide): a "
+                               f"{guide.kind} guide works with forward, backward or both")
         if guide.image is None:
             raise RequestError(f"the {guide.kind} guide has no picture; give it one")
         if guide.kind == "keep" and request.init_image is None:
@@ -129,7 +134,7 @@ CHEAP_DECODE_BUDGET = 2.5e10
 
 
 def decodes_cheaply(model: LatentDiffusion, width: int, height: int) -> bool:
-    decoder = sum(p.numel() for p in model.vae.decoder.parameters())
+    decoder = parameter_count(model.vae.decoder)
     return decoder * width * height <= CHEAP_DECODE_BUDGET
 
 
@@ -373,12 +378,14 @@ def _oom_message(request: GenerationRequest) -> str:
 
 
 def _guidance(model: LatentDiffusion, request: GenerationRequest, plan: Plan, grid: list, spec):
-    """Universal guidance (guidance.py) or, in "noisy" mode, classifier guidance (classifier_guidance.py) around the
-    plan's denoiser or the sampler's step, on the first `guide_steps` of this run's grid: (denoiser, trace, repeats,
-    sampler spec). Without guides: the plan's own denoiser, None, None, `spec` (the run is the unguided one)."""
+    """Universal guidance (guidance.py) or, in "noisy" mode, classifier / CLIP guidance (classifier_guidance.py,
+    clip_guidance.py) around the plan's denoiser or the sampler's step, on the first `guide_steps` of this run's
+    grid: (denoiser, trace, repeats, sampler spec). Without guides: the plan's own denoiser, None, None, `spec` (the
+    run is the unguided one)."""
     if not request.guides:
         return plan.denoiser, None, None, spec
     from . import classifier_guidance as cg
+    from . import clip_guidance as clg
 
     scale = model.config.vae.scaling_factor
     steps = len(grid) - 1
@@ -388,10 +395,17 @@ def _guidance(model: LatentDiffusion, request: GenerationRequest, plan: Plan, gr
     if request.recurrence > 1:
         def repeats(i: int) -> int:
             return request.recurrence if guide_active(i, steps, request.guide_steps) else 1
-    if request.guide_mode == "noisy":  # Dhariwal & Nichol 2021, Algorithm 1 or 2 by sampler
-        classifier = cg.shipped_classifier(False, model.device)
-        cg.check_fits(classifier, plan.x)
-        log_prob = cg.log_prob_fn(request.guides, classifier)
+    if request.guide_mode == "noisy":  # Dhariwal & Nichol 2021 Algorithm 1 or 2 by sampler; GLIDE eq. 3 for CLIP
+        objectives = []
+        if cg.classifier_guides(request.guides):
+            classifier = cg.shipped_classifier(False, model.device)
+            cg.check_fits(classifier, plan.x)
+            objectives.append(cg.log_prob_fn(request.guides, classifier))
+        if clg.clip_guides(request.guides):
+            clip = clg.shipped_clip(False, model.device)
+            clg.check_fits(clip, plan.x)
+            objectives.append(clg.log_prob_fn(request.guides, clip))
+        log_prob = lambda z, level: sum(f(z, level) for f in objectives)  # noqa: E731
         active = lambda level: level.timestep in guided_levels  # noqa: E731
         if cg.algorithm_for(spec, request.eta) == 1:
             return plan.denoiser, trace, repeats, cg.noisy_sampler(spec, log_prob, active, trace)
@@ -401,6 +415,10 @@ def _guidance(model: LatentDiffusion, request: GenerationRequest, plan: Plan, gr
         classifier = cg.shipped_classifier(True, model.device)
         cg.check_fits(classifier, plan.x)
         latent_losses = cg.clean_losses(request.guides, classifier)
+    if clg.clip_guides(request.guides):  # the clean CLIP's score on ẑ0
+        clip = clg.shipped_clip(True, model.device)
+        clg.check_fits(clip, plan.x)
+        latent_losses = latent_losses + clg.clean_losses(request.guides, clip)
 
     def decode(z0: torch.Tensor) -> torch.Tensor:  # differentiable: no tiling, no NaN retry
         return model.vae.decode((z0 / scale).to(model.vae_dtype)).float()

@@ -98,7 +98,8 @@ class GenerationRequest:
         pictures = list(guide_images) + [None] * len(raw)
         try:
             guides = tuple(Guide(str(g["kind"]), float(g.get("strength", 1.0)), pictures[i], str(g.get("variant", "layout")),
-                                 {str(k): str(v) for k, v in dict(g.get("labels") or {}).items()})
+                                 {str(k): str(v) for k, v in dict(g.get("labels") or {}).items()},
+                                 str(g.get("text") or ""))
                            for i, g in enumerate(raw))
         except (KeyError, TypeError, ValueError) as exc:
             raise RequestError(f"damaged guidance settings ({exc})") from None

@@ -27,13 +27,15 @@ TRAIN_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "dataset_s
 
 def add_training_commands(sub) -> None:
     train = sub.add_parser("train", help="train the built-in model (stage vae, then stage unet) or its guides")
-    train.add_argument("--stage", choices=["vae", "unet", "classifier", "cold"], required=True,
+    train.add_argument("--stage", choices=["vae", "unet", "classifier", "clip", "cold"], required=True,
                        help="classifier: the scene classifier for classifier guidance (training/classifier.py); "
+                            "clip: the scene CLIP for CLIP guidance (training/clip.py); "
                             "cold: a cold-diffusion restoration net (training/cold.py)")
     train.add_argument("--degradation", choices=["blur", "mask", "down"],
                        help="stage cold: the degradation D(x0, s) its restoration net learns to undo")
     train.add_argument("--clean", action="store_true",
-                       help="stage classifier: train on clean latents only (t = 0), the guide of universal guidance")
+                       help="stage classifier / clip: train on clean latents only (t = 0), the guide of universal "
+                            "guidance (clip: fine-tunes the noise-aware CLIP of --out)")
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder (keep it outside git)")
     train.add_argument("--init", help="fresh UNet stage: vae.pt / a training checkpoint / a model file / default")
     train.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint saved)")
@@ -83,8 +85,12 @@ def add_training_commands(sub) -> None:
                     help="instead, score universal guidance (colour hint, reference layout) on SCENES held-out scenes")
     ev.add_argument("--classifier-guidance", type=int, metavar="SCENES",
                     help="instead, score classifier guidance (issue #15's table) on SCENES held-out seeds")
+    ev.add_argument("--clip-guidance", type=int, metavar="SCENES",
+                    help="instead, score CLIP guidance (issue #15's CLIP row) on SCENES held-out seeds")
+    ev.add_argument("--rows", metavar="WORD,...", help="with --clip-guidance: only the rows naming one of these words")
     ev.add_argument("--sweep", metavar="S1,S2,...",
-                    help="with --classifier-guidance: the DDIM row over these strengths instead (tuning seeds)")
+                    help="with --classifier-guidance or --clip-guidance: the DDIM row over these strengths instead "
+                         "(tuning seeds)")
     ev.add_argument("--cold", metavar="KINDS",
                     help="instead, score the cold models (blur,mask,down): restoration PSNR, generation, inpainting")
     ev.set_defaults(handler=run_evaluate)
@@ -114,6 +120,8 @@ def run_train(args: argparse.Namespace) -> int:
         return run_cli(args)
     if args.stage == "classifier":
         return _train_classifier(args)
+    if args.stage == "clip":
+        return _train_clip(args)
     device = _device(args.device)
     out: Path = args.out
     overrides = {k: getattr(args, k) for k in TRAIN_OVERRIDES if getattr(args, k, None) is not None}
@@ -196,6 +204,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return run_cli(args)
     if args.classifier_guidance is not None:
         return _evaluate_classifier_guidance(args)
+    if args.clip_guidance is not None:
+        return _evaluate_clip_guidance(args)
     if args.guidance is not None:
         return _evaluate_guidance(args)
     try:
@@ -244,6 +254,50 @@ def _train_classifier(args: argparse.Namespace) -> int:
     train(model, args.out, clean=args.clean, steps=args.steps or (700 if args.clean else 2000),
           batch=args.batch_size or 128, lr=args.lr or 1e-3, scenes=args.dataset_size or 16000, held_out=2000,
           export=export, minutes=args.minutes, log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _train_clip(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine import load_model
+    from ..resources import resources_dir
+    from .clip import CLEAN_NAME, NOISY_NAME, train
+
+    model = load_model("default", torch.device("cpu"), torch.float32)
+    export = args.export or resources_dir() / "guides" / (CLEAN_NAME if args.clean else NOISY_NAME)
+    export.parent.mkdir(parents=True, exist_ok=True)
+    train(model, args.out, clean=args.clean, steps=args.steps or (400 if args.clean else 2600),
+          batch=args.batch_size or 128, lr=args.lr or (3e-4 if args.clean else 1e-3),
+          scenes=args.dataset_size or 16000, held_out=1000, export=export, minutes=args.minutes,
+          log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _strengths(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",")]
+    except ValueError:
+        raise UserError(f"--sweep takes numbers separated by commas, got {text!r}") from None
+
+
+def _evaluate_clip_guidance(args: argparse.Namespace) -> int:
+    from . import classifier_guidance_eval as cge
+    from . import clip_guidance_eval as clip_eval
+
+    if args.clip_guidance < 1:
+        raise UserError(f"--clip-guidance needs at least one scene, got {args.clip_guidance}")
+    model = _model_to_evaluate(args.model)
+    if args.sweep:
+        report = {"sweep": {str(s): row for s, row in clip_eval.sweep(
+            model, _strengths(args.sweep), args.clip_guidance, sampler=args.sampler).items()}}
+    else:
+        only = tuple(w.strip() for w in args.rows.split(",") if w.strip()) if args.rows else ()
+        report = clip_eval.evaluate(model, args.clip_guidance, cge.REPORT_SEED if args.seed is None else args.seed,
+                                    only)
+        print(cge.format_report(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return 0
 
 

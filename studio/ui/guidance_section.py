@@ -2,7 +2,8 @@
 
 Collapsible (a header button shows what is on); every control is bound to the settings model. Each guide is a
 check box and a strength: the colour hint (painted on the canvas with the Hint tool), a reference picture (chosen
-here: button, or drop a picture on the section; a thumbnail shows it) and the keep region (the Keep tool). Below
+here: button, or drop a picture on the section; a thumbnail shows it), the keep region (the Keep tool), the scene
+classifier's labels and the scene CLIP's caption (a line edit). Below
 them the mode (forward / backward / both) with what a guided step costs, the guided fraction of the steps, backward
 guidance's steps m, self-recurrence k and guiding only inside the mask.
 
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -34,12 +36,13 @@ from .images import accepts_drop, dropped, thumbnail
 from .settings_model import CLASSIFIER_LABELS, UI_LIMITS, GenerationSettings, bind
 
 MODES = {"forward": "Forward", "backward": "Backward", "both": "Forward + backward",
-         "noisy": "Noisy (classifier guidance)"}
+         "noisy": "Noisy (classifier / CLIP guidance)"}
 VARIANTS = {"layout": "Layout", "palette": "Palette"}
 MODE_TIP = ("Forward: the loss's gradient through the model and decoder is added to the predicted noise (eq. 6).\n"
             "Backward: the predicted image itself is optimised for m steps, then the noise follows it (eq. 7, 9).\n"
             "Noisy: classifier guidance on the noisy latent with the noise-aware classifier (Dhariwal & Nichol\n"
-            "2021: Algorithm 2 for DDIM-type samplers, Algorithm 1 for ancestral ones); the classifier guide only.")
+            "2021: Algorithm 2 for DDIM-type samplers, Algorithm 1 for ancestral ones), and CLIP guidance with the\n"
+            "noise-aware CLIP (GLIDE); the classifier and CLIP guides only.")
 THUMB = 44
 COST_SETTINGS = ("guide_mode", "backward_steps", "recurrence")
 
@@ -112,6 +115,14 @@ class GuidanceSection(QGroupBox):
             group: bound_combo(settings, f"guide_classifier_{group}", f"classifier{group.capitalize()}Combo",
                                {"": f"any {group}", **{v: v for v in values}}, f"The {group} to ask for")
             for group, values in CLASSIFIER_LABELS.items()}
+        self.clip_check = bound_check(settings, "guide_clip_on", "clipGuideCheck", "CLIP text",
+                                      "Steer towards a caption with the trained scene CLIP (built-in model)")
+        self.clip_strength = self._strength("clip", "clipGuideStrength", "Strength s of the CLIP guide")
+        self.clip_text = QLineEdit()
+        self.clip_text.setObjectName("clipTextEdit")
+        self.clip_text.setPlaceholderText("a red star at the top")
+        self.clip_text.setToolTip("The caption the picture should match (colours, shapes, sizes, places)")
+        bind(settings, "guide_clip_text", self.clip_text)
 
     def _build_options(self, settings: GenerationSettings) -> None:
         self.guide_mode = bound_combo(settings, "guide_mode", "guideModeCombo", MODES, MODE_TIP)
@@ -150,6 +161,8 @@ class GuidanceSection(QGroupBox):
         combos = list(self.classifier_labels.values())
         for start in range(0, len(combos), 3):
             rows.addRow(_row(*combos[start:start + 3]))
+        rows.addRow(_row(self.clip_check, self.clip_strength))
+        rows.addRow(self.clip_text)
         rows.addRow("Mode", self.guide_mode)
         rows.addRow("", self.cost_label)
         rows.addRow("Guided steps", self.guide_steps)
@@ -178,14 +191,15 @@ class GuidanceSection(QGroupBox):
 
     def _show_state(self) -> None:
         s = self._settings
-        on = [f"{kind} {s.get(f'guide_{kind}_strength'):g}" for kind in ("colour", "reference", "keep", "classifier")
-              if s.get(f"guide_{kind}_on")]
+        on = [f"{kind} {s.get(f'guide_{kind}_strength'):g}"
+              for kind in ("colour", "reference", "keep", "classifier", "clip") if s.get(f"guide_{kind}_on")]
         self.toggle.setText("Guidance · " + (", ".join(on) + f" · {s.guide_mode}" if on else "off"))
         self.cost_label.setText(cost_text(s.guide_mode, s.backward_steps, s.recurrence))
         self.backward_steps.setEnabled(s.guide_mode != "forward")
         for kind, widgets in (("colour", (self.colour_strength,)), ("keep", (self.keep_strength,)),
                               ("reference", (self.reference_strength, self.reference_variant)),
-                              ("classifier", (self.classifier_strength, *self.classifier_labels.values()))):
+                              ("classifier", (self.classifier_strength, *self.classifier_labels.values())),
+                              ("clip", (self.clip_strength, self.clip_text))):
             for widget in widgets:
                 widget.setEnabled(bool(s.get(f"guide_{kind}_on")))
 

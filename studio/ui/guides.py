@@ -47,6 +47,12 @@ def build_guides(settings: Any, pictures: GuidePictures) -> tuple[tuple[Guide, .
             guides.append(Guide("classifier", float(settings.get("guide_classifier_strength")), labels=labels))
         else:
             missing.append("the classifier guide is on but asks for nothing (pick a shape, colour, …)")
+    if settings.get("guide_clip_on"):
+        text = str(settings.get("guide_clip_text") or "").strip()
+        if text:
+            guides.append(Guide("clip", float(settings.get("guide_clip_strength")), text=text))
+        else:
+            missing.append("the CLIP guide is on but has no caption (type one, e.g. \"a red star at the top\")")
     return tuple(guides), missing
 
 
@@ -55,9 +61,10 @@ def picture_of(guides: Iterable[Guide], kind: str) -> np.ndarray | None:
 
 
 def describe(guides: Iterable[Guide]) -> str:
-    """"colour 10, reference 1 palette"."""
+    """"colour 10, reference 1 palette, clip 10 “a red star”"."""
     return ", ".join(f"{g.kind} {g.strength:g}" + (f" {g.variant}" if g.kind == "reference" else "")
-                     + (" " + "/".join(v for _, v in g.labels) if g.labels else "") for g in guides)
+                     + (" " + "/".join(v for _, v in g.labels) if g.labels else "")
+                     + (f" “{g.text}”" if g.kind == "clip" else "") for g in guides)
 
 
 def guided_line(request: GenerationRequest) -> str:

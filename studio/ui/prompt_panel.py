@@ -114,6 +114,8 @@ class PromptPanel(QWidget):
         self.classifier_guide, self.classifier_strength = guidance.classifier_check, guidance.classifier_strength
         for group, combo in guidance.classifier_labels.items():  # classifier_shape, classifier_colour, …
             setattr(self, f"classifier_{group}", combo)
+        self.clip_guide, self.clip_strength, self.clip_text = (guidance.clip_check, guidance.clip_strength,
+                                                               guidance.clip_text)
 
     def _connect(self) -> None:
         self.run_buttons.generate_button.clicked.connect(self.generateRequested)

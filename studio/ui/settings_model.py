@@ -87,10 +87,14 @@ GUIDE_SETTINGS["guide_classifier_on"] = False
 GUIDE_SETTINGS["guide_classifier_strength"] = _default_strength("classifier")
 for _group in CLASSIFIER_LABELS:
     GUIDE_SETTINGS[f"guide_classifier_{_group}"] = ""
+# The CLIP guide (CLIP guidance, issue #15): on, strength and the caption the picture should match.
+GUIDE_SETTINGS["guide_clip_on"] = False
+GUIDE_SETTINGS["guide_clip_strength"] = _default_strength("clip")
+GUIDE_SETTINGS["guide_clip_text"] = ""
 UI_DEFAULTS.update(GUIDE_SETTINGS)
 # ranges of the UI's own settings (LIMITS and CHOICES list the request's: a request has each of those)
 UI_LIMITS: dict[str, Limits] = {f"guide_{kind}_strength": Limits(0.0, 1000.0, 2)
-                                for kind in (*GUIDE_KINDS, "classifier")}
+                                for kind in (*GUIDE_KINDS, "classifier", "clip")}
 UI_CHOICES: dict[str, tuple] = {"guide_reference_variant": tuple(REFERENCE_VARIANTS)} | {
     f"guide_classifier_{group}": ("", *values) for group, values in CLASSIFIER_LABELS.items()}
 NATIVE_INPAINT_STRENGTH = 1.0  # what inpainting with a 9-channel inpainting model starts from (A1111, InvokeAI)
@@ -235,9 +239,13 @@ class GenerationSettings(QObject):
         for guide in guides:
             values = guide.settings() if hasattr(guide, "settings") else dict(guide)
             kind = values["kind"]
-            if kind not in (*GUIDE_KINDS, "classifier"):
+            if kind not in (*GUIDE_KINDS, "classifier", "clip"):
                 raise ValueError(f"unknown guide {kind!r}")
             listed[kind] = values
+        self.set("guide_clip_on", "clip" in listed)
+        if "clip" in listed:
+            self.set("guide_clip_strength", listed["clip"].get("strength", DEFAULTS["guide_clip_strength"]))
+            self.set("guide_clip_text", str(listed["clip"].get("text") or ""))
         self.set("guide_classifier_on", "classifier" in listed)
         if "classifier" in listed:
             self.set("guide_classifier_strength", listed["classifier"].get("strength",

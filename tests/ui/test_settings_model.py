@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from PySide6.QtCore import QSettings
-from PySide6.QtWidgets import QAbstractSpinBox, QCheckBox, QComboBox, QPlainTextEdit
+from PySide6.QtWidgets import QAbstractSpinBox, QCheckBox, QComboBox, QLineEdit, QPlainTextEdit
 
 from studio.engine import GenerationRequest, format_parameters, parse_parameters
 from studio.ui.choices import SAMPLERS, USES_ETA, default_eta
@@ -67,6 +67,9 @@ CONTROLS = {
     **{f"guide_{group}": (group, value) for group, value in (  # the shipped classifier's groups (issue #15)
         ("classifier_shape", "star"), ("classifier_colour", "red"), ("classifier_size", "small"),
         ("classifier_position", "top left"), ("classifier_background", "blue")) if f"guide_{group}" in DEFAULTS},
+    "guide_clip_on": ("clip_guide", True),
+    "guide_clip_strength": ("clip_strength", 30.0),
+    "guide_clip_text": ("clip_text", "a red star at the top"),
 }
 WITHOUT_CONTROL = {"model", "prediction", "recent_models"}
 
@@ -85,6 +88,8 @@ def shown(widget):
         return widget.currentData()
     if isinstance(widget, QCheckBox):
         return widget.isChecked()
+    if isinstance(widget, QLineEdit):
+        return widget.text()
     return widget.toPlainText()
 
 
@@ -96,7 +101,7 @@ def edit_as_user(qtbot, widget, value):
     elif isinstance(widget, QCheckBox):
         if widget.isChecked() != value:
             widget.click()
-    elif isinstance(widget, QPlainTextEdit):
+    elif isinstance(widget, (QPlainTextEdit, QLineEdit)):
         widget.clear()
         qtbot.keyClicks(widget, value)
 

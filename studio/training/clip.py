@@ -1,0 +1,263 @@
+"""Train the scene CLIP of CLIP guidance for the built-in world (engine/clip_guide.py): an image tower on the
+built-in model's latents z_t told the noise level (GLIDE §2.4: "noised CLIP"), and a text tower on captions, with
+CLIP's symmetric InfoNCE and learned temperature (Radford et al. 2021, Figure 3).
+
+Data: fresh scenes (scenes.sample_scene, their own seeds), each encoded once by the model's frozen VAE encoder into
+a cache of scaled latents (as the classifier's trainer does), kept with the scenes so each visit draws a fresh
+caption: three in five from the TRAINING templates (scenes.caption), two in five a short phrase of the objects and
+their places without the background ("a red star at the top", what a user types), built from the training noun
+phrases and position words; a share gets filler words as data.py gives the UNet. Held-out templates and noun
+phrases never appear: the zero-shot accuracy is measured on them.
+
+The noise-aware tower sees z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε (DDPM eq. 4) at uniform t, a quarter of the batch at t = 0;
+the clean one (`--clean`) starts from the noise-aware one's weights and is fine-tuned at t = 0 only.
+
+`studio train --stage clip [--clean]`, or `python -m studio.training.clip`; resumable from its checkpoint; exports
+fp16 safetensors with the held-out zero-shot accuracy in the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.clip_guide import ClipConfig, SceneClip, contrastive_loss, save_clip
+from ..engine.tokenizer import CLIPTokenizer
+from .classifier import learning_rate, noised
+from .data import filler_vocabulary, render_scenes, to_unit
+from .descent import descend
+from .scenes import (COLOURS, COLOUR_WORDS, POSITION_WORDS, POSITIONS, SHAPES, SIZE_WORDS, TRAIN_NOUNS,
+                     TRAIN_NOUN_WITHOUT_SIZE, Scene, SceneObject, caption, with_filler)
+
+TRAIN_SEED = 8_300_000  # scenes of the CLIP's training cache (the UNet's and the classifier's used others)
+HELD_OUT_SEED = 8_400_000  # scenes its zero-shot accuracy is reported on
+EVAL_LEVELS = (0, 250, 500, 700, 850)  # timesteps the noise-aware tower's zero-shot accuracy is broken down by
+CLEAN_SHARE = 0.25  # of the noise-aware tower's batch at t = 0 (the clean picture also anchors what text means)
+SHORT_SHARE = 0.4  # captions that are just the objects and places, no background
+NO_PLACE_SHARE = 0.15  # of the short ones: the objects only ("a red star")
+NOISY_NAME = "scene-clip-noisy.safetensors"
+CLEAN_NAME = "scene-clip-clean.safetensors"
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[rng.integers(len(options))]
+
+
+def short_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """The objects (training noun phrases, size dropped half the time) and their places, in random order."""
+    parts = []
+    place = rng.random() >= NO_PLACE_SHARE
+    for i in rng.permutation(len(scene.objects)):
+        obj = scene.objects[i]
+        template = TRAIN_NOUN_WITHOUT_SIZE if rng.random() < 0.5 else _pick(rng, TRAIN_NOUNS)
+        noun = "a " + template.format(s=_pick(rng, SIZE_WORDS[obj.size]), c=_pick(rng, COLOUR_WORDS[obj.colour]),
+                                      h=obj.shape)
+        parts.append(f"{noun} {_pick(rng, POSITION_WORDS[obj.position])}" if place else noun)
+    text = " and ".join(parts)
+    return re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text)
+
+
+def training_caption(scene: Scene, rng: np.random.Generator, filler: tuple[str, ...]) -> str:
+    text = short_caption(scene, rng) if rng.random() < SHORT_SHARE else caption(scene, rng)
+    return with_filler(text, rng, filler)
+
+
+# -- the cache: latents and their scenes -------------------------------------------------------------------------------
+@torch.no_grad()
+def build_cache(model, n: int, seed: int, chunk: int = 256, log=print) -> tuple[torch.Tensor, list[Scene]]:
+    rng = np.random.default_rng(seed)
+    latents, scenes = [], []
+    began = time.perf_counter()
+    for start in range(0, n, chunk):
+        images, batch, _ = render_scenes(rng, min(chunk, n - start))
+        latents.append(model.encode_image(to_unit(images).to(model.device)).cpu().half())
+        scenes.extend(batch)
+        log(f"clip cache (seed {seed}): {len(scenes)}/{n} in {time.perf_counter() - began:.0f} s")
+    return torch.cat(latents), scenes
+
+
+def cached(model, n: int, seed: int, folder: Path, log=print) -> tuple[torch.Tensor, list[Scene]]:
+    """Tensors and a JSON string on disk (torch.load(weights_only=True), no pickle)."""
+    path = folder / f"clip-cache-{seed}-{n}.pt"
+    if path.exists():
+        state = torch.load(path, weights_only=True)
+        scenes = [Scene(bg, tuple(SceneObject(*o) for o in objects)) for bg, objects in json.loads(state["scenes"])]
+        return state["latents"], scenes
+    latents, scenes = build_cache(model, n, seed, log=log)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps([[s.background, [dataclasses.astuple(o) for o in s.objects]] for s in scenes])
+    torch.save({"latents": latents, "scenes": text}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return latents, scenes
+
+
+# -- zero-shot accuracy ------------------------------------------------------------------------------------------------
+def held_out_caption(scene: Scene, seed: int) -> str:
+    """The held-out templates' caption of a scene, its wording fixed by `seed` so that candidates differing in one
+    fact are worded alike (every pick draws once from the stream whatever its options)."""
+    return caption(scene, np.random.default_rng(seed), held_out=True)
+
+
+def zero_shot_candidates(scene: Scene, seed: int) -> tuple[list[str], int, list[str], int]:
+    """(the 72 colour × shape captions, the true one's index, the 9 position captions, the true one's index) of a
+    one-object scene, every other fact as it is."""
+    (obj,) = scene.objects
+    kinds = [(c, h) for c in COLOURS for h in SHAPES]
+    objects = [dataclasses.replace(obj, colour=c, shape=h) for c, h in kinds]
+    what = [held_out_caption(Scene(scene.background, (o,)), seed) for o in objects]
+    where = [held_out_caption(Scene(scene.background, (dataclasses.replace(obj, position=p),)), seed)
+             for p in POSITIONS]
+    return what, kinds.index((obj.colour, obj.shape)), where, POSITIONS.index(obj.position)
+
+
+@torch.no_grad()
+def zero_shot(clip: SceneClip, latents: torch.Tensor, scenes: list[Scene], alphas_cumprod: torch.Tensor,
+              levels=(0,), limit: int = 400, seed: int = 0) -> dict:
+    """Held-out one-object scenes: how often the right caption scores highest among the 72 colour × shape captions
+    ("what"), among the 9 position captions ("where"), and both at once ("both"), at each timestep of `levels`."""
+    was_training = clip.training
+    clip.eval()
+    pick = [i for i, s in enumerate(scenes) if len(s.objects) == 1][:limit]
+    what_emb, what_true, where_emb, where_true = [], [], [], []
+    for i in pick:
+        what, wt, where, pt = zero_shot_candidates(scenes[i], HELD_OUT_SEED + i)
+        what_emb.append(clip.encode_text(clip.tokens(what)))
+        where_emb.append(clip.encode_text(clip.tokens(where)))
+        what_true.append(wt)
+        where_true.append(pt)
+    what_emb, where_emb = torch.stack(what_emb), torch.stack(where_emb)  # (N, 72, D), (N, 9, D)
+    z0 = latents[pick].float()
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in levels:
+        z, a = noised(z0, torch.full((len(z0),), t), alphas_cumprod, generator, clean=False)
+        if t == 0:
+            z, a = z0, torch.ones(len(z0))
+        image = clip.encode_image(z, a)
+        what_ok = (torch.einsum("nd,nkd->nk", image, what_emb).argmax(1) == torch.tensor(what_true))
+        where_ok = (torch.einsum("nd,nkd->nk", image, where_emb).argmax(1) == torch.tensor(where_true))
+        out[f"t={t}"] = {"what": round(float(what_ok.float().mean()), 4),
+                         "where": round(float(where_ok.float().mean()), 4),
+                         "both": round(float((what_ok & where_ok).float().mean()), 4)}
+    out["scenes"] = len(pick)
+    clip.train(was_training)
+    return out
+
+
+# -- training ----------------------------------------------------------------------------------------------------------
+def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, scenes: int, held_out: int,
+          export: Path | None, minutes: float | None = None, log=print) -> dict:
+    alphas_cumprod = model.schedule.alphas_cumprod
+    latents, train_scenes = cached(model, scenes, TRAIN_SEED, out, log)
+    test_latents, test_scenes = cached(model, held_out, HELD_OUT_SEED, out, log)
+    config = ClipConfig(in_channels=latents.shape[1], latent_size=latents.shape[-1], clean=clean,
+                        scaling_factor=model.config.vae.scaling_factor, trained_for=model.config.name)
+    tokenizer = CLIPTokenizer()
+    filler = filler_vocabulary(tokenizer)
+    torch.manual_seed(0)
+    net = SceneClip(config)
+    ema = SceneClip(config).requires_grad_(False)
+    name = "clip-clean" if clean else "clip-noisy"
+    checkpoint = out / f"{name}.pt"
+    if clean and not checkpoint.exists() and (out / "clip-noisy.pt").exists():
+        net.load_state_dict(torch.load(out / "clip-noisy.pt", weights_only=True)["ema"])
+        log("clean CLIP: starting from the noise-aware one's EMA weights")
+    ema.load_state_dict(net.state_dict())
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    step, seconds = 0, 0.0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=True)
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, seconds = int(state["step"]), float(state["seconds"])
+        log(f"resumed {checkpoint} at step {step}")
+    log(f"{name}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, {len(latents)} scenes")
+    began, last_log = time.perf_counter(), time.perf_counter()
+    running = None
+
+    def save() -> None:
+        state = {"net": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                 "step": torch.tensor(step), "seconds": torch.tensor(seconds + time.perf_counter() - began)}
+        torch.save(state, checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)
+        if export is not None:  # weights to try while training goes on; the metrics come at the end
+            save_clip(ema, export, {"steps": step, "partial": True})
+
+    while step < steps:
+        rng = np.random.default_rng([step, 23])
+        generator = torch.Generator().manual_seed(step * 7919 + 5)
+        index = torch.from_numpy(rng.integers(len(latents), size=batch))
+        t = torch.from_numpy(rng.integers(len(alphas_cumprod), size=batch))
+        t[: int(batch * CLEAN_SHARE)] = 0
+        z, a = noised(latents[index].float(), t, alphas_cumprod, generator, clean)
+        if not clean:
+            a = torch.where(t == 0, torch.ones_like(a), a)  # t = 0 is the clean picture itself
+            z = torch.where((t == 0)[:, None, None, None], latents[index].float(), z)
+        texts = [training_caption(train_scenes[i], rng, filler) for i in index.tolist()]
+        ids = torch.tensor(tokenizer(texts, context_length=config.context_length), dtype=torch.long)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, lr)
+        image = torch.nn.functional.normalize(net.image(z, a), dim=-1)
+        text = torch.nn.functional.normalize(net.text(ids), dim=-1)
+        loss = contrastive_loss(image, text, net.temperature_scale())
+        descend(loss, net, optimizer, ema, 0.995)
+        step += 1
+        value = float(loss.detach())
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if time.perf_counter() - last_log > 60 or step == steps:
+            last_log = time.perf_counter()
+            log(f"{name} step {step}/{steps} loss {running:.3f} scale {float(net.temperature_scale()):.1f} "
+                f"lr {learning_rate(step, steps, lr):.2e} ({(time.perf_counter() - began) / 60:.1f} min this session)")
+        if step % 250 == 0 or step == steps:
+            save()
+        if minutes is not None and time.perf_counter() - began > minutes * 60:
+            save()
+            log(f"{name}: time budget spent at step {step}")
+            break
+    save()
+    levels = (0,) if clean else EVAL_LEVELS
+    metrics = {"steps": step, "batch": batch, "train_scenes": len(latents), "held_out_scenes": len(test_latents),
+               "train_minutes": round((seconds + time.perf_counter() - began) / 60, 1),
+               "zero_shot": zero_shot(ema, test_latents, test_scenes, alphas_cumprod, levels)}
+    log(json.dumps(metrics))
+    if export is not None:
+        save_clip(ema, export, metrics)
+        log(f"exported {export}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..engine import load_model
+    from ..resources import resources_dir
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clean", action="store_true", help="fine-tune at t = 0 only (a guide for universal guidance)")
+    parser.add_argument("--out", type=Path, default=Path("runs/clip"), help="checkpoint and cache folder")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--scenes", type=int, default=16000)
+    parser.add_argument("--held-out", type=int, default=1000)
+    parser.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this long")
+    parser.add_argument("--export", type=Path, default=None, help="weights file (default resources/guides/...)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model("default", torch.device("cpu"), torch.float32)
+    export = args.export or resources_dir() / "guides" / (CLEAN_NAME if args.clean else NOISY_NAME)
+    export.parent.mkdir(parents=True, exist_ok=True)
+    train(model, args.out, clean=args.clean, steps=args.steps, batch=args.batch, lr=args.lr, scenes=args.scenes,
+          held_out=args.held_out, export=export, minutes=args.minutes, log=lambda s: print(s, flush=True))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

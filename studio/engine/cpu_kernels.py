@@ -10,8 +10,11 @@ The swap keeps every parameter and name (a module's class changes, not its state
 strict loading are untouched. The fast path is taken only for float32 tensors (and bfloat16 ones, on a CPU that
 runs bf16 natively: "fast" precision, docs/numerics.md) on the CPU with autograd off; anything else (CUDA, MPS,
 fp16, training, guidance gradients) runs the stock forward. Packed bf16 measured 0.70–0.83× the stock bf16 UNet
-step (SD1.5 shape, 256 px, 2 threads, interleaved). The packed copies cost one more copy of the weights in RAM, so
-packing is skipped when memory is short.
+step (SD1.5 shape, 256 px, 2 threads, interleaved).
+
+Packing happens when the model is loaded, not on its first call (the layouts oneDNN picks did not depend on the
+input shape it is told). A model loaded for inference then gives back each plain weight's memory, so its weights
+sit in RAM once; the plain values come back from the pack whenever something reads them (`_PackedWeight`).
 """
 
 from __future__ import annotations
@@ -46,36 +49,165 @@ def _key(weight: torch.Tensor) -> tuple[int, int]:
     return weight.data_ptr(), version
 
 
-class PackedLinear(nn.Linear):
-    _pack: tuple[tuple[int, int], torch.Tensor] | None = None
+class _ReleasedParameters(dict):
+    """A packed module's `_parameters` while its plain weight is released. Every way torch's Module API reads a
+    parameter goes through here (attribute access, `parameters()`, `named_parameters()`, state dicts), and reading
+    the weight gives it its plain values back first: nothing can read the emptied storage."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _usable(x, self.weight):
-            return F.linear(x, self.weight, self.bias)
-        key = _key(self.weight)
+    def __init__(self, owner: "_PackedWeight", parameters: dict):
+        super().__init__(parameters)
+        self.owner = owner
+
+    def __getitem__(self, name):
+        if name == "weight":
+            self.owner.unpack()
+        return dict.__getitem__(self, name)
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+    def items(self):
+        self.owner.unpack()
+        return dict.items(self)
+
+    def values(self):
+        self.owner.unpack()
+        return dict.values(self)
+
+    def __setitem__(self, name, value):
+        if name == "weight":  # a new weight: the pack no longer holds its values
+            self.owner.unpack()
+            self.owner._pack = None
+        dict.__setitem__(self, name, value)
+
+
+class _PackedWeight:
+    """What PackedLinear and PackedConv2d share: the packed weight, made once, and (for a model loaded for
+    inference) the plain weight's memory given back while the pack holds the same values.
+
+    A released weight keeps its Parameter, shape, dtype and device, but its storage is emptied; the module's
+    parameter dict is swapped for `_ReleasedParameters`, so whatever reads the weight through the Module API
+    (`.weight`, `parameters()`, `state_dict()`, `.to()`, `load_state_dict`, `.train()`, copying) gets the plain
+    values back first. The forward reads the raw Parameter: the packed kernels need only its dtype and flags, and
+    the stock ones (gradients, other dtypes) get a temporary plain copy."""
+
+    _pack: tuple[tuple[int, int], torch.Tensor] | None = None
+    _released = False  # the plain weight's storage is given back; the pack holds its values
+    _release_after_pack = False  # set by prepack_for_cpu(release_dense=True)
+
+    def _make_pack(self, weight: torch.Tensor, example: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _raw_weight(self) -> nn.Parameter:
+        return dict.__getitem__(self.__dict__["_parameters"], "weight")
+
+    def _packed(self, example: torch.Tensor | None = None) -> torch.Tensor:
+        if self._released:
+            return self._pack[1]
+        weight = self._raw_weight()
+        key = _key(weight)
         if self._pack is None or self._pack[0] != key:
             with torch.inference_mode(False), torch.no_grad():
-                rows = max(1, x.numel() // x.shape[-1])  # a hint for oneDNN's layout choice; any M works
-                self._pack = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), rows))
-        return torch.ops.mkldnn._linear_pointwise(x, self._pack[1], self.bias, "none", [], "")
+                self._pack = (key, self._make_pack(weight.detach(), example))
+            if self._release_after_pack and not self.training and not weight.requires_grad:
+                self._release()
+        return self._pack[1]
+
+    def _release(self) -> None:
+        # The Parameter stays (optimizers, `model.device` and names hold on to it); its data becomes a tensor of the
+        # same shape whose storage is empty, and the old storage goes when nothing else holds it (the file buffer
+        # of a weight read without a cast, say, or a bigger buffer this weight is a view of).
+        weight = self._raw_weight()
+        placeholder = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)  # pages never touched
+        placeholder.untyped_storage().resize_(0)
+        weight.data = placeholder
+        self.__dict__["_parameters"] = _ReleasedParameters(self, self.__dict__["_parameters"])
+        self._released = True
+
+    def _plain_values(self) -> torch.Tensor:
+        with torch.inference_mode(False), torch.no_grad():
+            return self._pack[1].to_dense().reshape(self._raw_weight().shape)
+
+    def unpack(self) -> None:
+        """Give the plain weight its values back (the pack stays valid for them)."""
+        if not self._released:
+            return
+        weight = self._raw_weight()
+        values = self._plain_values()
+        weight.data = torch.empty_like(weight)
+        with torch.inference_mode(False), torch.no_grad():
+            weight.copy_(values)
+        self.__dict__["_parameters"] = dict(dict.items(self.__dict__["_parameters"]))
+        self._released = False
+        self._pack = (_key(weight), self._pack[1])
+
+    def _plain_weight(self) -> torch.Tensor:
+        """The weight for the stock kernels: itself, or a temporary plain copy while it is released (a parameter
+        that learns is brought back for good, so its gradient lands on it)."""
+        weight = self._raw_weight()
+        if not self._released:
+            return weight
+        if weight.requires_grad:
+            self.unpack()
+            return weight
+        return self._plain_values()
+
+    def _apply(self, fn, *args, **kwargs):
+        self.unpack()
+        self._pack = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        if mode:  # training reads and writes the plain parameters
+            self.unpack()
+        return super().train(mode)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self._released and not keep_vars:  # a plain copy for the state dict; the module stays released
+            for name, param in dict.items(self.__dict__["_parameters"]):
+                if param is not None:
+                    destination[prefix + name] = self._plain_values() if name == "weight" else param.detach()
+            for name, buf in self._buffers.items():
+                if buf is not None and name not in self._non_persistent_buffers_set:
+                    destination[prefix + name] = buf.detach()
+            return
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def __getstate__(self):
+        self.unpack()
+        state = self.__dict__.copy()
+        state.pop("_pack", None)  # oneDNN's opaque tensors neither copy nor pickle; the copy packs afresh
+        return state
 
 
-class PackedConv2d(nn.Conv2d):
-    _pack: tuple[tuple[int, int], torch.Tensor] | None = None
+class PackedLinear(_PackedWeight, nn.Linear):
+    def _make_pack(self, weight: torch.Tensor, example: torch.Tensor | None) -> torch.Tensor:
+        # the row count is only a hint for oneDNN's layout choice: the layouts it picks did not depend on it
+        rows = [max(1, example.numel() // example.shape[-1])] if example is not None else []
+        return torch.ops.mkldnn._reorder_linear_weight(weight, *rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode != "zeros" or isinstance(self.padding, str) or not _usable(x, self.weight):
-            return super().forward(x)
-        key = _key(self.weight)
-        if self._pack is None or self._pack[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                    self.weight.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation),
-                    self.groups, list(x.shape),
-                )
-                self._pack = (key, packed)
+        if not _usable(x, self._raw_weight()):
+            return F.linear(x, self._plain_weight(), self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed(x), self.bias, "none", [], "")
+
+
+class PackedConv2d(_PackedWeight, nn.Conv2d):
+    def _make_pack(self, weight: torch.Tensor, example: torch.Tensor | None) -> torch.Tensor:
+        # the input shape is only a hint too: packed with and without it, SD1.5's convolutions ran the same
+        shape = [list(example.shape)] if example is not None else []
+        return torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight.to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups, *shape
+        )
+
+    def _packable(self) -> bool:
+        return self.padding_mode == "zeros" and not isinstance(self.padding, str)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._packable() or not _usable(x, self._raw_weight()):
+            return self._conv_forward(x, self._plain_weight(), self.bias)
         return torch.ops.mkldnn._convolution_pointwise(
-            x, self._pack[1], self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+            x, self._packed(x), self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
             "none", [], "",
         )
 
@@ -101,10 +233,14 @@ def kernels_work(dtype: torch.dtype = torch.float32) -> bool:
         return False
 
 
-def prepack_for_cpu(model: nn.Module, *, headroom: float = 0.5) -> int:
-    """Swap the model's Linear/Conv2d modules to the packed kind; the number swapped (0 if it was not done:
-    turned off, not all float32 (or all bfloat16 on a CPU that runs it natively) on the CPU, no oneDNN, or less
-    free memory than `headroom` of the weights needs)."""
+def prepack_for_cpu(model: nn.Module, *, release_dense: bool = False, headroom: float = 0.5) -> int:
+    """Swap the model's Linear/Conv2d modules to the packed kind and pack their weights now (not on the first
+    call, which would slow the first step); the number swapped (0 if it was not done: turned off, not all float32
+    (or all bfloat16 on a CPU that runs it natively) on the CPU, or no oneDNN).
+
+    release_dense: give each plain weight's memory back once its pack holds the values, so the weights sit in RAM
+    once, not twice (a model loaded for inference: `loading.load_model`). Without it, both copies stay, and packing
+    is skipped when they would take more than `headroom` of the free memory."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return 0
     weights = [m.weight for m in model.modules() if type(m) in _SWAPS]
@@ -116,7 +252,7 @@ def prepack_for_cpu(model: nn.Module, *, headroom: float = 0.5) -> int:
         return 0
     need = sum(w.numel() * w.element_size() for w in weights)
     free = available_memory(torch.device("cpu"))
-    if free is not None and need > headroom * free:
+    if not release_dense and free is not None and need > headroom * free:
         return 0
     if not kernels_work(dtype):
         return 0
@@ -124,6 +260,21 @@ def prepack_for_cpu(model: nn.Module, *, headroom: float = 0.5) -> int:
     for module in model.modules():
         if type(module) in _SWAPS:
             module.__class__ = _SWAPS[type(module)]
+            module._release_after_pack = release_dense
+            if module._packable() if isinstance(module, PackedConv2d) else True:
+                module._packed()  # one module at a time: with release_dense, memory grows by one layer at most
             count += 1
     return count
 
+
+def unpack(model: nn.Module) -> None:
+    """Give every released weight of `model` its plain values back (before editing weights in place)."""
+    for module in model.modules():
+        if isinstance(module, _PackedWeight):
+            module._release_after_pack = False
+            module.unpack()
+
+
+def parameter_count(model: nn.Module) -> int:
+    """How many numbers the parameters hold, without bringing released weights back (`parameters()` would)."""
+    return sum(p.numel() for m in model.modules() for p in dict.values(m._parameters) if p is not None)

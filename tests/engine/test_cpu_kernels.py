@@ -83,3 +83,91 @@ def test_bf16_is_packed_only_where_the_cpu_runs_it(monkeypatch):
 def test_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "1")
     assert prepack_for_cpu(torch.nn.Linear(4, 4)) == 0
+
+
+def released_model(seed: int):
+    model = random_model(sd1_config(), seed=seed).eval().requires_grad_(False)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    assert prepack_for_cpu(model, release_dense=True) > 100
+    return model, reference
+
+
+def plain_bytes(model) -> int:
+    """Bytes the parameters' storages hold, read without the Module API (which would bring the weights back)."""
+    return sum(p.untyped_storage().nbytes() for m in model.modules() for p in dict.values(m._parameters) if p is not None)
+
+
+def raw_weight(module):
+    return dict.__getitem__(module._parameters, "weight")
+
+
+def test_released_weights_sit_in_memory_once_and_read_back_exactly():
+    model, reference = released_model(34)
+    conv = model.unet.out[2]
+    assert raw_weight(conv).untyped_storage().nbytes() == 0  # the pack holds the values now
+    assert raw_weight(conv).shape == reference["model.diffusion_model.out.2.weight"].shape  # the Parameter stays
+    packed_params = sum(raw_weight(m).numel() * 4 for m in model.modules() if isinstance(m, (PackedConv2d, PackedLinear)))
+    total = sum(v.numel() * 4 for v in reference.values())
+    assert plain_bytes(model) == total - packed_params
+    state = model.state_dict()
+    assert list(state) == list(reference)
+    assert all(torch.equal(state[k], reference[k]) for k in reference)  # read back from the packs, bit for bit
+    assert raw_weight(conv).untyped_storage().nbytes() == 0  # a state dict does not bring the plain copies back
+    # reading a weight through the module brings its values back (nothing ever reads an emptied storage)
+    assert torch.equal(conv.weight, reference["model.diffusion_model.out.2.weight"])
+    assert raw_weight(conv).untyped_storage().nbytes() > 0
+    name = "model.diffusion_model.time_embed.0.weight"
+    assert torch.equal(dict(model.named_parameters())[name], reference[name])
+    assert all(torch.equal(p, reference[k]) for k, p in model.named_parameters())
+    assert plain_bytes(model) == total
+
+
+def test_released_model_runs_like_the_stock_one_also_with_gradients():
+    model, reference = released_model(35)
+    stock = random_model(sd1_config(), seed=35).eval()
+    x, t, context = inputs(model)
+    with torch.inference_mode():
+        assert torch.allclose(model.unet(x, t, context), stock.unet(x, t, context), atol=1e-4, rtol=1e-4)
+    # guidance differentiates through the model with respect to its input: a temporary plain weight per call
+    x_grad = x.clone().requires_grad_(True)
+    model.unet(x_grad, t, context).square().mean().backward()
+    x_stock = x.clone().requires_grad_(True)
+    stock.unet(x_stock, t, context).square().mean().backward()
+    assert torch.allclose(x_grad.grad, x_stock.grad, atol=1e-5, rtol=1e-3)
+    assert raw_weight(model.unet.out[2]).untyped_storage().nbytes() == 0  # still released
+
+
+def test_whatever_reads_or_replaces_released_weights_gets_them_back():
+    import copy
+
+    model, reference = released_model(36)
+    key = "model.diffusion_model.out.2.weight"
+    twin = copy.deepcopy(model)  # copying (and pickling) brings the plain values back first
+    assert torch.equal(twin.state_dict()[key], reference[key])
+    doubled = model.to(torch.float64)  # .to / .float / .half
+    assert torch.equal(doubled.state_dict()[key], reference[key].double())
+    model, reference = released_model(37)
+    model.load_state_dict(reference)  # loads into real storage, not into a released one
+    assert torch.equal(model.state_dict()[key], reference[key])
+    model, reference = released_model(38)
+    model.train()  # training needs its plain parameters, and learns into them
+    assert plain_bytes(model) == sum(v.numel() * 4 for v in reference.values())
+    model, reference = released_model(39)
+    with torch.no_grad():
+        model.unet.out[2].weight.mul_(2)  # an in-place edit of a released weight edits its plain values
+    assert torch.equal(model.state_dict()[key], 2 * reference[key])
+    out = model.unet.out[2]
+    h = torch.randn(1, out.in_channels, 8, 8)
+    with torch.inference_mode():  # and the packed kernel uses the edited weight
+        edited = out(h)
+    stock = torch.nn.functional.conv2d(h, 2 * reference[key], out.bias, padding=1)
+    assert torch.allclose(edited, stock, atol=1e-5, rtol=1e-4)
+
+
+def test_a_training_model_is_never_released():
+    model = random_model(sd1_config(), seed=40).train()
+    prepack_for_cpu(model, release_dense=True)
+    layer = model.unet.out[2]
+    with torch.no_grad():
+        layer(torch.randn(1, layer.in_channels, 8, 8))
+    assert raw_weight(layer).untyped_storage().nbytes() > 0

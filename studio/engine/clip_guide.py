@@ -150,11 +150,16 @@ class SceneClip(nn.Module):
         return (self.encode_image(z_t, alpha_cumprod) * text.to(z_t.device)).sum(-1)
 
 
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE (their Figure 3): cross entropy over the scaled cosine matrix, rows and columns."""
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+                     negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE (their Figure 3): cross entropy over the scaled cosine matrix, rows and columns.
+    `negatives` (unit text embeddings) are extra captions each image must rank below its own, as NegCLIP's hard
+    negatives (Yuksekgonul et al. 2023, "When and why vision-language models behave like bags-of-words", §4):
+    columns of the image → text direction only."""
     logits = scale * image @ text.T
     target = torch.arange(len(image), device=image.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    to_text = logits if negatives is None else torch.cat([logits, scale * image @ negatives.T], dim=1)
+    return (F.cross_entropy(to_text, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 _TOKENIZER = None

@@ -7,7 +7,10 @@ a cache of scaled latents (as the classifier's trainer does), kept with the scen
 caption: three in five from the TRAINING templates (scenes.caption), two in five a short phrase of the objects and
 their places without the background ("a red star at the top", what a user types), built from the training noun
 phrases and position words; a share gets filler words as data.py gives the UNet. Held-out templates and noun
-phrases never appear: the zero-shot accuracy is measured on them.
+phrases never appear: the zero-shot accuracy is measured on them. Each caption comes with a hard negative, the same
+words for the scene with one object's colour or shape changed (NegCLIP, Yuksekgonul et al. 2023): plain in-batch
+negatives are told apart by the background and the positions alone (the first 750 steps learned those and not the
+object's colour: zero-shot colour × shape at chance, position 100 %).
 
 The noise-aware tower sees z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε (DDPM eq. 4) at uniform t, a quarter of the batch at t = 0;
 the clean one (`--clean`) starts from the noise-aware one's weights and is fine-tuned at t = 0 only.
@@ -67,6 +70,27 @@ def short_caption(scene: Scene, rng: np.random.Generator) -> str:
 def training_caption(scene: Scene, rng: np.random.Generator, filler: tuple[str, ...]) -> str:
     text = short_caption(scene, rng) if rng.random() < SHORT_SHARE else caption(scene, rng)
     return with_filler(text, rng, filler)
+
+
+def swapped(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with one object's colour or shape changed: what its hard-negative caption describes. Gray is never
+    swapped in or out: it has two words ("gray", "grey") where every other colour has one, and a pick among one
+    option draws nothing from the random stream, so the two captions' wordings would part."""
+    i = int(rng.integers(len(scene.objects)))
+    obj = scene.objects[i]
+    if rng.random() < 0.5 and obj.colour != "gray":
+        obj = dataclasses.replace(obj, colour=_pick(rng, [c for c in COLOURS if c not in (obj.colour, "gray")]))
+    else:
+        obj = dataclasses.replace(obj, shape=_pick(rng, [h for h in SHAPES if h != obj.shape]))
+    return Scene(scene.background, scene.objects[:i] + (obj,) + scene.objects[i + 1:])
+
+
+def caption_pair(scene: Scene, rng: np.random.Generator, filler: tuple[str, ...]) -> tuple[str, str]:
+    """A training caption and its hard negative: the same words (the same random stream) for the swapped scene,
+    so the two differ in one colour or shape word and only reading that word tells them apart."""
+    seed = int(rng.integers(2**63))
+    return (training_caption(scene, np.random.default_rng(seed), filler),
+            training_caption(swapped(scene, rng), np.random.default_rng(seed), filler))
 
 
 # -- the cache: latents and their scenes -------------------------------------------------------------------------------
@@ -201,13 +225,14 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
         if not clean:
             a = torch.where(t == 0, torch.ones_like(a), a)  # t = 0 is the clean picture itself
             z = torch.where((t == 0)[:, None, None, None], latents[index].float(), z)
-        texts = [training_caption(train_scenes[i], rng, filler) for i in index.tolist()]
+        pairs = [caption_pair(train_scenes[i], rng, filler) for i in index.tolist()]
+        texts = [p[0] for p in pairs] + [p[1] for p in pairs]
         ids = torch.tensor(tokenizer(texts, context_length=config.context_length), dtype=torch.long)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
         image = torch.nn.functional.normalize(net.image(z, a), dim=-1)
         text = torch.nn.functional.normalize(net.text(ids), dim=-1)
-        loss = contrastive_loss(image, text, net.temperature_scale())
+        loss = contrastive_loss(image, text[:batch], net.temperature_scale(), negatives=text[batch:])
         descend(loss, net, optimizer, ema, 0.995)
         step += 1
         value = float(loss.detach())

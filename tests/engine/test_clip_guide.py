@@ -70,6 +70,10 @@ def test_contrastive_loss_is_the_symmetric_cross_entropy():
     by_hand = -(torch.log_softmax(logits, 1).diagonal().mean() + torch.log_softmax(logits, 0).diagonal().mean()) / 2
     torch.testing.assert_close(contrastive_loss(image, text, scale), by_hand)
     assert float(contrastive_loss(image, image, torch.tensor(100.0))) < 1e-3  # matched pairs: near zero
+    negatives = F.normalize(torch.randn(5, 8), dim=-1)  # NegCLIP: extra columns of the image → text direction
+    to_text = torch.cat([logits, 10.0 * image @ negatives.T], dim=1)
+    by_hand = -(torch.log_softmax(to_text, 1).diagonal().mean() + torch.log_softmax(logits, 0).diagonal().mean()) / 2
+    torch.testing.assert_close(contrastive_loss(image, text, scale, negatives), by_hand)
 
 
 def test_pure_noise_level_gives_a_bounded_gradient():

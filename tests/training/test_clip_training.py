@@ -47,6 +47,16 @@ def test_short_captions_name_every_object_and_its_place():
                for t in (training.short_caption(orange, rng) for _ in range(20)))
 
 
+def test_hard_negatives_differ_in_one_colour_or_shape_word():
+    rng = np.random.default_rng(2)
+    facts = set(SHAPES) | {w for ws in COLOUR_WORDS.values() for w in ws}
+    for _ in range(100):
+        text, negative = training.caption_pair(sample_scene(rng), rng, ("foo", "bar"))
+        a, b = text.split(" "), negative.split(" ")
+        differ = [(x, y) for x, y in zip(a, b) if x != y and {x.strip(","), y.strip(",")} - {"a", "an"}]
+        assert len(a) == len(b) and len(differ) == 1 and set(w.strip(",") for w in differ[0]) <= facts, (text, negative)
+
+
 def test_zero_shot_candidates_change_one_fact_only():
     scene = Scene("gray", (SceneObject("star", "red", "small", "top"),))
     what, truth, where, place = training.zero_shot_candidates(scene, 5)

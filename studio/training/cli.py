@@ -22,7 +22,7 @@ from pathlib import Path
 from ..engine import UserError
 
 TRAIN_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "dataset_size", "ema_decay", "caption_dropout",
-                   "full_mask", "min_snr_gamma", "kl_weight", "edge_weight", "object_weight", "checkpoint_minutes", "channels_last")
+                   "full_mask", "min_snr_gamma", "data_seed", "max_objects", "busy_masks", "grammar_share", "kl_weight", "edge_weight", "object_weight", "checkpoint_minutes", "channels_last")
 
 
 def add_training_commands(sub) -> None:
@@ -59,6 +59,11 @@ def add_training_commands(sub) -> None:
     train.add_argument("--caption-dropout", type=float)
     train.add_argument("--full-mask", type=float, help="share of text-to-image samples in the UNet stage")
     train.add_argument("--min-snr-gamma", type=float)
+    train.add_argument("--data-seed", type=int, help="training scenes' seed (a new one draws a new latent cache)")
+    train.add_argument("--max-objects", type=int, choices=[2, 3], help="objects per scene in the latent cache, at most")
+    train.add_argument("--busy-masks", action=argparse.BooleanOptionalAction, default=None,
+                       help="inpainting holes over and beside objects in multi-object scenes (issue #20)")
+    train.add_argument("--grammar-share", type=float, help="share of captions from the free grammar (grammar.py)")
     train.add_argument("--kl-weight", type=float)
     train.add_argument("--edge-weight", type=float)
     train.add_argument("--object-weight", type=float,
@@ -74,6 +79,11 @@ def add_training_commands(sub) -> None:
                     help="prompts from the training templates (held-out seeds), to separate template generalisation")
     ev.add_argument("--inpaint", type=int, default=40, help="inpainting checks")
     ev.add_argument("--reconstructions", type=int, default=200, help="autoencoder reconstructions")
+    ev.add_argument("--grammar-prompts", type=int, default=100,
+                    help="one-object prompts from the held-out grammar (grammar.py), scored at the CFG and --extra-cfg")
+    ev.add_argument("--extra-cfg", type=float, default=5.0, help="second guidance scale for the held-out grammar")
+    ev.add_argument("--binding", type=int, default=100, help="two-object attribute-binding prompts")
+    ev.add_argument("--busy-inpaint", type=int, default=60, help="inpaintings into scenes of one or two objects")
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model card's)")
     ev.add_argument("--sampler", default="ddim")

@@ -99,6 +99,11 @@ class TrainConfig:
     caption_dropout: float = 0.1  # share of empty captions: classifier-free guidance learns ε(x, ∅) from these
     min_snr_gamma: float = 5.0  # caps easy low-noise steps' weight (Min-SNR-γ, Hang et al. 2023); 0 = off
     full_mask: float = 0.5  # share of text-to-image samples (mask = 1, grey image); the rest inpaint
+    # issue #20: scenes of up to max_objects objects in the latent cache (2 keeps older caches' scenes), busy-scene
+    # inpainting holes (data.busy_inpaint_mask), and the share of captions from the free grammar (grammar.py)
+    max_objects: int = 2
+    busy_masks: bool = False
+    grammar_share: float = 0.0
     # VAE stage
     kl_weight: float = 1e-4  # per-element KL to N(0, I): keeps the latent tame, small enough not to blur
     edge_weight: float = 1.0  # L1 on image gradients: keeps small rings and star points sharp

@@ -27,7 +27,8 @@ from ..engine.inpaint import latent_mask
 from ..engine.masks import grow_mask
 from ..engine.tokenizer import CLIPTokenizer
 from .scenes import CANVAS, Scene, SceneObject, caption, caption_words, random_mask, render_layers, sample_scene
-from .scenes import with_filler
+from .scenes import ANCHORS, grid_cell, with_filler
+from . import grammar
 
 OBJECT_MASK_SHARE = 0.5  # inpainting masks: a square over one object (what "put an X here" looks like), else random
 OBJECT_MASK_MARGIN = (3.0, 9.0)  # px added around the object's box on each side
@@ -38,11 +39,12 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def render_scenes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[Scene], list[np.ndarray]]:
+def render_scenes(rng: np.random.Generator, n: int, max_objects: int = 2
+                  ) -> tuple[np.ndarray, list[Scene], list[np.ndarray]]:
     images = np.empty((n, CANVAS, CANVAS, 3), np.uint8)
     scenes, layers = [], []
     for i in range(n):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, max_objects)
         images[i], alphas = render_layers(scene, rng)
         scenes.append(scene)
         layers.append(alphas)
@@ -63,6 +65,36 @@ def object_mask(rng: np.random.Generator, alphas: np.ndarray) -> np.ndarray:
 
 def inpaint_mask(rng: np.random.Generator, alphas: np.ndarray) -> np.ndarray:
     return object_mask(rng, alphas) if rng.random() < OBJECT_MASK_SHARE else random_mask(rng)
+
+
+# Busy scenes (issue #20): users add an object beside others, so with two or three objects most holes cover one
+# object and reach over the empty space beside it, often up to (or over) a neighbour's edge; the neighbours
+# outside the hole are what the model must draw around. Half of those holes are squares on the grid cell's
+# anchor, as a user would drag one over an empty cell (evaluate.busy_inpaint_cases).
+BUSY_MASK_SHARES = (0.4, 0.35)  # object square, cell square; the rest random
+CELL_HOLE_SIDES = (22.0, 32.0)  # px
+
+
+def cell_mask(rng: np.random.Generator, alpha: np.ndarray, position: str) -> np.ndarray:
+    """A square on the anchor of `position`'s grid cell, side 22–32 px, grown until it covers the object (alpha)."""
+    ys, xs = np.nonzero(alpha > 0.02)
+    row, column = grid_cell(position)
+    cx, cy = ANCHORS[column], ANCHORS[row]
+    half = max(rng.uniform(*CELL_HOLE_SIDES) / 2, np.abs(xs + 0.5 - cx).max() + 1.5, np.abs(ys + 0.5 - cy).max() + 1.5)
+    grid = np.arange(CANVAS) + 0.5
+    return (np.abs(grid - cy) <= half)[:, None] & (np.abs(grid - cx) <= half)[None, :]
+
+
+def busy_inpaint_mask(rng: np.random.Generator, scene: Scene, alphas: np.ndarray) -> np.ndarray:
+    if len(alphas) < 2:
+        return inpaint_mask(rng, alphas)
+    r = rng.random()
+    if r < BUSY_MASK_SHARES[0]:
+        return object_mask(rng, alphas)
+    if r < sum(BUSY_MASK_SHARES):
+        index = int(rng.integers(len(alphas)))
+        return cell_mask(rng, alphas[index], scene.objects[index].position)
+    return random_mask(rng)
 
 
 def object_emphasis(alphas: np.ndarray, factor: int = 1, radius: int = 2) -> np.ndarray:
@@ -146,12 +178,13 @@ class LatentCache:
         return float(self.latents.float().std())
 
 
-def _cache_scenes(n: int, seed: int, chunk: int):
+def _cache_scenes(n: int, seed: int, chunk: int, max_objects: int = 2, busy: bool = False):
     """The cache's scenes, chunk by chunk: (images, scenes, layers, inpainting holes (count, 64, 64) float32)."""
     rng = np.random.default_rng(seed)
     for start in range(0, n, chunk):
-        images, scenes, layers = render_scenes(rng, min(chunk, n - start))
-        holes = torch.from_numpy(np.stack([inpaint_mask(rng, a) for a in layers]).astype(np.float32))
+        images, scenes, layers = render_scenes(rng, min(chunk, n - start), max_objects)
+        holes = [busy_inpaint_mask(rng, s, a) if busy else inpaint_mask(rng, a) for s, a in zip(scenes, layers)]
+        holes = torch.from_numpy(np.stack(holes).astype(np.float32))
         yield images, scenes, layers, holes
 
 
@@ -161,14 +194,15 @@ def _emphasis(layers: list[np.ndarray], size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def build_cache(
-    model: LatentDiffusion, n: int, seed: int, chunk: int = 256, log: Callable[[str], None] = print
+    model: LatentDiffusion, n: int, seed: int, chunk: int = 256, log: Callable[[str], None] = print,
+    max_objects: int = 2, busy: bool = False,
 ) -> LatentCache:
     vae = model.vae.eval()
     device = model.device
     scenes: list[Scene] = []
     latents, masks, masked, emphasis = [], [], [], []
     began = time.perf_counter()
-    for images, batch_scenes, layers, holes in _cache_scenes(n, seed, chunk):
+    for images, batch_scenes, layers, holes in _cache_scenes(n, seed, chunk, max_objects, busy):
         count = len(batch_scenes)
         x = to_unit(images)
         pair = torch.cat([x, x * (1.0 - holes[:, None])]).to(device)
@@ -209,23 +243,37 @@ class UNetBatch:
 
 
 class Captioner:
-    """Scene → fresh caption → token ids, with caption dropout for classifier-free guidance."""
+    """Scene → fresh caption → token ids, with caption dropout for classifier-free guidance.
 
-    def __init__(self, pad_id: int, context_length: int):
+    grammar_share of the captions come from the free grammar (grammar.compose), the rest from the sentence
+    templates (scenes.caption); scenes with three objects always use the grammar (the templates have none)."""
+
+    def __init__(self, pad_id: int, context_length: int, grammar_share: float = 0.0):
         self.tokenizer = CLIPTokenizer()
         self.pad_id = pad_id
         self.context_length = context_length
+        self.grammar_share = grammar_share
         self.filler = filler_vocabulary(self.tokenizer)
 
+    def text(self, scene: Scene, rng: np.random.Generator) -> str:
+        # no draw at share 0: older runs keep their exact caption stream
+        if len(scene.objects) > 2 or (self.grammar_share > 0 and rng.random() < self.grammar_share):
+            return grammar.compose(scene, rng, drop_size=GRAMMAR_DROP_SIZE)
+        return caption(scene, rng)
+
     def __call__(self, scenes: list[Scene], rng: np.random.Generator, dropout: float) -> torch.Tensor:
-        texts = ["" if rng.random() < dropout else with_filler(caption(scene, rng), rng, self.filler) for scene in scenes]
+        texts = ["" if rng.random() < dropout else with_filler(self.text(scene, rng), rng, self.filler)
+                 for scene in scenes]
         ids = self.tokenizer(texts, pad_id=self.pad_id, context_length=self.context_length)
         return torch.tensor(ids, dtype=torch.long)
 
 
+GRAMMAR_DROP_SIZE = 0.1  # as scenes.TRAIN_DROP_SIZE: the model learns what a caption without a size means
+
+
 def filler_vocabulary(tokenizer: CLIPTokenizer) -> tuple[str, ...]:
     """Whole English-looking words of CLIP's vocabulary (3–10 letters, one token) that no caption uses."""
-    taken = caption_words()
+    taken = caption_words() | grammar.grammar_words()
     words = (token[:-4] for token in tokenizer.vocab if token.endswith("</w>"))
     return tuple(sorted(w for w in words if 3 <= len(w) <= 10 and w.isascii() and w.isalpha() and w not in taken))
 

@@ -1,13 +1,13 @@
 """Procedural captioned scenes for training and evaluating the small text-to-image model.
 
-A scene is one or two flat shapes on a flat background, drawn on a 64×64 canvas. Every fact a caption states is a
+A scene is one to three flat shapes on a flat background, drawn on a 64×64 canvas. Every fact a caption states is a
 category chosen so that detector.py can read it back without ambiguity:
 
 - size: the larger side of the shape's bounding box, small 11–13 px, medium 18–22 px, large 27–31 px;
 - position: the centre of the shape's bounding box (not its centroid: a triangle's or a heart's would sit off the
   middle) in the 3×3 grid of 64/3 px cells, kept ≥ 3 px from every cell boundary;
 - colour: one of twelve palette colours, every pair ≥ 100 apart in RGB;
-- two objects have distinct positions and a ≥ 4 px gap between their boxes, so blur does not merge them.
+- objects have distinct positions and a ≥ 4 px gap between every two boxes, so blur does not merge them.
 
 Anti-aliasing: each shape's coverage is drawn at 4× with PIL and box-filtered down, so edge pixels hold the exact
 area fraction and the image is a per-object alpha blend of flat colours.
@@ -143,7 +143,11 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 2) -> Scene:
             )
             for p in positions
         )
-        if all(_widest_gap(a, b) >= MIN_GAP for i, a in enumerate(objects) for b in objects[i + 1 :]):
+        if not all(_widest_gap(a, b) >= MIN_GAP for i, a in enumerate(objects) for b in objects[i + 1 :]):
+            continue
+        # with three objects each pair may need a different layout; the fallback layout (_spread) must hold them
+        # all apart at once, so render_layers always finds one
+        if count < 3 or _apart(_spread(Scene(background, objects))):
             return Scene(background, objects)
 
 
@@ -198,7 +202,7 @@ def render_layers(scene: Scene, rng: np.random.Generator | None = None, size: in
     if rng is not None and len(boxes) > 1:
         # redraw the jitter until the boxes are apart; sample_scene made sure the widest layout is
         for _ in range(50):
-            if all(_gap(a, b) >= MIN_GAP for i, a in enumerate(boxes) for b in boxes[i + 1 :]):
+            if _apart(boxes):
                 break
             boxes = _layout(scene, rng)
         else:
@@ -214,16 +218,24 @@ def render_layers(scene: Scene, rng: np.random.Generator | None = None, size: in
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), alphas
 
 
+def _apart(boxes: list[tuple[float, float, float]]) -> bool:
+    return all(_gap(a, b) >= MIN_GAP for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
 def _spread(scene: Scene) -> list[tuple[float, float, float]]:
-    """The fallback layout: largest extents, each object pushed to the far side of its cell from the other."""
-    (a, b) = scene.objects
+    """The fallback layout: largest extents, each object pushed along each axis to the far side of its cell from
+    the others in other cells (the middle if they lie on both sides). For two objects this is the layout
+    _widest_gap measures."""
     boxes = []
-    for me, other in ((a, b), (b, a)):
+    for me in scene.objects:
+        others = [o for o in scene.objects if o is not me]
         centre = []
         for axis in (1, 0):
-            cell, other_cell = grid_cell(me.position)[axis], grid_cell(other.position)[axis]
+            cell = grid_cell(me.position)[axis]
+            other_cells = {grid_cell(o.position)[axis] for o in others} - {cell}
             lo, hi = _centre_range(cell, SIZE_EXTENTS[me.size][1] / 2)
-            centre.append(lo if cell < other_cell else hi if cell > other_cell else (lo + hi) / 2)
+            below, above = any(c < cell for c in other_cells), any(c > cell for c in other_cells)
+            centre.append(lo if above and not below else hi if below and not above else (lo + hi) / 2)
         boxes.append((centre[0], centre[1], SIZE_EXTENTS[me.size][1]))
     return boxes
 

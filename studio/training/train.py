@@ -308,7 +308,8 @@ def prepare_unet_data(model: LatentDiffusion, cfg: TrainConfig, out: Path, log: 
     fingerprint = encoder_fingerprint(model)
     parts = []
     for count, data_seed in cache_blocks(cfg):
-        path = out / f"latents-{fingerprint}-{count}-{data_seed}.pt"
+        variant = "" if cfg.max_objects == 2 and not cfg.busy_masks else f"-o{cfg.max_objects}{'b' * cfg.busy_masks}"
+        path = out / f"latents-{fingerprint}-{count}-{data_seed}{variant}.pt"
         scene_seed = 10_000 + data_seed
         if path.exists():
             parts.append(LatentCache.load(path))
@@ -318,7 +319,8 @@ def prepare_unet_data(model: LatentDiffusion, cfg: TrainConfig, out: Path, log: 
                 parts[-1].save(path)
                 log(f"latent cache: object emphasis added to {path}")
         else:
-            parts.append(build_cache(model, count, seed=scene_seed, log=log))
+            parts.append(build_cache(model, count, seed=scene_seed, log=log, max_objects=cfg.max_objects,
+                                     busy=cfg.busy_masks))
             parts[-1].save(path)
     return LatentCache.concatenate(parts)
 
@@ -355,7 +357,7 @@ def train(
                 model.config, vae=dataclasses.replace(model.config.vae, scaling_factor=factor)
             )
             log(f"latent scaling factor: {factor} (1/std of the cached latents)")
-        captioner = Captioner(model.config.pad_id, model.config.text.max_length)
+        captioner = Captioner(model.config.pad_id, model.config.text.max_length, cfg.grammar_share)
 
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     ema = EMA(params, cfg.ema_decay)

@@ -9,6 +9,17 @@ caption templates (`scenes.HELD_OUT_TEMPLATES`) and seeds no training run uses:
   object in that cell; right when the detector finds the new object (colour, shape, cell) there; and every pixel
   outside the hole must come back bit-identical (feather 0, so the blend mask is the hole);
 - autoencoder: PSNR of reconstructions and the detector's accuracy on them (as on the originals).
+
+Issue #20 adds reports on prompts as people write them (grammar.py):
+
+- held-out grammar: one-object prompts from constructions and words no training caption uses, at the model's CFG
+  and at CFG 5, scored as text-to-image above;
+- attribute binding: two objects of different colours and shapes in different columns; right when the detector
+  finds exactly two objects and each prompted one (colour, shape, cell) among them;
+- busy inpainting: a hole over an empty cell beside the one or two objects of a scene, a held-out-grammar prompt
+  naming all of them plus the new one; right when the new object is there, the old ones are still detected, and
+  every pixel outside the hole is bit-identical;
+- empty pictures: generations of the held-out-grammar prompts (both CFGs) where the detector finds no object.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from ..engine import Engine, GenerationRequest, LatentDiffusion
 from ..engine.images import tensor_to_image
 from ..engine.masks import grow_mask
 from .detector import detect, score
+from . import grammar
 from .scenes import (ANCHORS, COLOURS, SHAPES, CANVAS, POSITIONS, Scene, SceneObject, caption, grid_cell, make_batch,
                      render_layers, sample_scene)
 from .data import to_unit
@@ -36,7 +48,13 @@ TARGETS = {
     "txt2img.background": 0.95, "txt2img.colour": 0.95, "txt2img.shape": 0.90, "txt2img.size": 0.85,
     "txt2img.position": 0.90, "inpaint.object_in_mask": 0.90, "inpaint.unmasked_unchanged": 1.0,
     "ae.psnr_db": 30.0, "ae.detector_all": 0.99,
+    # issue #20, on the held-out grammar at the model's CFG and at CFG 5
+    **{f"{group}.{a}": bar for group in ("grammar", "grammar_cfg5")
+       for a, bar in (("background", 0.97), ("colour", 0.97), ("shape", 0.95), ("position", 0.95), ("size", 0.90))},
+    "binding.both_right": 0.85, "busy_inpaint.object_in_mask": 0.92, "busy_inpaint.unmasked_unchanged": 1.0,
+    "busy_inpaint.others_kept": 1.0,
 }
+GRAMMAR_EXTRA_CFG = 5.0  # issue #20 scores the held-out grammar at the model's CFG and at this one
 INPAINT_HOLE = 26  # px side of the square hole: a medium object (≤ 22 px) plus margin
 INPAINT_SIZES = ("small", "medium")
 
@@ -146,6 +164,104 @@ def inpaint_scores(model: LatentDiffusion, cases: list[InpaintCase], *, cfg: flo
     return {"object_in_mask": found / n, "unmasked_unchanged": unchanged / n, "whole_scene": complete / n}, images
 
 
+# ---- issue #20: the held-out grammar, attribute binding, busy inpainting ------------------------------------------
+
+
+def _scene_with(rng: np.random.Generator, count: int, max_objects: int = 2) -> Scene:
+    while True:
+        scene = sample_scene(rng, max_objects)
+        if len(scene.objects) == count:
+            return scene
+
+
+def grammar_cases(n: int, seed: int = EVAL_SEED + 4) -> list[Case]:
+    """One-object scenes captioned by the held-out grammar (grammar.compose(held_out=True)), every fact stated."""
+    rng = np.random.default_rng(seed)
+    return [Case(scene, grammar.compose(scene, rng, held_out=True), seed + i)
+            for i, scene in enumerate(_scene_with(rng, 1) for _ in range(n))]
+
+
+def grammar_scores(model: LatentDiffusion, cases: list[Case], *, cfg: float, steps: int = 25,
+                   sampler: str = "ddim") -> tuple[dict[str, float], list[np.ndarray]]:
+    scores, images = text_to_image_scores(model, cases, cfg=cfg, steps=steps, sampler=sampler)
+    return scores | {"empty": sum(not detect(image).objects for image in images), "n": len(cases)}, images
+
+
+def binding_cases(n: int, seed: int = EVAL_SEED + 5) -> list[Case]:
+    """Two objects that differ in colour and shape and sit in different columns, so that a swapped colour, a
+    swapped shape or a mirrored layout each shows; captions from the training grammar on held-out seeds."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        scene = _scene_with(rng, 2)
+        a, b = scene.objects
+        if a.colour == b.colour or a.shape == b.shape or grid_cell(a.position)[1] == grid_cell(b.position)[1]:
+            continue
+        cases.append(Case(scene, grammar.compose(scene, rng), seed + len(cases)))
+    return cases
+
+
+def _found(target: SceneObject, objects) -> bool:
+    return any((o.colour, o.shape, o.position) == (target.colour, target.shape, target.position) for o in objects)
+
+
+def binding_scores(model: LatentDiffusion, cases: list[Case], *, cfg: float, steps: int = 25,
+                   sampler: str = "ddim") -> tuple[dict[str, float], list[np.ndarray]]:
+    engine = engine_for(model)
+    both = empty = 0
+    per = {"colour": 0, "shape": 0, "position": 0}
+    images = []
+    for case in cases:
+        image = generate(engine, case.prompt, case.seed, cfg=cfg, steps=steps, sampler=sampler)
+        images.append(image)
+        found = detect(image).objects
+        empty += not found
+        both += len(found) == 2 and all(_found(o, found) for o in case.scene.objects)
+        for attribute in per:  # per attribute, as detector.score pairs objects (both right, nothing extra)
+            per[attribute] += score(case.scene, detect(image))[attribute]
+    n = len(cases)
+    return {"both_right": both / n} | {k: v / n for k, v in per.items()} | {"empty": empty, "n": n}, images
+
+
+def busy_inpaint_cases(n: int, seed: int = EVAL_SEED + 6) -> list[InpaintCase]:
+    """Scenes of one (even cases) or two (odd) objects; the hole (as inpaint_cases) over a free cell, one beside an
+    object where there is one; the prompt, from the held-out grammar, names the old objects and the new one."""
+    rng = np.random.default_rng(seed)
+    cases: list[InpaintCase] = []
+    while len(cases) < n:
+        scene = _scene_with(rng, 1 + len(cases) % 2)
+        image, alphas = render_layers(scene, rng)
+        occupied = grow_mask(alphas.max(axis=0) > 0, 2)
+        free = [p for p in POSITIONS if not (_hole(p).astype(bool) & occupied).any()]
+        cells = [grid_cell(o.position) for o in scene.objects]
+        beside = [p for p in free
+                  if any(max(abs(grid_cell(p)[0] - r), abs(grid_cell(p)[1] - c)) == 1 for r, c in cells)]
+        if not free:
+            continue
+        colours = [c for c in COLOURS if c != scene.background]
+        new = SceneObject(SHAPES[rng.integers(len(SHAPES))], colours[rng.integers(len(colours))],
+                          INPAINT_SIZES[rng.integers(len(INPAINT_SIZES))], (beside or free)[rng.integers(len(beside or free))])
+        target = Scene(scene.background, scene.objects + (new,))
+        cases.append(InpaintCase(image, _hole(new.position), target, new, grammar.compose(target, rng, held_out=True),
+                                 seed + len(cases)))
+    return cases
+
+
+def busy_inpaint_scores(model: LatentDiffusion, cases: list[InpaintCase], *, cfg: float, steps: int = 25,
+                        sampler: str = "ddim") -> tuple[dict[str, float], list[np.ndarray]]:
+    scores, images = inpaint_scores(model, cases, cfg=cfg, steps=steps, sampler=sampler)
+    kept = 0
+    for case, image in zip(cases, images):
+        found = detect(image).objects
+        kept += all(_found(o, found) for o in case.target.objects if o is not case.new)
+    n = len(cases)
+    by_count = {}
+    for k in (1, 2):
+        hits = [_found(c.new, detect(im).objects) for c, im in zip(cases, images) if len(c.target.objects) == k + 1]
+        by_count[f"object_in_mask_with_{k}"] = sum(hits) / max(len(hits), 1)
+    return scores | {"others_kept": kept / n} | by_count | {"n": n}, images
+
+
 # ---- autoencoder ------------------------------------------------------------------------------------------------
 
 
@@ -194,7 +310,8 @@ def load_for_evaluation(spec: str) -> LatentDiffusion:
 
 def evaluate(model: LatentDiffusion, *, prompts: int = 120, inpaint: int = 40, reconstructions: int = 200,
              train_prompts: int = 0, cfg: float | None = None, steps: int = 25, sampler: str = "ddim",
-             seed: int = EVAL_SEED, samples: Path | None = None) -> dict:
+             seed: int = EVAL_SEED, samples: Path | None = None, grammar_prompts: int = 0, binding: int = 0,
+             busy_inpaint: int = 0, extra_cfg: float | None = GRAMMAR_EXTRA_CFG) -> dict:
     cfg = model.config.default_cfg if cfg is None else cfg  # the guidance the model is meant to be used at
     report: dict = {"model": model.config.name, "cfg": cfg, "steps": steps, "sampler": sampler}
     began = time.perf_counter()
@@ -216,6 +333,24 @@ def evaluate(model: LatentDiffusion, *, prompts: int = 120, inpaint: int = 40, r
                                                    sampler=sampler)
         report["inpaint"]["n"] = inpaint
         sheet += images
+    if grammar_prompts:
+        cases = grammar_cases(grammar_prompts, seed + 4)
+        report["grammar"], images = grammar_scores(model, cases, cfg=cfg, steps=steps, sampler=sampler)
+        sheet += images
+        empty, generated = report["grammar"]["empty"], grammar_prompts
+        if extra_cfg is not None:
+            report["grammar_cfg5"], _ = grammar_scores(model, cases, cfg=extra_cfg, steps=steps, sampler=sampler)
+            report["grammar_cfg5"]["cfg"] = extra_cfg
+            empty, generated = empty + report["grammar_cfg5"]["empty"], 2 * grammar_prompts
+        report["empty_pictures"] = {"count": empty, "n": generated}
+    if binding:
+        report["binding"], images = binding_scores(model, binding_cases(binding, seed + 5), cfg=cfg, steps=steps,
+                                                   sampler=sampler)
+        sheet += images
+    if busy_inpaint:
+        report["busy_inpaint"], images = busy_inpaint_scores(model, busy_inpaint_cases(busy_inpaint, seed + 6),
+                                                             cfg=cfg, steps=steps, sampler=sampler)
+        sheet += images
     report["seconds"] = round(time.perf_counter() - began, 1)
     if samples is not None and sheet:
         contact_sheet(sheet).save(samples)
@@ -229,6 +364,8 @@ def evaluate_spec(args: argparse.Namespace) -> dict:
         train_prompts=args.train_prompts,
         cfg=args.cfg, steps=args.steps, sampler=args.sampler,
         seed=EVAL_SEED if args.seed is None else args.seed, samples=args.samples,
+        grammar_prompts=args.grammar_prompts, binding=args.binding, busy_inpaint=args.busy_inpaint,
+        extra_cfg=args.extra_cfg,
     )
 
 
@@ -243,14 +380,18 @@ def contact_sheet(images: list[np.ndarray], columns: int = 16) -> Image.Image:
 def format_table(report: dict) -> str:
     lines = [f"model {report['model']}: {report['sampler']}, {report['steps']} steps, CFG {report['cfg']}",
              f"{'metric':34} {'value':>9} {'target':>9}"]
-    for group in ("txt2img", "txt2img_train_templates", "inpaint", "ae"):
+    for group in ("txt2img", "txt2img_train_templates", "inpaint", "ae", "grammar", "grammar_cfg5", "binding",
+                  "busy_inpaint"):
         for key, value in report.get(group, {}).items():
-            if key == "n":
+            if key in ("n", "cfg", "empty"):
                 continue
             name = f"{group}.{key}"
             target = TARGETS.get(name)
             shown = f"{value:9.2f}" if key == "psnr_db" else f"{100 * value:8.1f}%"
             goal = "" if target is None else (f"{target:9.1f}" if key == "psnr_db" else f"{100 * target:8.0f}%")
             lines.append(f"{name:34} {shown} {goal:>9}")
+    if "empty_pictures" in report:
+        lines.append(f"{'empty pictures (no object found)':34} {report['empty_pictures']['count']:>5} of "
+                     f"{report['empty_pictures']['n']} (target 0)")
     lines.append(f"({report['seconds']} s)")
     return "\n".join(lines)

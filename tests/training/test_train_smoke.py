@@ -152,15 +152,19 @@ def test_evaluate_cli_reports_every_metric(tmp_path, capsys):
                  *common]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--model", str(export), "--prompts", "2", "--train-prompts", "1", "--inpaint", "1",
-                 "--reconstructions", "3", "--steps", "2", "--json", str(report)]) == 0
+                 "--reconstructions", "3", "--steps", "2", "--grammar-prompts", "2", "--binding", "1",
+                 "--busy-inpaint", "2", "--json", str(report)]) == 0
     table = capsys.readouterr().out
     rows = ("txt2img.shape", "txt2img_train_templates.colour", "inpaint.object_in_mask", "inpaint.unmasked_unchanged",
-            "ae.psnr_db", "ae.detector_shape")
+            "ae.psnr_db", "ae.detector_shape", "grammar.colour", "grammar_cfg5.shape", "binding.both_right",
+            "busy_inpaint.object_in_mask", "busy_inpaint.others_kept", "empty pictures")
     for row in rows:
         assert row in table
     metrics = json.loads(report.read_text())
     assert metrics["inpaint"]["unmasked_unchanged"] == 1.0  # paste-back keeps every pixel outside the hole
     assert set(metrics["txt2img"]) >= {"background", "colour", "shape", "size", "position"}
+    assert metrics["busy_inpaint"]["unmasked_unchanged"] == 1.0
+    assert metrics["empty_pictures"]["n"] == 4 and metrics["grammar_cfg5"]["cfg"] == 5.0
 
 
 def test_evaluate_cli_names_a_missing_model(tmp_path, capsys):

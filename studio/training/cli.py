@@ -277,9 +277,10 @@ def _train_clip(args: argparse.Namespace) -> int:
     model = load_model("default", torch.device("cpu"), torch.float32)
     export = args.export or resources_dir() / "guides" / (CLEAN_NAME if args.clean else NOISY_NAME)
     export.parent.mkdir(parents=True, exist_ok=True)
-    train(model, args.out, clean=args.clean, steps=args.steps or (400 if args.clean else 2600),
-          batch=args.batch_size or 128, lr=args.lr or (3e-4 if args.clean else 1e-3),
+    train(model, args.out, clean=args.clean, steps=args.steps or (400 if args.clean else 2400),
+          batch=args.batch_size or 128, lr=args.lr or (3e-4 if args.clean else 5e-4),
           scenes=args.dataset_size or 16000, held_out=1000, export=export, minutes=args.minutes,
+          image_init=resources_dir() / "guides" / "scene-classifier-noisy.safetensors",
           log=lambda line: print(line, flush=True))
     return 0
 

@@ -52,7 +52,8 @@ def row_scores(engine: Engine, cases: list[Target], *, sampler: str = "ddim", mo
         "seconds_per_image": round((time.perf_counter() - began) / max(1, len(cases)), 2)}
 
 
-def rows(strength: float = STRENGTH) -> dict[str, dict]:
+def rows(strength: float | None = None) -> dict[str, dict]:
+    strength = STRENGTH if strength is None else strength
     return {
         "unguided (empty prompt)": dict(mode=None),
         f"CLIP, DDIM (Alg. 2), s={strength:g}": dict(sampler="ddim", strength=strength),
@@ -67,12 +68,12 @@ def rows(strength: float = STRENGTH) -> dict[str, dict]:
 
 
 def evaluate(model: LatentDiffusion, n: int = 40, seed: int = REPORT_SEED, only: tuple[str, ...] = (),
-             log=print) -> dict:
+             strength: float | None = None, log=print) -> dict:
     """The rows on n held-out seeds; `only`: the rows whose name contains one of these words."""
     engine = Engine(loader=lambda spec, device, dtype: model)
     cases = targets(n, seed)
     report: dict = {"scenes": n, "seed": seed, "steps": STEPS, "caption": "a {colour} {shape} {position}"}
-    for name, kwargs in rows().items():
+    for name, kwargs in rows(strength).items():
         if only and not any(word in name for word in only):
             continue
         report[name] = row_scores(engine, cases, **kwargs)

@@ -4,6 +4,7 @@ metrics and resume, and the shipped CLIP's zero-shot accuracy (bars from resourc
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -65,6 +66,24 @@ def test_zero_shot_candidates_change_one_fact_only():
     assert "red star" in what[truth] or ("star" in what[truth] and "red" in what[truth])
     words = lambda text: set(text.replace(",", " ").split())  # noqa: E731
     assert all(len(words(w) ^ words(what[truth])) <= 6 for w in what)  # colour, shape (and a/an) swapped, no more
+
+
+def test_the_image_tower_can_start_from_the_classifiers_trunk(tmp_path):
+    from studio.engine.classifier import ClassifierConfig, NoisyClassifier, save_classifier
+    from studio.engine.clip_guide import ClipConfig, SceneClip
+
+    torch.manual_seed(3)
+    config = ClipConfig(widths=(8, 16, 16), level_dim=16, hidden=32, embed_dim=8, text_width=16, text_layers=1)
+    classifier = NoisyClassifier(ClassifierConfig(heads=(("shape", ("a", "b")),), widths=(8, 16, 16), embed_dim=16,
+                                                  hidden=32))
+    save_classifier(classifier, tmp_path / "c.safetensors", dtype=torch.float32)
+    clip = SceneClip(config)
+    training.image_tower_from_classifier(clip, tmp_path / "c.safetensors", log=lambda s: None)
+    assert torch.equal(clip.image.stem.weight, classifier.stem.weight)
+    assert torch.equal(clip.image.hidden.weight, classifier.hidden.weight)
+    with pytest.raises(ValueError, match="does not fit"):
+        training.image_tower_from_classifier(SceneClip(dataclasses.replace(config, hidden=64)),
+                                             tmp_path / "c.safetensors", log=lambda s: None)
 
 
 @pytest.mark.parametrize("clean", [False, True])

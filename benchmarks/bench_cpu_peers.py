@@ -16,10 +16,13 @@ alike; medians of the rounds are reported, and ratios against OpenVINO's (or dif
 app always shares its cores.
 
     python benchmarks/bench_cpu_peers.py [--rounds 3] [--steps 20] [--size 256] [--threads 2] [--load]
-                                         [--impls ours-fp32,ours-fast,diffusers-fp32,diffusers-bf16,openvino]
+                                         [--impls ours-fp32,ours-fast,ours+openvino-fp32,ours+openvino-fast,
+                                                  diffusers-fp32,diffusers-bf16,openvino]
                                          [--workdir /tmp/bench-sd] [--json results.json]
 
-Needs diffusers, transformers and accelerate (benchmark-only); OpenVINO through `pip install optimum[openvino]`.
+`ours+openvino-*` is our engine on device "openvino" (the UNet's calls on OpenVINO, `pip install
+diffusion-studio[openvino]`); `openvino` is optimum-intel's whole pipeline (`pip install optimum[openvino]`, which
+pulls a CUDA build of torch: run it in its own environment). Needs diffusers, transformers and accelerate.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PROMPT, NEGATIVE, GUIDANCE, SEED = "a photo of a lighthouse on a cliff at sunset", "blurry", 7.5, 42
-IMPLS = ("ours-fp32", "ours-fast", "diffusers-fp32", "diffusers-bf16", "openvino")
+IMPLS = ("ours-fp32", "ours-fast", "ours+openvino-fp32", "ours+openvino-fast", "diffusers-fp32", "diffusers-bf16",
+         "openvino")
 
 
 def cpu_seconds() -> float:
@@ -61,14 +65,14 @@ def peak_rss_bytes() -> int:
 
 # -- one generation per child process ---------------------------------------------------------------------------
 
-def _ours(path: Path, precision: str, size: int, steps: int):
+def _ours(path: Path, precision: str, size: int, steps: int, device: str = "cpu"):
     from studio.engine import Engine, GenerationRequest
 
     engine = Engine()
     request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, model=str(path), sampler="ddim", steps=steps,
-                                eta=0.0, cfg=GUIDANCE, seed=SEED, width=size, height=size, device="cpu",
+                                eta=0.0, cfg=GUIDANCE, seed=SEED, width=size, height=size, device=device,
                                 dtype=precision)
-    engine.model(request.model, "cpu", precision)  # loading is not timed
+    engine.model(request.model, device, precision)  # loading is not timed (it is reported: load_s)
     return lambda: engine.run(request).image
 
 
@@ -125,7 +129,10 @@ def child(impl: str, workdir: Path, size: int, steps: int, threads: int, out: Pa
     torch.set_num_threads(threads)
     path, config = make_checkpoints(workdir)["fp16"], make_diffusers_config(workdir)
     began = time.perf_counter()
-    if impl.startswith("ours-"):
+    if impl.startswith("ours+openvino-"):  # our engine with the UNet on OpenVINO (device "openvino")
+        os.environ.setdefault("STUDIO_CACHE_DIR", str(workdir / "cache"))  # its converted UNet, reused by later rounds
+        generate = _ours(path, impl.split("-")[1], size, steps, device="openvino")
+    elif impl.startswith("ours-"):
         generate = _ours(path, impl.split("-")[1], size, steps)
     elif impl.startswith("diffusers-"):
         generate = _diffusers(path, config, impl.split("-")[1], size, steps)
@@ -151,7 +158,10 @@ def _spin() -> None:  # pragma: no cover - runs in the competitor process
 def run_child(impl: str, args, image: Path) -> dict:
     command = [sys.executable, __file__, "--child", impl, "--image", str(image), "--workdir", str(args.workdir),
                "--size", str(args.size), "--steps", str(args.steps), "--threads", str(args.threads)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if impl.startswith("ours") and "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"  # what `studio` (app and CLI) sets for itself: studio/__main__.py
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         return {"impl": impl, "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -168,6 +178,10 @@ def available(impl: str) -> bool:
             import optimum.intel  # noqa: F401
         except ImportError:
             return False
+    if impl.startswith("ours+openvino"):
+        from studio.engine import openvino_unet
+
+        return openvino_unet.available()
     return True
 
 

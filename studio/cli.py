@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--refine", type=int, default=None, metavar="N",
                      help="fixed-point iterations per step: 0 = plain DDIM inversion; each adds one model call per "
                           "step and brings the reconstruction closer (default 1)")
-    inv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    inv.add_argument("--device", default="auto", choices=["auto", "cpu", "openvino", "cuda", "mps"])
     inv.add_argument("--dtype", default="auto", choices=["auto", "fast", "fp32", "fp16", "bf16"])
     inv.add_argument("--save-run", type=Path, required=True, metavar="RUN")
     inv.add_argument("--out", type=Path, help="also write the reconstruction as PNG")
@@ -93,7 +93,7 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
                    help="cold models: scale of the Gaussian perturbation of the generation start (default 0.002)")
     p.add_argument("--prediction", choices=["auto", "epsilon", "v"],
                    help="what the model predicts (auto: from the file; SD 2.x 768 models are v)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", choices=["auto", "cpu", "openvino", "cuda", "mps"])
     p.add_argument("--dtype", choices=["auto", "fast", "fp32", "fp16", "bf16"])
     p.add_argument("--feather", type=float, help="mask feather in pixels (default 4)")
     p.add_argument("--grow", type=int, help="grow the mask by this many pixels (default 0)")

@@ -278,3 +278,4 @@ def unpack(model: nn.Module) -> None:
 def parameter_count(model: nn.Module) -> int:
     """How many numbers the parameters hold, without bringing released weights back (`parameters()` would)."""
     return sum(p.numel() for m in model.modules() for p in dict.values(m._parameters) if p is not None)
+

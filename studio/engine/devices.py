@@ -40,8 +40,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise UserError("device 'mps' was asked for, but Metal (MPS) is not available here")
+    if name == "openvino":  # the CPU, with the UNet on OpenVINO (openvino_unet.py); torch's side stays on the CPU
+        from .openvino_unet import INSTALL_HINT, available
+
+        if not available():
+            raise UserError(f"device 'openvino' needs OpenVINO, which is not installed: {INSTALL_HINT}")
+        return torch.device("cpu")
     if name not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown device {name!r}; expected auto, cpu, cuda or mps")
+        raise UserError(f"unknown device {name!r}; expected auto, cpu, openvino, cuda or mps")
     return torch.device(name)
 
 
@@ -59,7 +65,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def available_devices() -> list[str]:
-    names = ["auto", "cpu"]
+    from .openvino_unet import available
+
+    names = ["auto", "cpu"] + (["openvino"] if available() else [])
     if torch.cuda.is_available():
         names.append("cuda")
     mps = getattr(torch.backends, "mps", None)

@@ -150,11 +150,17 @@ class Engine:
     def model(self, spec: str, device: str = "auto", dtype: str = "auto") -> LatentDiffusion:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        key = (spec, str(torch_device), str(torch_dtype))
+        on_openvino = device == "openvino"  # the CPU, with the UNet's calls on OpenVINO (openvino_unet.py)
+        key = (spec, str(torch_device), str(torch_dtype), on_openvino)
         # a file changed on disk since it was loaded is loaded again (model files are read, never mapped: #17)
         if self._loaded is None or self._loaded[0] != key or source_changed(self._loaded[1]):
             self._loaded = None  # drop the old model before loading the next: one model in memory at a time
-            self._loaded = (key, self._loader(spec, torch_device, torch_dtype))
+            model = self._loader(spec, torch_device, torch_dtype)
+            if on_openvino:
+                from .openvino_unet import accelerate
+
+                model = accelerate(model, torch_dtype)
+            self._loaded = (key, model)
         return self._loaded[1]
 
     # -- generation -------------------------------------------------------------------------------------------------

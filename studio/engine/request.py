@@ -14,7 +14,7 @@ from .guidance import Guide, GuideMode
 from .samplers import SAMPLER_TABLE
 
 SamplerName = str  # a key of samplers.SAMPLER_TABLE (pipeline.validate checks it)
-DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DeviceName = Literal["auto", "cpu", "openvino", "cuda", "mps"]
 DtypeName = Literal["auto", "fast", "fp32", "fp16", "bf16"]
 InpaintMode = Literal["auto", "blend", "model"]
 MaskFill = Literal["original", "noise", "blur"]

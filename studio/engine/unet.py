@@ -242,7 +242,9 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        if size is None or (size[0] == 2 * x.shape[-2] and size[1] == 2 * x.shape[-1]):
+        # To `size` whenever it is known, even when it is exactly ×2 (nearest picks the same pixels either way): no
+        # branch on the input's shape, so a traced UNet (openvino_unet.py) keeps working at odd sizes too.
+        if size is None:
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return self.conv(F.interpolate(x, size=size, mode="nearest"))
 

@@ -25,7 +25,8 @@ def supports_karras(sampler: str) -> bool:
 
 
 DTYPES: dict[str, str] = {"auto": "Auto", "fast": "Fast", "fp32": "fp32 (full)", "fp16": "fp16 (half)", "bf16": "bf16"}
-DEVICES: dict[str, str] = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
+DEVICES: dict[str, str] = {"auto": "Auto", "cpu": "CPU", "openvino": "CPU (OpenVINO)", "cuda": "CUDA GPU",
+                           "mps": "Apple GPU (MPS)"}
 FILLS: dict[str, str] = {"original": "Original", "noise": "Latent noise", "blur": "Blurred original"}
 INPAINT_MODES: dict[str, str] = {"auto": "Auto", "blend": "Latent blend", "model": "Inpainting model"}
 BUILTIN_MODELS: dict[str, str] = {"default": "Built-in shapes model", "tiny-random": "tiny-random (test)",

@@ -299,7 +299,7 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
         self.history_panel.invert_button.setEnabled(not running)
         self.history_panel.clear_button.setEnabled(not running and len(self.history) > 0)
         if running:
-            self.prompt_panel.show_progress(0, 0, "Loading the model…")
+            self.prompt_panel.show_progress(0, 0, self._loading_text("Loading the model…"))
         if focused is not None and not focused.isEnabled():
             # the pressed Generate / Branch button went grey and Qt moved the focus on to whatever came next (the
             # brush size box); the canvas is where the keys for what follows (scrub, paint, C) belong
@@ -587,10 +587,16 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
         if spec == self._probed_spec and self._model_pending:
             return  # a probe of this model is already under way
         self._probed_spec = spec
-        self.engine_label.setText(f"Loading {self.prompt_panel.model_name()}…")
+        self.engine_label.setText(self._loading_text(f"Loading {self.prompt_panel.model_name()}…"))
         self._show_model_pending(True)
         panel = self.prompt_panel
         self._probe_job = self.worker.submit(ProbeModel(spec, panel.settings_model.device, panel.settings_model.dtype))
+
+    def _loading_text(self, text: str) -> str:
+        if self.prompt_panel.settings_model.device == "openvino":
+            # the first load of a model on OpenVINO converts its UNet (minutes for SD-sized ones; cached after)
+            return text + " (the first time on OpenVINO, its UNet is converted once)"
+        return text
 
     def _show_model_pending(self, pending: bool) -> None:
         """Size (when no image sets it) and a model-following CFG show "…" until the model says its own

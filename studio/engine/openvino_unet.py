@@ -1,0 +1,151 @@
+"""The UNet on OpenVINO: an optional CPU accelerator (`pip install diffusion-studio[openvino]`, device "openvino").
+
+Why: on this project's CPU, with SD1.5-shaped weights, torch's best UNet call (oneDNN-packed weights,
+cpu_kernels.py) stayed 1.4× OpenVINO's in float32 and 1.9× in bfloat16 (benchmarks/bench_cpu_peers.py; numbers
+in README "Performance"): OpenVINO fuses whole blocks (norm + activation + convolution, attention) that eager torch
+runs op by op. A UNet call is a UNet call, so only the UNet moves: the text encoder, the VAE, the samplers, the
+timeline, branching, inversion and guidance stay as they are. What needs gradients through the UNet (forward
+universal guidance) runs the torch UNet, which is kept.
+
+The UNet is traced once per checkpoint, precision and OpenVINO version into OpenVINO's IR, kept in the cache
+directory (`cache_dir()`, keyed by the file's signature), and OpenVINO caches its compiled form beside it: the second
+start reads both instead of converting. Inputs keep dynamic batch and size, so CFG batches and any resolution run
+through one compiled model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+CONVERSION_VERSION = 1  # bump when what is traced changes: old cached IR is then not reused
+CACHE_ENV = "STUDIO_CACHE_DIR"
+INSTALL_HINT = "pip install 'diffusion-studio[openvino]'"
+
+
+def available() -> bool:
+    """Whether OpenVINO is installed (without importing it: the import takes a second)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def cache_dir() -> Path:
+    """$STUDIO_CACHE_DIR, else $XDG_CACHE_HOME/diffusion-studio (~/.cache/diffusion-studio)."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "diffusion-studio"
+
+
+def _openvino():
+    if not available():
+        raise UserError(f"device 'openvino' needs OpenVINO, which is not installed: {INSTALL_HINT}")
+    # OpenVINO's model converter sends usage reports (its `openvino_telemetry` package takes consent for granted when
+    # no consent file exists) from background threads. Nothing in this app talks to the network: with that package
+    # unimportable, the converter falls back to its own no-op stub, and starts no threads.
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
+def cache_key(model, dtype: torch.dtype) -> str:
+    """What decides the IR: the weights' files (path, size, modification time), the architecture, the precision,
+    OpenVINO's version and ours. A model without files (built in code) gets no cache entry."""
+    openvino = _openvino()
+
+    files = [list(map(str, entry)) for entry in getattr(model, "source_files", ())]
+    text = json.dumps([files, model.config.to_json(), str(dtype), openvino.__version__, CONVERSION_VERSION])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _example_inputs(unet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    config = unet.config
+    x = torch.zeros(2, config.in_channels, 16, 16)
+    return x, torch.full((2,), 500.0), torch.zeros(2, 77, config.context_dim)
+
+
+def _convert(unet):
+    """Trace the stock torch UNet (float32) into OpenVINO's model representation."""
+    openvino = _openvino()
+    plain = _stock_copy(unet).float().eval()
+    with torch.no_grad():
+        return openvino.convert_model(plain, example_input=_example_inputs(plain))
+
+
+def _stock_copy(unet):
+    """A fresh UNet of the same architecture holding `unet`'s values: stock Linear/Conv2d layers (oneDNN's packed
+    ones cannot be traced) and plain weights, which go when the conversion is done. Built from the state dict, so a
+    loaded model's released weights (cpu_kernels.py) are read back without being brought back in the model."""
+    with torch.device("meta"):
+        fresh = type(unet)(unet.config)
+    fresh.load_state_dict(unet.state_dict(), strict=True, assign=True)
+    return fresh
+
+
+def compile_unet(model, dtype: torch.dtype, threads: int | None = None):
+    """OpenVINO's compiled UNet for `model`, converted (or read from the cache) and compiled for the CPU: float32
+    inference for fp32, OpenVINO's default (bf16 on a CPU that runs it natively, like our "fast") otherwise."""
+    ov = _openvino()
+    core = ov.Core()
+    folder = None
+    if getattr(model, "source_files", ()):
+        folder = cache_dir() / "openvino" / cache_key(model, dtype)
+        core.set_property({"CACHE_DIR": str(folder / "compiled")})
+    ir = folder / "unet.xml" if folder is not None else None
+    if ir is not None and ir.exists():
+        graph = core.read_model(str(ir))
+    else:
+        graph = _convert(model.unet)
+        if ir is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = folder / "unet.partial.xml"
+            ov.save_model(graph, str(partial), compress_to_fp16=dtype != torch.float32)
+            partial.with_suffix(".bin").replace(ir.with_suffix(".bin"))
+            partial.replace(ir)  # the .xml last: an interrupted save leaves no IR that looks whole
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+    if dtype == torch.float32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return core.compile_model(graph, "CPU", config)
+
+
+def accelerate(model, dtype: torch.dtype):
+    """`model` with its UNet's calls on OpenVINO where no gradient is asked for (the torch UNet runs those). The
+    model itself is left as it was: the result is a shallow copy whose UNet alone differs, sharing every weight."""
+    compiled = compile_unet(model, dtype)
+    request = compiled.create_infer_request()
+    torch_unet = model.unet
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        wants_grad = torch.is_grad_enabled() and (x.requires_grad or context.requires_grad)
+        if wants_grad or x.device.type != "cpu":
+            return torch_unet(x, timesteps, context)
+        if timesteps.dim() == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        inputs = [t.detach().float().contiguous().numpy() for t in (x, timesteps, context)]
+        out = request.infer(inputs)
+        return torch.from_numpy(out[compiled.output(0)].copy()).to(x.dtype)
+
+    unet = copy.copy(torch_unet)
+    unet.forward = types.MethodType(forward, unet)
+    unet.openvino = compiled  # what runs it, for whoever asks (tests, the benchmark)
+    wrapper = _replacing(model.model, "diffusion_model", unet)
+    return _replacing(model, "model", wrapper)
+
+
+def _replacing(module, name: str, child):
+    """A shallow copy of `module` with its submodule `name` swapped for `child`; the original is untouched."""
+    twin = copy.copy(module)
+    twin._modules = dict(module._modules)
+    twin._modules[name] = child
+    return twin

@@ -79,8 +79,8 @@ LAYOUT_POOL = 8  # "layout": compare 8×8-pixel block means (structure, not deta
 # classifier (issue #15): s = 10 in noisy mode, the best of s ∈ {1, 3, 10, 30, 100} for DDIM (Algorithm 2) and DDPM
 # (Algorithm 1) on 16 tuning seeds (docs/guidance_scale_sweep.md); in the universal modes s = 1 was measured
 # (resources/guides/MODEL_CARD.md), so give :1 there.
-# clip (issue #15): s = 10 in noisy mode (the CLIP's score is its temperature-scaled logit exp(τ)·f·g, on the
-# classifier's log-probability scale); the sweep that chose it: resources/guides/MODEL_CARD.md.
+# clip (issue #15): s = 10 in noisy mode, the best of s ∈ {3, 10, 30, 100} for DDIM on 8 tuning seeds (the score is
+# the CLIP's logit exp(τ)·f·g, on the classifier's log-probability scale; docs/guidance_scale_sweep.md).
 DEFAULT_STRENGTH: dict[str, float] = {"colour": 1.0, "reference": 10.0, "keep": 1.0, "classifier": 10.0,
                                       "clip": 10.0}
 

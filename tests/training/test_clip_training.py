@@ -113,11 +113,12 @@ def test_the_shipped_clips_read_held_out_latents():
     alphas = model.schedule.alphas_cumprod
     noisy = training.zero_shot(load_clip(clg.clip_path(False)), latents, scenes, alphas, levels=(0, 500))
     clean = training.zero_shot(load_clip(clg.clip_path(True)), latents, scenes, alphas, levels=(0,))
-    # measured on the 1,000 held-out scenes' one-object ones (MODEL_CARD.md); bars a few points lower for ~80 scenes
     assert noisy["t=0"]["what"] >= BARS["noisy t=0 what"] and noisy["t=0"]["where"] >= BARS["noisy t=0 where"], noisy
     assert noisy["t=500"]["what"] >= BARS["noisy t=500 what"], noisy
     assert clean["t=0"]["what"] >= BARS["clean what"] and clean["t=0"]["where"] >= BARS["clean where"], clean
 
 
-BARS = {"noisy t=0 what": 0.0, "noisy t=0 where": 0.0, "noisy t=500 what": 0.0, "clean what": 0.0,
-        "clean where": 0.0}  # set from the measured numbers below once trained
+# measured on 400 scenes (MODEL_CARD.md): noisy t = 0 60.0 % / 100 %, t = 500 45.8 %; clean 61.5 % / 100 %; ~80
+# one-object scenes here, so the bars sit about three standard errors (~16 points) below
+BARS = {"noisy t=0 what": 0.45, "noisy t=0 where": 0.95, "noisy t=500 what": 0.30, "clean what": 0.45,
+        "clean where": 0.95}

@@ -137,7 +137,7 @@ def test_bad_files_are_clear_user_errors(tmp_path):
         load_clip(nan)
 
 
-# -- GLIDE eq. 3 in the two algorithms, against a hand-derived gradient --------------------------------------------------
+# -- GLIDE eq. 3 in the two algorithms, against a hand-derived gradient ------------------------------------------------
 class LinearImage(torch.nn.Module):
     """A toy image tower: f_raw(z_t) = W·(√ᾱ·z_t), so f = W u / ‖W u‖ with u = √ᾱ·z_t (as the real tower reads)."""
 
@@ -210,7 +210,7 @@ def test_clean_loss_is_minus_the_scaled_score_per_latent_pixel():
     assert strength == 4.0 and float(loss(z0)) == pytest.approx(-score / 9, rel=1e-5)
 
 
-# -- in the pipeline (the shipped model, random CLIPs) -------------------------------------------------------------------
+# -- in the pipeline (the shipped model, random CLIPs) -----------------------------------------------------------------
 from studio.engine import Engine, GenerationRequest  # noqa: E402
 from studio.engine.request import RequestError  # noqa: E402
 

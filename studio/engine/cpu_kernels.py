@@ -12,9 +12,10 @@ runs bf16 natively: "fast" precision, docs/numerics.md) on the CPU with autograd
 fp16, training, guidance gradients) runs the stock forward. Packed bf16 measured 0.70–0.83× the stock bf16 UNet
 step (SD1.5 shape, 256 px, 2 threads, interleaved).
 
-Packing happens when the model is loaded, not on its first call (the layouts oneDNN picks did not depend on the
-input shape it is told). A model loaded for inference then gives back each plain weight's memory, so its weights
-sit in RAM once; the plain values come back from the pack whenever something reads them (`_PackedWeight`).
+Each layer packs its weight on its first call, told the real input shape (packed blind, the small layers of the
+built-in model got layouts that oneDNN reordered on every call). A model loaded for inference then gives back each
+plain weight's memory, so its weights sit in RAM once; the plain values come back from the pack whenever something
+reads them (`_PackedWeight`).
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ class _PackedWeight:
 
 class PackedLinear(_PackedWeight, nn.Linear):
     def _make_pack(self, weight: torch.Tensor, example: torch.Tensor | None) -> torch.Tensor:
-        # the row count is only a hint for oneDNN's layout choice: the layouts it picks did not depend on it
+        # the row count steers oneDNN's layout choice (the first call's rows; later calls may differ)
         rows = [max(1, example.numel() // example.shape[-1])] if example is not None else []
         return torch.ops.mkldnn._reorder_linear_weight(weight, *rows)
 
@@ -194,7 +195,7 @@ class PackedLinear(_PackedWeight, nn.Linear):
 
 class PackedConv2d(_PackedWeight, nn.Conv2d):
     def _make_pack(self, weight: torch.Tensor, example: torch.Tensor | None) -> torch.Tensor:
-        # the input shape is only a hint too: packed with and without it, SD1.5's convolutions ran the same
+        # the first call's input shape: without it, oneDNN picked layouts it reordered on every call for small layers
         shape = [list(example.shape)] if example is not None else []
         return torch._C._nn.mkldnn_reorder_conv2d_weight(
             weight.to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups, *shape
@@ -234,13 +235,14 @@ def kernels_work(dtype: torch.dtype = torch.float32) -> bool:
 
 
 def prepack_for_cpu(model: nn.Module, *, release_dense: bool = False, headroom: float = 0.5) -> int:
-    """Swap the model's Linear/Conv2d modules to the packed kind and pack their weights now (not on the first
-    call, which would slow the first step); the number swapped (0 if it was not done: turned off, not all float32
-    (or all bfloat16 on a CPU that runs it natively) on the CPU, or no oneDNN).
+    """Swap the model's Linear/Conv2d modules to the packed kind (each packs its weight on its first call); the
+    number swapped (0 if it was not done: turned off, not all float32 (or all bfloat16 on a CPU that runs it
+    natively) on the CPU, or no oneDNN).
 
     release_dense: give each plain weight's memory back once its pack holds the values, so the weights sit in RAM
-    once, not twice (a model loaded for inference: `loading.load_model`). Without it, both copies stay, and packing
-    is skipped when they would take more than `headroom` of the free memory."""
+    once, not twice (a model loaded for inference: `loading.load_model`); memory grows by one layer at most while
+    the first call packs. Without it, both copies stay, and packing is skipped when they would take more than
+    `headroom` of the free memory."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return 0
     weights = [m.weight for m in model.modules() if type(m) in _SWAPS]
@@ -260,9 +262,9 @@ def prepack_for_cpu(model: nn.Module, *, release_dense: bool = False, headroom: 
     for module in model.modules():
         if type(module) in _SWAPS:
             module.__class__ = _SWAPS[type(module)]
+            # packed on its first call, told the real input shape: packed blind at load, the built-in model's small
+            # layers got layouts oneDNN reorders on every call (a 64 px generation 4.5× slower; SD's were unaffected)
             module._release_after_pack = release_dense
-            if module._packable() if isinstance(module, PackedConv2d) else True:
-                module._packed()  # one module at a time: with release_dense, memory grows by one layer at most
             count += 1
     return count
 

@@ -60,8 +60,8 @@ def load_model(
         model.first_stage_model.float()
     if spec != "tiny-random" and device.type == "cpu":
         # ~2× faster float32 convolutions and linears on the CPU, and faster bf16 ones (cpu_kernels.py); each part
-        # is packed in its own precision (the VAE stays fp32 beside a bf16 UNet), now rather than on the first step,
-        # and the plain copies are given back: the weights sit in RAM once
+        # is packed in its own precision (the VAE stays fp32 beside a bf16 UNet) on its first call, and the plain
+        # copies are given back as the packs are made: the weights sit in RAM once
         for part in (model.model, model.first_stage_model, model.cond_stage_model):
             prepack_for_cpu(part, release_dense=True)
     return model

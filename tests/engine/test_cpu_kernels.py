@@ -86,9 +86,15 @@ def test_can_be_turned_off(monkeypatch):
 
 
 def released_model(seed: int):
+    """A model loaded for inference after its first calls: every layer packed (on its first call) and released."""
     model = random_model(sd1_config(), seed=seed).eval().requires_grad_(False)
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     assert prepack_for_cpu(model, release_dense=True) > 100
+    x, t, context = inputs(model)
+    with torch.inference_mode():
+        model.unet(x, t, context)
+        model.vae.decode(model.vae.encode(torch.zeros(1, 3, 32, 32)).mean)
+        model.encode_text(["a red circle"])
     return model, reference
 
 

@@ -166,24 +166,33 @@ def save_classifier(classifier: NoisyClassifier, path: str | Path, metrics: dict
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> NoisyClassifier:
     """A classifier from our safetensors file (no pickle); a UserError naming the file for anything wrong with it."""
+    return read_guide_file(path, CLASSIFIER_METADATA_KEY, ClassifierConfig.from_json, NoisyClassifier,
+                           noun="classifier", kind="classifier", device=device)
+
+
+def read_guide_file(path: str | Path, metadata_key: str, config_from_json, build, *, noun: str, kind: str,
+                    device: torch.device | str = "cpu") -> nn.Module:
+    """One of our guide networks (a classifier, a scene CLIP) from its safetensors file: the config from the
+    metadata under `metadata_key`, names and shapes checked before a tensor is read, NaN refused; a UserError that
+    names the file (and the `noun`) for anything wrong with it."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"no classifier file at {path}")
+        raise UserError(f"no {noun} file at {path}")
     header = SafetensorsHeader(path)  # ModelLoadError (a UserError) for a damaged or foreign file
     meta = header.metadata
-    if CLASSIFIER_METADATA_KEY not in meta:
-        raise ModelLoadError(f"{path.name}: not a Diffusion Studio classifier (no {CLASSIFIER_METADATA_KEY} metadata)")
+    if metadata_key not in meta:
+        raise ModelLoadError(f"{path.name}: not a Diffusion Studio {kind} (no {metadata_key} metadata)")
     try:
-        config = ClassifierConfig.from_json(meta[CLASSIFIER_METADATA_KEY])
+        config = config_from_json(meta[metadata_key])
     except (ValueError, TypeError, KeyError) as exc:
-        raise ModelLoadError(f"{path.name}: damaged classifier settings ({exc})") from None
+        raise ModelLoadError(f"{path.name}: damaged {noun} settings ({exc})") from None
     with torch.device("cpu"):
-        classifier = NoisyClassifier(config)
-    expected = {k: tuple(v.shape) for k, v in classifier.state_dict().items()}
+        network = build(config)
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     if header.shapes != expected:
         missing = sorted(set(expected) - set(header.shapes))
         wrong = sorted(k for k in expected if k in header.shapes and header.shapes[k] != expected[k])
-        raise ModelLoadError(f"{path.name}: the weights do not fit the classifier its settings describe "
+        raise ModelLoadError(f"{path.name}: the weights do not fit the {noun} its settings describe "
                              f"(missing {missing[:3]}, wrong shape {wrong[:3]})")
     archive = SafetensorsArchive(path, header)
     try:
@@ -191,9 +200,9 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Noi
     finally:
         archive.close()
     if not all(torch.isfinite(v).all() for v in state.values()):
-        raise ModelLoadError(f"{path.name}: the classifier's weights hold NaN or infinite values")
-    classifier.load_state_dict(state)
-    return classifier.to(device).eval().requires_grad_(False)
+        raise ModelLoadError(f"{path.name}: the {noun}'s weights hold NaN or infinite values")
+    network.load_state_dict(state)
+    return network.to(device).eval().requires_grad_(False)
 
 
 def classifier_metrics(path: str | Path) -> dict:

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .archives import ModelLoadError, SafetensorsArchive, SafetensorsHeader
-from .classifier import _Block, level_embedding, log_snr
+from .classifier import _Block, classifier_metrics, level_embedding, log_snr, read_guide_file
 from .errors import UserError
 from .text_encoder import CLIPTextModel, TextEncoderConfig
 from .tokenizer import EOS_ID
@@ -189,36 +188,9 @@ def save_clip(clip: SceneClip, path: str | Path, metrics: dict | None = None,
 
 def load_clip(path: str | Path, device: torch.device | str = "cpu") -> SceneClip:
     """A scene CLIP from our safetensors file (no pickle); a UserError naming the file for anything wrong with it."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"no CLIP file at {path}")
-    header = SafetensorsHeader(path)  # ModelLoadError (a UserError) for a damaged or foreign file
-    meta = header.metadata
-    if CLIP_METADATA_KEY not in meta:
-        raise ModelLoadError(f"{path.name}: not a Diffusion Studio scene CLIP (no {CLIP_METADATA_KEY} metadata)")
-    try:
-        config = ClipConfig.from_json(meta[CLIP_METADATA_KEY])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ModelLoadError(f"{path.name}: damaged CLIP settings ({exc})") from None
-    with torch.device("cpu"):
-        clip = SceneClip(config)
-    expected = {k: tuple(v.shape) for k, v in clip.state_dict().items()}
-    if header.shapes != expected:
-        missing = sorted(set(expected) - set(header.shapes))
-        wrong = sorted(k for k in expected if k in header.shapes and header.shapes[k] != expected[k])
-        raise ModelLoadError(f"{path.name}: the weights do not fit the CLIP its settings describe "
-                             f"(missing {missing[:3]}, wrong shape {wrong[:3]})")
-    archive = SafetensorsArchive(path, header)
-    try:
-        state = {k: v.float() for k, v in archive.read_all().items()}
-    finally:
-        archive.close()
-    if not all(torch.isfinite(v).all() for v in state.values()):
-        raise ModelLoadError(f"{path.name}: the CLIP's weights hold NaN or infinite values")
-    clip.load_state_dict(state)
-    return clip.to(device).eval().requires_grad_(False)
+    return read_guide_file(path, CLIP_METADATA_KEY, ClipConfig.from_json, SceneClip, noun="CLIP",
+                           kind="scene CLIP", device=device)
 
 
 def clip_metrics(path: str | Path) -> dict:
-    meta = SafetensorsHeader(Path(path)).metadata
-    return json.loads(meta.get("metrics", "{}"))
+    return classifier_metrics(path)  # the same metadata field

@@ -7,8 +7,11 @@ Every batch is rendered afresh by scenes.py, seeded by (seed, step), so a resume
 uninterrupted one would have. The scene world per degradation:
 - blur: one object per scene, unconditional: generation from a flat colour has to invent one object, and the
   detector's test is "one valid object on a flat background";
-- mask: one or two objects, caption-conditioned; the region is a box around one object (60 %), a random painted
-  mask (30 %) or the whole image (10 %), so the net learns to paint the object the caption names into a hole;
+- mask: one or two objects, caption-conditioned; the region is a box around one object (75 %), a random painted
+  mask (15 %) or the whole image (10 %). A box's caption is, most of the time, the object under it as a user
+  types it into the inpainting box ("a small red circle", sometimes with its place): a whole-scene caption names
+  every object and a bag of words cannot say which one the hole is for (docs/cold.md). The ℓ1 is taken over the
+  region's pixels only: outside it the samplers replace x̂0 by the known pixels (cold_pipeline.Restorer);
 - down: one or two objects, unconditional (super-resolution).
 The learning rate follows a cosine over the time budget; weights are exported as an EMA, fp16.
 """
@@ -29,10 +32,12 @@ from ..engine.cold import DEFAULT_STEPS, Degradation, mask_order
 from ..engine.cold_model import ColdConfig, RestorationNet, caption_tokens, save_cold_file
 from .data import object_mask, to_unit
 from .descent import descend
-from .scenes import CANVAS, caption, caption_words, random_mask, render_layers, sample_scene
+from .scenes import CANVAS, POSITION_WORDS, _noun_phrase, caption, caption_words, random_mask, render_layers, sample_scene
 
 CHANNELS = (24, 48, 96, 128)  # ~1.8 M parameters, ~50 ms per 64 px image for a training step on one thread
-REGION_SHARES = (0.6, 0.3, 0.1)  # mask kind: object box, random painted mask, whole image
+REGION_SHARES = (0.75, 0.15, 0.1)  # mask kind: object box, random painted mask, whole image
+HOLE_CAPTION_SHARE = 0.8  # mask kind, object box: the hole's object as the caption (else the whole scene's)
+HOLE_CAPTION_PLACE = 0.5  # of those, the share that also names the object's place ("… in the top left corner")
 GMM_COMPONENTS = 12
 GMM_IMAGES = 4000
 
@@ -61,13 +66,26 @@ def scene_batch(kind: str, rng: np.random.Generator, n: int):
         if kind == "mask":
             pick = rng.random()
             if pick < REGION_SHARES[0]:
-                regions.append(object_mask(rng, alphas))
+                which = int(rng.integers(len(alphas)))
+                regions.append(object_mask(rng, alphas[which : which + 1]))
+                if rng.random() < HOLE_CAPTION_SHARE:
+                    captions[-1] = hole_caption(scene.objects[which], rng)
             elif pick < REGION_SHARES[0] + REGION_SHARES[1]:
                 regions.append(random_mask(rng))
             else:
                 regions.append(np.ones((CANVAS, CANVAS), bool))
     region = torch.from_numpy(np.stack(regions)[:, None].astype(np.float32)) if regions else None
     return to_unit(images), captions, region, scenes
+
+
+def hole_caption(obj, rng: np.random.Generator, held_out: bool = False) -> str:
+    """What a user types for the object a hole should get: its noun phrase ("a small red circle"), with its place
+    (HOLE_CAPTION_PLACE of the time; always for held-out captions, so the evaluation reads every fact)."""
+    text = _noun_phrase(obj, rng, held_out)
+    if held_out or rng.random() < HOLE_CAPTION_PLACE:
+        places = POSITION_WORDS[obj.position]
+        text += " " + places[int(rng.integers(len(places)))]
+    return re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text)
 
 
 def fit_channel_gmm(means: np.ndarray, k: int, seed: int = 0, iterations: int = 100):
@@ -122,7 +140,11 @@ def cold_loss(net: RestorationNet, degradation: Degradation, x0, captions, regio
     extra = degradation.mask(s, order) if degradation.kind == "mask" else None
     tokens = caption_tokens(captions, words) if net.config.vocabulary else (None, None)
     x0_pred = net(x_s, s, extra, *tokens)
-    return (x0_pred - x0).abs().mean()
+    if region is None:
+        return (x0_pred - x0).abs().mean()
+    # ℓ1 over the region only (mean per image over its pixels): outside it R's output is never used
+    per_image = ((x0_pred - x0).abs() * region).sum(dim=(1, 2, 3)) / (3 * region.sum(dim=(1, 2, 3))).clamp(min=1)
+    return per_image.mean()
 
 
 def learning_rate(cfg: ColdTrainConfig, step: int, elapsed: float) -> float:
@@ -132,8 +154,10 @@ def learning_rate(cfg: ColdTrainConfig, step: int, elapsed: float) -> float:
 
 
 def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: int = 1, log=print,
-          max_steps: int | None = None, tiny: bool = False) -> Path:
-    """Train (or resume) `<out>/cold-<kind>.pt` for cfg.minutes of this run's time budget; returns the checkpoint."""
+          max_steps: int | None = None, tiny: bool = False, init: Path | None = None) -> Path:
+    """Train (or resume) `<out>/cold-<kind>.pt` for cfg.minutes of this run's time budget; returns the checkpoint.
+    `init`: a cold model file (e.g. the shipped weights) to start a fresh run from: its config (GMM included) and
+    weights, as both the net and the EMA."""
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"cold-{cfg.kind}.pt"
@@ -142,10 +166,19 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
         state = torch.load(path, map_location="cpu", weights_only=True)
         config = ColdConfig.from_json(json.loads(state["config"]))
         step, elapsed = int(state["step"]), float(state["elapsed"])
+    elif init is not None:
+        from ..engine.cold_model import load_cold_file
+
+        start, _ = load_cold_file(init)
+        if start.config.kind != cfg.kind:
+            raise ValueError(f"{init} is a cold-{start.config.kind} model, not cold-{cfg.kind}")
+        state, config, step, elapsed = None, start.config, 0, 0.0
     else:
         state, config, step, elapsed = None, model_config(cfg.kind, cfg.seed, tiny), 0, 0.0
     net = RestorationNet(config)
     ema = RestorationNet(config)
+    if state is None and init is not None:
+        net.load_state_dict(start.state_dict())
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     if state is not None:
         net.load_state_dict(state["model"])
@@ -224,8 +257,11 @@ def run_cli(args) -> int:
     changes = {"minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
                "warmup_steps": args.warmup_steps, "checkpoint_minutes": args.checkpoint_minutes}
     cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    init = Path(args.init).expanduser() if getattr(args, "init", None) else None
+    if init is not None and not init.is_file():
+        raise UserError(f"--init {init}: no such cold model file")
     train(cfg, args.out, export, threads=args.threads, log=lambda line: print(line, flush=True),
-          max_steps=args.steps, tiny=args.tiny)
+          max_steps=args.steps, tiny=args.tiny, init=init)
     return 0
 
 

@@ -61,3 +61,55 @@ def test_cold_stage_needs_a_degradation(tmp_path):
     args = parser.parse_args(["train", "--stage", "cold", "--out", str(tmp_path)])
     with pytest.raises(UserError, match="needs --degradation"):
         args.handler(args)
+
+
+def test_a_hole_caption_names_the_object_under_it():
+    from studio.training.scenes import SceneObject
+
+    obj = SceneObject("heart", "green", "small", "bottom left")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        text = cold.hole_caption(obj, rng, held_out=True)
+        assert "heart" in text and "green" in text and "left" in text and "background" not in text
+    texts = [cold.hole_caption(obj, rng) for _ in range(200)]
+    assert all("heart" in t for t in texts) and 40 < sum("left" in t for t in texts) < 160  # place half the time
+
+
+def test_mask_batches_caption_box_holes_with_their_object():
+    _, captions, region, scenes = cold.scene_batch("mask", np.random.default_rng(4), 40)
+    short = [i for i, c in enumerate(captions) if "background" not in c and " and " not in c and "behind" not in c
+             and "against" not in c and "backdrop" not in c and "over" not in c and "front" not in c]
+    assert len(short) >= 15  # ~0.75 · 0.8 of the batch
+    for i in short:
+        objects = [o for o in scenes[i].objects if o.shape in captions[i]]
+        assert objects  # the hole's object is one of the scene's
+
+
+def test_mask_loss_reads_the_region_only():
+    class Oracle(torch.nn.Module):  # right inside the region, wildly wrong outside
+        def __init__(self, x0, region):
+            super().__init__()
+            self.x0, self.region, self.config = x0, region, cold.ColdConfig(kind="mask", vocabulary=0)
+
+        def forward(self, x_s, s, extra=None, tokens=None, offsets=None):
+            return torch.where(self.region > 0, self.x0, self.x0 + 5.0)
+
+    x0, captions, region, _ = cold.scene_batch("mask", np.random.default_rng(2), 3)
+    d = cold.Degradation("mask", 8)
+    loss = cold.cold_loss(Oracle(x0, region), d, x0, captions, region, torch.Generator().manual_seed(0), ())
+    assert float(loss) == 0.0
+    loss = cold.cold_loss(Oracle(x0, 1 - region), d, x0, captions, region, torch.Generator().manual_seed(0), ())
+    assert float(loss) == pytest.approx(5.0)
+
+
+def test_a_fresh_run_can_start_from_a_model_file(tmp_path):
+    first = tmp_path / "first.safetensors"
+    cold.train(cold.ColdTrainConfig(kind="mask", batch_size=2), tmp_path / "a", first, log=lambda _: None,
+               max_steps=1, tiny=True)
+    second = tmp_path / "second.safetensors"
+    cold.train(cold.ColdTrainConfig(kind="mask", batch_size=2), tmp_path / "b", second, log=lambda _: None,
+               max_steps=0, init=first)
+    a, b = load_cold_file(first)[0], load_cold_file(second)[0]
+    assert a.config == b.config
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, msg=name)

@@ -17,12 +17,15 @@ app always shares its cores.
 
     python benchmarks/bench_cpu_peers.py [--rounds 3] [--steps 20] [--size 256] [--threads 2] [--load]
                                          [--impls ours-fp32,ours-fast,ours+openvino-fp32,ours+openvino-fast,
-                                                  diffusers-fp32,diffusers-bf16,openvino]
-                                         [--workdir /tmp/bench-sd] [--json results.json]
+                                                  diffusers-fp32,diffusers-bf16,openvino-f32,openvino]
+                                         [--optimum-python PATH] [--workdir /tmp/bench-sd] [--json results.json]
 
 `ours+openvino-*` is our engine on device "openvino" (the UNet's calls on OpenVINO, `pip install
-diffusion-studio[openvino]`); `openvino` is optimum-intel's whole pipeline (`pip install optimum[openvino]`, which
-pulls a CUDA build of torch: run it in its own environment). Needs diffusers, transformers and accelerate.
+diffusion-studio[openvino]`). `openvino-f32` and `openvino` are optimum-intel's whole OpenVINO pipeline, the
+runtime FastSD CPU and Intel's tools use: forced f32 (INFERENCE_PRECISION_HINT f32) and out of the box (bf16 on
+CPUs with AVX512-BF16 or AMX). optimum-intel pins older transformers/diffusers and its `pip install` pulls a CUDA
+build of torch, so it lives in its own environment: `--optimum-python` names that interpreter (docs/numerics.md,
+"Measuring against optimum-intel", says how it was built). Needs diffusers, transformers and accelerate.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PROMPT, NEGATIVE, GUIDANCE, SEED = "a photo of a lighthouse on a cliff at sunset", "blurry", 7.5, 42
 IMPLS = ("ours-fp32", "ours-fast", "ours+openvino-fp32", "ours+openvino-fast", "diffusers-fp32", "diffusers-bf16",
-         "openvino")
+         "openvino-f32", "openvino")
+OPTIMUM_IMPLS = ("openvino-f32", "openvino")  # run by --optimum-python
 
 
 def cpu_seconds() -> float:
@@ -94,7 +98,7 @@ def _diffusers(path: Path, config: Path, precision: str, size: int, steps: int):
     return generate
 
 
-def _openvino(path: Path, config: Path, workdir: Path, size: int, steps: int):
+def _openvino(path: Path, config: Path, workdir: Path, size: int, steps: int, force_f32: bool):
     from optimum.intel import OVStableDiffusionPipeline
 
     exported = workdir / "openvino"
@@ -106,7 +110,9 @@ def _openvino(path: Path, config: Path, workdir: Path, size: int, steps: int):
         if not (folder / "model_index.json").exists():
             load_diffusers_pipeline(path, config, "cpu", torch.float32).save_pretrained(folder)
         OVStableDiffusionPipeline.from_pretrained(str(folder), export=True, compile=False).save_pretrained(exported)
-    pipe = OVStableDiffusionPipeline.from_pretrained(str(exported), compile=False)
+    # Forced f32 is OpenVINO's exact path; without the hint it picks bf16 on capable CPUs (its default).
+    ov_config = {"INFERENCE_PRECISION_HINT": "f32"} if force_f32 else {}
+    pipe = OVStableDiffusionPipeline.from_pretrained(str(exported), compile=False, ov_config=ov_config)
     pipe.reshape(batch_size=1, height=size, width=size, num_images_per_prompt=1)
     pipe.compile()
 
@@ -137,7 +143,7 @@ def child(impl: str, workdir: Path, size: int, steps: int, threads: int, out: Pa
     elif impl.startswith("diffusers-"):
         generate = _diffusers(path, config, impl.split("-")[1], size, steps)
     else:
-        generate = _openvino(path, config, workdir, size, steps)
+        generate = _openvino(path, config, workdir, size, steps, force_f32=impl == "openvino-f32")
     load_s = time.perf_counter() - began
     cpu_before, wall_before = cpu_seconds(), time.perf_counter()
     image = generate()
@@ -156,7 +162,8 @@ def _spin() -> None:  # pragma: no cover - runs in the competitor process
 
 
 def run_child(impl: str, args, image: Path) -> dict:
-    command = [sys.executable, __file__, "--child", impl, "--image", str(image), "--workdir", str(args.workdir),
+    python = args.optimum_python if impl in OPTIMUM_IMPLS else sys.executable
+    command = [python, __file__, "--child", impl, "--image", str(image), "--workdir", str(args.workdir),
                "--size", str(args.size), "--steps", str(args.steps), "--threads", str(args.threads)]
     env = dict(os.environ)
     if impl.startswith("ours") and "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
@@ -172,12 +179,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
-def available(impl: str) -> bool:
-    if impl == "openvino":
-        try:
-            import optimum.intel  # noqa: F401
-        except ImportError:
-            return False
+def available(impl: str, optimum_python: str = sys.executable) -> bool:
+    if impl in OPTIMUM_IMPLS:
+        probe = "from optimum.intel import OVStableDiffusionPipeline"
+        return subprocess.run([optimum_python, "-c", probe], capture_output=True).returncode == 0
     if impl.startswith("ours+openvino"):
         from studio.engine import openvino_unet
 
@@ -186,7 +191,7 @@ def available(impl: str) -> bool:
 
 
 def measure(args) -> list[dict]:
-    impls = [i for i in args.impls.split(",") if available(i)]
+    impls = [i for i in args.impls.split(",") if available(i, args.optimum_python)]
     loads = (False, True) if args.load else (False,)
     rows = []
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -215,16 +220,16 @@ def measure(args) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
+    """Medians over rounds, and each implementation's wall-time ratio against every reference present, taken
+    within a round (so a noisy machine slows both sides of a ratio alike) and then the median over rounds."""
     table = []
     for loaded in sorted({r["loaded"] for r in rows}):
         done = [r for r in rows if r["loaded"] == loaded and "error" not in r]
         impls = list(dict.fromkeys(r["impl"] for r in done))
-        reference = "openvino" if "openvino" in impls else "diffusers-fp32"
+        references = [i for i in ("openvino-f32", "openvino", "diffusers-fp32") if i in impls]
         for impl in impls:
             mine = [r for r in done if r["impl"] == impl]
-            ratios = [r["wall_s"] / ref["wall_s"] for r in mine for ref in done
-                      if ref["impl"] == reference and ref["round"] == r["round"]]
-            table.append({
+            row = {
                 "impl": impl, "loaded": loaded, "rounds": len(mine),
                 "s_per_step": statistics.median(r["s_per_step"] for r in mine),
                 "wall_s": statistics.median(r["wall_s"] for r in mine),
@@ -232,8 +237,12 @@ def summarise(rows: list[dict]) -> list[dict]:
                 "peak_rss_gib": statistics.median(r["peak_rss_bytes"] for r in mine) / 2**30,
                 "load_s": statistics.median(r["load_s"] for r in mine),
                 "psnr_vs_ours_fp32": statistics.median(r.get("psnr_vs_ours_fp32", math.nan) for r in mine),
-                f"wall_ratio_vs_{reference}": statistics.median(ratios) if ratios else math.nan,
-            })
+            }
+            for reference in references:
+                ratios = [r["wall_s"] / ref["wall_s"] for r in mine for ref in done
+                          if ref["impl"] == reference and ref["round"] == r["round"]]
+                row[f"wall_ratio_vs_{reference}"] = statistics.median(ratios) if ratios else math.nan
+            table.append(row)
     return table
 
 
@@ -247,6 +256,8 @@ def main() -> None:
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--load", action="store_true", help="also run every round beside a busy core")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--optimum-python", default=sys.executable,
+                        help="interpreter of an environment with optimum-intel (for openvino-f32 and openvino)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -255,13 +266,13 @@ def main() -> None:
         return
     rows = measure(args)
     table = summarise(rows)
-    print(f"\n{'implementation':16} {'load':>5} {'s/step':>7} {'wall s':>7} {'CPU s':>7} {'peak GiB':>8} "
-          f"{'PSNR dB':>7} {'ratio':>6}")
+    references = [k.removeprefix("wall_ratio_vs_") for k in table[0] if k.startswith("wall_ratio_vs_")] if table else []
+    print(f"\n{'implementation':20} {'load':>5} {'s/step':>7} {'wall s':>7} {'CPU s':>7} {'peak GiB':>8} "
+          f"{'PSNR dB':>7} " + " ".join(f"{'/' + r:>15}" for r in references))
     for row in table:
-        ratio = next(v for k, v in row.items() if k.startswith("wall_ratio"))
-        print(f"{row['impl']:16} {'busy' if row['loaded'] else 'quiet':>5} {row['s_per_step']:7.2f} "
-              f"{row['wall_s']:7.1f} {row['cpu_s']:7.1f} {row['peak_rss_gib']:8.2f} "
-              f"{row['psnr_vs_ours_fp32']:7.1f} {ratio:6.2f}")
+        print(f"{row['impl']:20} {'busy' if row['loaded'] else 'quiet':>5} {row['s_per_step']:7.2f} "
+              f"{row['wall_s']:7.1f} {row['cpu_s']:7.1f} {row['peak_rss_gib']:8.2f} {row['psnr_vs_ours_fp32']:7.1f} "
+              + " ".join(f"{row.get('wall_ratio_vs_' + r, math.nan):15.2f}" for r in references))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "table": table, "args": {k: str(v) for k, v in vars(args).items()}},
                                         indent=1))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from ..engine.tokenizer import CLIPTokenizer
 from .classifier import learning_rate, noised
 from .data import filler_vocabulary, render_scenes, to_unit
 from .descent import descend
-from .scenes import (COLOURS, COLOUR_WORDS, POSITION_WORDS, POSITIONS, SHAPES, SIZE_WORDS, TRAIN_NOUNS,
+from .scenes import (COLOURS, fix_articles, COLOUR_WORDS, POSITION_WORDS, POSITIONS, SHAPES, SIZE_WORDS, TRAIN_NOUNS,
                      TRAIN_NOUN_WITHOUT_SIZE, Scene, SceneObject, caption, with_filler)
 
 TRAIN_SEED = 8_300_000  # scenes of the CLIP's training cache (the UNet's and the classifier's used others)
@@ -64,7 +63,7 @@ def short_caption(scene: Scene, rng: np.random.Generator) -> str:
                                       h=obj.shape)
         parts.append(f"{noun} {_pick(rng, POSITION_WORDS[obj.position])}" if place else noun)
     text = " and ".join(parts)
-    return re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text)
+    return fix_articles(text)
 
 
 def training_caption(scene: Scene, rng: np.random.Generator, filler: tuple[str, ...]) -> str:

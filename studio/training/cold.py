@@ -32,7 +32,8 @@ from ..engine.cold import DEFAULT_STEPS, Degradation, mask_order
 from ..engine.cold_model import ColdConfig, RestorationNet, caption_tokens, save_cold_file
 from .data import object_mask, to_unit
 from .descent import descend
-from .scenes import CANVAS, POSITION_WORDS, _noun_phrase, caption, caption_words, random_mask, render_layers, sample_scene
+from .scenes import (CANVAS, POSITION_WORDS, caption, caption_words, fix_articles, noun_phrase, random_mask,
+                     render_layers, sample_scene)
 
 CHANNELS = (24, 48, 96, 128)  # ~1.8 M parameters, ~50 ms per 64 px image for a training step on one thread
 REGION_SHARES = (0.75, 0.15, 0.1)  # mask kind: object box, random painted mask, whole image
@@ -81,11 +82,11 @@ def scene_batch(kind: str, rng: np.random.Generator, n: int):
 def hole_caption(obj, rng: np.random.Generator, held_out: bool = False) -> str:
     """What a user types for the object a hole should get: its noun phrase ("a small red circle"), with its place
     (HOLE_CAPTION_PLACE of the time; always for held-out captions, so the evaluation reads every fact)."""
-    text = _noun_phrase(obj, rng, held_out)
+    text = noun_phrase(obj, rng, held_out)
     if held_out or rng.random() < HOLE_CAPTION_PLACE:
         places = POSITION_WORDS[obj.position]
         text += " " + places[int(rng.integers(len(places)))]
-    return re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text)
+    return fix_articles(text)
 
 
 def fit_channel_gmm(means: np.ndarray, k: int, seed: int = 0, iterations: int = 100):

@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from .scenes import COLOURS, Scene, SceneObject, grid_cell
+from .scenes import COLOURS, Scene, SceneObject, fix_articles, grid_cell
 
 # ---- attribute words ----------------------------------------------------------------------------------------------
 
@@ -190,7 +190,7 @@ def compose(scene: Scene, rng: np.random.Generator, held_out: bool = False, drop
     verb = _pick(rng, verbs)
     if verb:
         text = f"{verb} {text}"
-    text = re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text) + _pick(rng, ENDINGS)
+    text = fix_articles(text) + _pick(rng, ENDINGS)
     return _casing(re.sub(r"\s+", " ", text).strip(), rng)
 
 

@@ -325,7 +325,12 @@ def _pick(rng: np.random.Generator, options):
     return options[rng.integers(len(options))]
 
 
-def _noun_phrase(obj: SceneObject, rng: np.random.Generator, held_out: bool) -> str:
+def fix_articles(text: str) -> str:
+    """"a orange background" -> "an orange background"."""
+    return re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text)
+
+
+def noun_phrase(obj: SceneObject, rng: np.random.Generator, held_out: bool) -> str:
     if held_out:
         template = _pick(rng, HELD_OUT_NOUNS)
         size = obj.size if "size" in template else _pick(rng, SIZE_WORDS[obj.size])  # not "medium-sized size"
@@ -341,7 +346,7 @@ def caption(scene: Scene, rng: np.random.Generator, held_out: bool = False) -> s
     objects = list(scene.objects)
     if len(objects) > 1:
         objects = [objects[i] for i in rng.permutation(len(objects))]
-    nouns = [_noun_phrase(obj, rng, held_out) for obj in objects]
+    nouns = [noun_phrase(obj, rng, held_out) for obj in objects]
     places = [_pick(rng, POSITION_WORDS[obj.position]) for obj in objects]
     fields = {"bg": _pick(rng, COLOUR_WORDS[scene.background])}
     if len(objects) == 1:
@@ -349,7 +354,7 @@ def caption(scene: Scene, rng: np.random.Generator, held_out: bool = False) -> s
     else:
         fields |= {"o1": nouns[0], "p1": places[0], "o2": nouns[1], "p2": places[1]}
     text = template.format(**fields)
-    return re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text)  # "a orange background" -> "an orange background"
+    return fix_articles(text)
 
 
 # Training captions sometimes carry a word or two that says nothing about the scene, drawn from CLIP's whole

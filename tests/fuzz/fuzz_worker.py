@@ -100,6 +100,20 @@ class Worker:
 
 # -- the child --------------------------------------------------------------------------------------------------
 
+def _peak_rss() -> int:
+    """This process's own high-water mark in bytes. VmHWM belongs to the address space, which execve replaces;
+    ru_maxrss survives execve, so it would also count the pytest process this worker was forked from (which
+    other tests may have grown past the limit before the fuzz tests run)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # where there is no /proc
+
+
 def _serve() -> None:
     import torch
 
@@ -118,7 +132,7 @@ def _serve() -> None:
             except BaseException:  # main() itself must never raise: say so, loudly
                 code = 99
                 err.write("UNCAUGHT " + traceback.format_exc())
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = _peak_rss()
         answer = {"code": code, "stderr": err.getvalue(), "peak_rss": peak, "seconds": time.monotonic() - began}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()

@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from studio.process_env import runtime_defaults  # noqa: E402  (after the path: run from a checkout)
+
 PROMPT, NEGATIVE, GUIDANCE, SEED = "a photo of a lighthouse on a cliff at sunset", "blurry", 7.5, 42
 IMPLS = ("ours-fp32", "ours-fast", "ours+openvino-fp32", "ours+openvino-fast", "diffusers-fp32", "diffusers-bf16",
          "openvino-f32", "openvino")
@@ -166,8 +168,8 @@ def run_child(impl: str, args, image: Path) -> dict:
     command = [python, __file__, "--child", impl, "--image", str(image), "--workdir", str(args.workdir),
                "--size", str(args.size), "--steps", str(args.steps), "--threads", str(args.threads)]
     env = dict(os.environ)
-    if impl.startswith("ours") and "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"  # what `studio` (app and CLI) sets for itself: studio/__main__.py
+    if impl.startswith("ours"):
+        runtime_defaults(env)  # what `studio` (app and CLI) sets for itself before torch loads
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         return {"impl": impl, "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}

@@ -1,7 +1,10 @@
 import os
+import tempfile
 
 # UI tests run without a display; set before any Qt import.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# What the engine caches for the next start (hashes, converted models) goes to a fresh folder, never the user's.
+os.environ["STUDIO_CACHE_DIR"] = tempfile.mkdtemp(prefix="studio-test-cache-")
 
 import torch  # noqa: E402
 

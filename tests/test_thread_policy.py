@@ -1,4 +1,5 @@
-"""The app and CLI make OpenMP wait passively (studio/__main__.py): set before torch loads, a user's choice kept."""
+"""The app and CLI set their runtime environment (studio/process_env.py) before torch loads: OpenMP waits
+passively, large allocations ask for huge pages; a user's own choice is kept."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 PROBE = "import os, studio.__main__, torch; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+OURS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "THP_MEM_ALLOC_ENABLE")
 
 
-def probe(**env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    result = subprocess.run([sys.executable, "-c", PROBE], env=clean | env, capture_output=True, text=True,
+def probe(code: str = PROBE, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in OURS}
+    result = subprocess.run([sys.executable, "-c", code], env=clean | env, capture_output=True, text=True,
                             check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return result.stdout.strip()
 
@@ -23,3 +27,31 @@ def test_entry_point_sets_passive_waiting_before_torch_loads():
 def test_a_users_own_openmp_setting_wins():
     assert probe(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE None"
     assert probe(GOMP_SPINCOUNT="100000") == "None 100000"
+
+
+HUGE_PAGE_PROBE = """
+import os, studio.__main__, torch
+x = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
+address = x.data_ptr()
+huge = 0
+with open("/proc/self/smaps") as f:
+    inside = False
+    for line in f:
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(v, 16) for v in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "AnonHugePages:":
+            huge = int(line.split()[1])
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"), huge)
+"""
+
+
+def test_large_allocations_ask_for_huge_pages_unless_the_user_says_otherwise():
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    enabled, huge_kib = probe(HUGE_PAGE_PROBE).split()
+    assert enabled == "1"
+    if setting.exists() and "[madvise]" in setting.read_text():
+        # Linux hands out huge pages on request only: torch asked for them (32 of the 64 MiB at least)
+        assert int(huge_kib) >= 32 << 10
+    assert probe(HUGE_PAGE_PROBE, THP_MEM_ALLOC_ENABLE="0").split()[0] == "0"

@@ -95,6 +95,7 @@ class _PackedWeight:
     _pack: tuple[tuple[int, int], torch.Tensor] | None = None
     _released = False  # the plain weight's storage is given back; the pack holds its values
     _release_after_pack = False  # set by prepack_for_cpu(release_dense=True)
+    _pack_layout = None  # the `_layout_key` of the input the pack was made for
 
     def _make_pack(self, weight: torch.Tensor, example: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -102,14 +103,24 @@ class _PackedWeight:
     def _raw_weight(self) -> nn.Parameter:
         return dict.__getitem__(self.__dict__["_parameters"], "weight")
 
+    def _layout_key(self, example: torch.Tensor | None):
+        """What of the input's shape the pack's layout depends on (None: nothing)."""
+        return None
+
     def _packed(self, example: torch.Tensor | None = None) -> torch.Tensor:
+        layout = self._layout_key(example) if example is not None else self._pack_layout
         if self._released:
+            if layout != self._pack_layout:  # a new input size: the same values, repacked for it
+                with torch.inference_mode(False), torch.no_grad():
+                    self._pack = (self._pack[0], self._make_pack(self._plain_values(), example))
+                self._pack_layout = layout
             return self._pack[1]
         weight = self._raw_weight()
         key = _key(weight)
-        if self._pack is None or self._pack[0] != key:
+        if self._pack is None or self._pack[0] != key or layout != self._pack_layout:
             with torch.inference_mode(False), torch.no_grad():
                 self._pack = (key, self._make_pack(weight.detach(), example))
+            self._pack_layout = layout
             if self._release_after_pack and not self.training and not weight.requires_grad:
                 self._release()
         return self._pack[1]
@@ -194,6 +205,12 @@ class PackedLinear(_PackedWeight, nn.Linear):
 
 
 class PackedConv2d(_PackedWeight, nn.Conv2d):
+    def _layout_key(self, example: torch.Tensor | None):
+        # oneDNN picks a convolution's weight layout for the input's spatial size; a pack made for another size is
+        # reordered again inside every call (SD1.5's UNet packed at a 16×16 latent ran a 32×32 one 1.35–1.75× slower,
+        # docs/numerics.md "CPU weights: packed once, held once"). The batch does not matter.
+        return tuple(example.shape[-2:]) if example is not None else None
+
     def _make_pack(self, weight: torch.Tensor, example: torch.Tensor | None) -> torch.Tensor:
         # the first call's input shape: without it, oneDNN picked layouts it reordered on every call for small layers
         shape = [list(example.shape)] if example is not None else []

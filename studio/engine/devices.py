@@ -53,7 +53,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """"auto": fp16 on a GPU, exact fp32 on the CPU (the reference every test compares against). "fast": fp16 on
-    a GPU, bf16 on a CPU that runs it natively (fp32 elsewhere); the VAE stays fp32 on the CPU (loading.py)."""
+    a GPU, bf16 on a CPU that runs it natively (fp32 elsewhere), the VAE included (docs/numerics.md)."""
     if name in ("auto", "fast"):
         # Half precision is the point of a GPU; on the CPU fp16 kernels are slow or missing (docs/numerics.md).
         if device.type in ("cuda", "mps"):

@@ -54,14 +54,10 @@ def load_model(
     if prediction is not None and model.config.prediction != prediction:
         model = model.with_prediction(prediction)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    if device.type == "cpu" and dtype != torch.float32:
-        # The VAE runs once or twice a generation, so fp32 there costs little time, and the decoded pixels differ
-        # from the fp32 reference only by what the UNet's bf16 changed (docs/numerics.md, "Fast precision").
-        model.first_stage_model.float()
     if spec != "tiny-random" and device.type == "cpu":
-        # ~2× faster float32 convolutions and linears on the CPU, and faster bf16 ones (cpu_kernels.py); each part
-        # is packed in its own precision (the VAE stays fp32 beside a bf16 UNet) on its first call, and the plain
-        # copies are given back as the packs are made: the weights sit in RAM once
+        # ~2× faster float32 convolutions and linears on the CPU, and faster bf16 ones (cpu_kernels.py); each layer
+        # is packed on its first call, and the plain copies are given back as the packs are made: the weights sit in
+        # RAM once
         for part in (model.model, model.first_stage_model, model.cond_stage_model):
             prepack_for_cpu(part, release_dense=True)
     return model

@@ -19,32 +19,21 @@ import copy
 import hashlib
 import importlib.util
 import json
-import os
 import sys
 import types
-from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .user_cache import cache_dir
 
 CONVERSION_VERSION = 1  # bump when what is traced changes: old cached IR is then not reused
-CACHE_ENV = "STUDIO_CACHE_DIR"
 INSTALL_HINT = "pip install 'diffusion-studio[openvino]'"
 
 
 def available() -> bool:
     """Whether OpenVINO is installed (without importing it: the import takes a second)."""
     return importlib.util.find_spec("openvino") is not None
-
-
-def cache_dir() -> Path:
-    """$STUDIO_CACHE_DIR, else $XDG_CACHE_HOME/diffusion-studio (~/.cache/diffusion-studio)."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "diffusion-studio"
 
 
 def _openvino():

@@ -51,6 +51,29 @@ def test_edited_weights_are_repacked():
         assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-6)
 
 
+@pytest.mark.parametrize("release", [False, True])
+def test_a_new_input_size_gets_its_own_pack_with_the_same_values(release):
+    """oneDNN lays a convolution's weight out for the input size it is packed for; after a size change the layer
+    repacks once for the new size (else oneDNN reorders the weight inside every call), from the same values."""
+    conv = torch.nn.Sequential(torch.nn.Conv2d(6, 5, 3, padding=1)).eval().requires_grad_(False)
+    plain = conv[0].weight.detach().clone()
+    prepack_for_cpu(conv, release_dense=release)
+    layer = conv[0]
+    g = torch.Generator().manual_seed(3)
+    small, large = torch.randn(2, 6, 4, 4, generator=g), torch.randn(1, 6, 12, 10, generator=g)
+    with torch.inference_mode():
+        for x, size in ((small, (4, 4)), (large, (12, 10)), (small, (4, 4))):
+            before = layer._pack[1] if layer._pack is not None else None
+            out = layer(x)
+            assert layer._pack_layout == size and layer._pack[1] is not before  # packed again, for this size
+            assert torch.allclose(out, torch.nn.functional.conv2d(x, plain, layer.bias, padding=1), atol=1e-5)
+            again = layer._pack[1]
+            layer(x[:1])  # another batch of the same size keeps the pack
+            assert layer._pack[1] is again
+    assert (raw_weight(layer).untyped_storage().nbytes() == 0) is release  # a repack does not bring the copy back
+    assert torch.equal(layer.weight, plain)
+
+
 def test_stock_path_for_training_and_other_dtypes():
     model = random_model(sd1_config(), seed=32)
     prepack_for_cpu(model)

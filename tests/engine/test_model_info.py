@@ -2,6 +2,8 @@
 
 import dataclasses
 import hashlib
+import importlib
+import json
 import os
 
 import pytest
@@ -11,7 +13,10 @@ from safetensors.torch import save_file
 from sd_checkpoint_factory import random_model, sd1_config, sd1_state_dict, sd2_config, sd2_state_dict
 from studio.engine.api import ModelInfo
 from studio.engine.loading import load_model
+from studio.engine import user_cache
 from studio.engine.model_info import file_hash, model_info
+
+model_info_module = importlib.import_module("studio.engine.model_info")  # the package exports a function of that name
 
 CPU = torch.device("cpu")
 
@@ -108,10 +113,30 @@ def test_file_hash_is_cached_per_file_version(tmp_path, monkeypatch):
     reads = []
     real_open = type(path).open
     monkeypatch.setattr(type(path), "open", lambda self, *a, **k: reads.append(self) or real_open(self, *a, **k))
-    assert file_hash(str(path)) == first and not reads  # the same file again: not read again
+    assert file_hash(str(path)) == first and path not in reads  # the same file again: not read again
     path.write_bytes(b"second version!")  # another size (and mtime): hashed anew
     os.utime(path, ns=(1, 1))
     reads.clear()  # write_bytes opened it too
-    assert file_hash(str(path)) == hashlib.sha256(b"second version!").hexdigest()[:10] and len(reads) == 1
+    assert file_hash(str(path)) == hashlib.sha256(b"second version!").hexdigest()[:10] and reads.count(path) == 1
     assert file_hash("default") is None and file_hash("tiny-random") is None
     assert file_hash(str(tmp_path)) is None and file_hash(str(tmp_path / "missing.ckpt")) is None
+
+
+def test_file_hashes_are_kept_for_the_next_start_and_a_damaged_cache_costs_only_a_rehash(tmp_path, monkeypatch):
+    monkeypatch.setenv(user_cache.CACHE_ENV, str(tmp_path / "cache"))
+    path = tmp_path / "m.ckpt"
+    path.write_bytes(b"weights")
+    expected = hashlib.sha256(b"weights").hexdigest()[:10]
+    assert file_hash(str(path)) == expected
+    monkeypatch.setattr(model_info_module, "_hashes", {})  # a new process
+    reads = []
+    real_open = type(path).open
+    monkeypatch.setattr(type(path), "open", lambda self, *a, **k: reads.append(self) or real_open(self, *a, **k))
+    assert file_hash(str(path)) == expected and path not in reads  # from the cache file, not the model file
+    saved = tmp_path / "cache" / model_info_module.HASH_FILE
+    for damage in (b"{not json", b"[1, 2]", b'{"x": 3}', b""):
+        saved.write_bytes(damage)
+        monkeypatch.setattr(model_info_module, "_hashes", {})
+        assert file_hash(str(path)) == expected and reads.count(path) == 1  # hashed again, and saved again
+        reads.clear()
+        assert json.loads(saved.read_text())[f"{path.resolve()}|{path.stat().st_size}|{path.stat().st_mtime_ns}"] == expected

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from studio.engine import Engine, GenerationRequest, UserError, available_devices
-from studio.engine import devices, openvino_unet
+from studio.engine import devices, openvino_unet, user_cache
 from studio.engine.devices import resolve_device
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(openvino_unet.CACHE_ENV, str(folder))
+        mp.setenv(user_cache.CACHE_ENV, str(folder))
         yield folder
 
 

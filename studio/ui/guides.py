@@ -68,13 +68,16 @@ def describe(guides: Iterable[Guide]) -> str:
 
 
 def guided_line(request: GenerationRequest) -> str:
-    """The history's line for a guided run ("guided: colour 10"; the mode when not forward, recurrence when on);
+    """The history's line for a guided run ("guided: colour 10"; the mode when not forward, with its backward
+    steps m where it takes them, recurrence when on);
     empty for an unguided one."""
     if not request.guides:
         return ""
     text = f"guided: {describe(request.guides)}"
-    if request.guide_mode != "forward":
+    if request.guide_mode in ("backward", "both"):  # the modes that take backward steps (m)
         text += f" · {request.guide_mode} m={request.backward_steps}"
+    elif request.guide_mode != "forward":
+        text += f" · {request.guide_mode}"
     if request.recurrence > 1:
         text += f" · k={request.recurrence}"
     return text

@@ -3,6 +3,8 @@ curve, branching with guidance switched, and the guidance settings kept across P
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent
@@ -245,5 +247,7 @@ def test_the_history_line_and_the_cost_of_a_guided_step():
                                 guide_mode="both", backward_steps=3, recurrence=2)
     assert guided_line(request) == "guided: colour 10, reference 1.5 palette · both m=3 · k=2"
     assert guided_line(GenerationRequest()) == ""
+    noisy = dataclasses.replace(request, guide_mode="noisy", recurrence=1)
+    assert guided_line(noisy) == "guided: colour 10, reference 1.5 palette · noisy"  # no backward steps in this mode
     assert guide_cost("backward", 5, 1) > guide_cost("backward", 1, 1) > 1
     assert guide_cost("forward", 5, 2) > guide_cost("forward", 5, 1) > 1

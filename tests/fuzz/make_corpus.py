@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import struct
 import sys
 from pathlib import Path
 
@@ -113,6 +114,15 @@ def diffusers_folders() -> list[tuple[str, dict[str, bytes], str]]:
     ]
 
 
+def sorted_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes them in a hash map's order,
+    which changes from process to process, and the corpus must come out the same bytes every time."""
+    length = struct.unpack("<Q", data[:8])[0]
+    header = json.dumps(json.loads(data[8:8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    assert len(header) <= length  # the same JSON, only reordered; safetensors pads with spaces
+    return data[:8] + header.ljust(length) + data[8 + length:]
+
+
 def run_files() -> list[tuple[str, bytes, str]]:
     """(name, bytes, expected) for `generate --branch corpus/runs/NAME --from-step 1`: a synthetic tiny-random run
     (deterministic tensors, no sampling) and the damaged ones of item 10."""
@@ -141,7 +151,7 @@ def run_files() -> list[tuple[str, bytes, str]]:
     def run(meta_changes=None, drop=(), extra=None):
         m = {**meta, **(meta_changes or {})}
         t = {k: v.contiguous() for k, v in {**tensors, **(extra or {})}.items() if k not in drop}
-        return save(t, metadata=m)
+        return sorted_header(save(t, metadata=m))
 
     settings = json.loads(request.to_json())
     return [
@@ -160,7 +170,7 @@ def run_files() -> list[tuple[str, bytes, str]]:
         ("request_not_json.safetensors", run({"request": "{steps: 3"}), "its request is not valid JSON"),
         ("latent_of_another_size.safetensors", run(extra={"x_t.1": torch.zeros(1, 4, 8, 9)}),
          "x_t.1 is [1, 4, 8, 9]"),
-        ("not_a_run.safetensors", save({"a": torch.zeros(1)}, metadata={"format": "pt"}),
+        ("not_a_run.safetensors", sorted_header(save({"a": torch.zeros(1)}, metadata={"format": "pt"})),
          "is not a Diffusion Studio run file"),
         ("header_deep.safetensors", safetensors_bytes(None, raw=nested(50_000)), "cannot read run file"),
     ]

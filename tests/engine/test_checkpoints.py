@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from sd_checkpoint_factory import random_model, sd1_config, sd1_state_dict, sd2_config, sd2_state_dict
-from studio.engine import archives
+from studio.engine import archives, devices
 from studio.engine.checkpoint_layout import detect_text, detect_unet, detect_vae
 from studio.engine.checkpoints import looks_like_v_prediction
 from studio.engine.loading import ModelLoadError, load_model, save_studio_file
@@ -194,12 +194,16 @@ def test_studio_file_still_opens(tmp_path):
     assert_same_weights(model, reference)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_loads_straight_into_the_target_dtype(sd1_file, dtype):
+@pytest.mark.parametrize("dtype, native_bf16, vae_dtype", [
+    (torch.bfloat16, True, torch.bfloat16),  # "fast" on a CPU that runs bf16: the VAE too (docs/numerics.md)
+    (torch.bfloat16, False, torch.float32),  # emulated bf16 convolutions are slow: the VAE stays fp32
+    (torch.float16, True, torch.float32),  # fp16 convolutions are slow or missing on the CPU
+])
+def test_loads_straight_into_the_target_dtype(sd1_file, monkeypatch, dtype, native_bf16, vae_dtype):
+    monkeypatch.setattr(devices, "cpu_runs_bf16_natively", lambda: native_bf16)
     model = load_model(str(sd1_file), CPU, dtype)
     assert {p.dtype for p in model.model.parameters()} | {p.dtype for p in model.cond_stage_model.parameters()} == {dtype}
-    # on the CPU the autoencoder stays fp32 beside a reduced-precision UNet (docs/numerics.md, "Fast precision")
-    assert {p.dtype for p in model.first_stage_model.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.first_stage_model.parameters()} == {vae_dtype}
 
 
 def test_fp16_file_loads_as_fp32(sd1, tmp_path):

@@ -84,7 +84,8 @@ def test_fast_precision_is_bf16_only_on_cpus_that_run_it_natively(monkeypatch, n
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32  # exact stays the default
 
 
-def test_bf16_on_the_cpu_runs_the_autoencoder_in_bf16_and_returns_fp32():
+def test_bf16_on_the_cpu_runs_the_autoencoder_in_bf16_and_returns_fp32(monkeypatch):
+    monkeypatch.setattr(devices, "cpu_runs_bf16_natively", lambda: True)
     model = load_model("tiny-random", torch.device("cpu"), torch.bfloat16)
     assert model.dtype == torch.bfloat16 and {p.dtype for p in model.unet.parameters()} == {torch.bfloat16}
     assert model.vae_dtype == torch.bfloat16  # half the VAE decode's time (docs/numerics.md, "Fast precision")

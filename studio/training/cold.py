@@ -39,6 +39,7 @@ CHANNELS = (24, 48, 96, 128)  # ~1.8 M parameters, ~50 ms per 64 px image for a 
 REGION_SHARES = (0.75, 0.15, 0.1)  # mask kind: object box, random painted mask, whole image
 HOLE_CAPTION_SHARE = 0.8  # mask kind, object box: the hole's object as the caption (else the whole scene's)
 HOLE_CAPTION_PLACE = 0.5  # of those, the share that also names the object's place ("… in the top left corner")
+HIGH_S_SHARE = 0.5  # mask kind: share of samples with s from the upper half T/2 … T instead of 1 … T (issue #16)
 GMM_COMPONENTS = 12
 GMM_IMAGES = 4000
 
@@ -53,6 +54,7 @@ class ColdTrainConfig:
     minutes: float = 45.0  # the cosine runs over this budget
     checkpoint_minutes: float = 3.0
     seed: int = 1600
+    high_s_share: float = 0.0  # share of s drawn from T/2 … T (draw_steps); run_cli sets HIGH_S_SHARE for mask
 
 
 def scene_batch(kind: str, rng: np.random.Generator, n: int):
@@ -132,9 +134,21 @@ def caption_vocabulary() -> tuple[str, ...]:
     return tuple(sorted(caption_words()))
 
 
+def draw_steps(n: int, steps: int, generator: torch.Generator, high_share: float = 0.0) -> torch.Tensor:
+    """s uniform in 1 … T (Bansal et al. 2022, Alg. 1's training loop), or with `high_share` of the batch from the
+    upper half T/2 … T. For the mask model those are the big holes: from s = T cold inpainting commits the hole's
+    outer rings, where the object's outline lies, from guesses that only the caption can inform (Alg. 2 sets each
+    pixel once, at the step that uncovers it), and there the shipped model still got the shape wrong (docs/cold.md)."""
+    s = torch.randint(1, steps + 1, (n,), generator=generator)
+    if high_share > 0:
+        high = torch.randint(steps // 2, steps + 1, (n,), generator=generator)
+        s = torch.where(torch.rand(n, generator=generator) < high_share, high, s)
+    return s
+
+
 def cold_loss(net: RestorationNet, degradation: Degradation, x0, captions, region, generator: torch.Generator,
-              words: tuple[str, ...]):
-    s = torch.randint(1, degradation.steps + 1, (x0.shape[0],), generator=generator)
+              words: tuple[str, ...], high_s_share: float = 0.0):
+    s = draw_steps(x0.shape[0], degradation.steps, generator, high_s_share)
     order = mask_order(region) if region is not None else None
     with torch.no_grad():
         x_s = degradation(x0, s, order)
@@ -207,7 +221,7 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
         x0, captions, region, _ = scene_batch(cfg.kind, rng, cfg.batch_size)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, elapsed)
-        loss = cold_loss(net, degradation, x0, captions, region, generator, words)
+        loss = cold_loss(net, degradation, x0, captions, region, generator, words, cfg.high_s_share)
         descend(loss, net, optimizer, ema, cfg.ema_decay)
         losses.append(loss.item())
         step += 1
@@ -254,7 +268,7 @@ def run_cli(args) -> int:
             raise UserError(f"no checkpoint {args.out / f'cold-{args.degradation}.pt'} to export")
         export_only(args.out, args.degradation, export)
         return 0
-    cfg = ColdTrainConfig(kind=args.degradation)
+    cfg = ColdTrainConfig(kind=args.degradation, high_s_share=HIGH_S_SHARE if args.degradation == "mask" else 0.0)
     changes = {"minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
                "warmup_steps": args.warmup_steps, "checkpoint_minutes": args.checkpoint_minutes}
     cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
@@ -271,5 +285,5 @@ if __name__ == "__main__":  # python -m studio.training.cold KIND MINUTES [EXPOR
 
     kind, minutes = sys.argv[1], float(sys.argv[2])
     target = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(f"resources/cold/cold-{kind}.safetensors")
-    train(replace(ColdTrainConfig(kind=kind), minutes=minutes), Path("/work/ckpt/cold"), target,
-          log=lambda line: print(line, flush=True))
+    cfg = ColdTrainConfig(kind=kind, minutes=minutes, high_s_share=HIGH_S_SHARE if kind == "mask" else 0.0)
+    train(cfg, Path("/work/ckpt/cold"), target, log=lambda line: print(line, flush=True))

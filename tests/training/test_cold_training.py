@@ -102,6 +102,27 @@ def test_mask_loss_reads_the_region_only():
     assert float(loss) == pytest.approx(5.0)
 
 
+def test_step_draws_weight_the_upper_half_when_asked():
+    uniform = cold.draw_steps(20_000, 32, torch.Generator().manual_seed(0))
+    assert int(uniform.min()) == 1 and int(uniform.max()) == 32
+    assert float((uniform >= 16).float().mean()) == pytest.approx(17 / 32, abs=0.02)
+    weighted = cold.draw_steps(20_000, 32, torch.Generator().manual_seed(0), high_share=0.5)
+    assert int(weighted.min()) == 1 and int(weighted.max()) == 32
+    # half the batch from 16 … 32, half from 1 … 32: P(s ≥ 16) = 0.5 + 0.5 · 17/32
+    assert float((weighted >= 16).float().mean()) == pytest.approx(0.5 + 0.5 * 17 / 32, abs=0.02)
+
+
+def test_the_mask_recipe_weights_big_holes_and_the_others_do_not(tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_training_commands(parser.add_subparsers())
+    seen = []
+    monkeypatch.setattr(cold, "train", lambda cfg, *a, **k: seen.append(cfg))
+    for kind in ("mask", "blur"):
+        cold.run_cli(parser.parse_args(["train", "--stage", "cold", "--degradation", kind, "--out", str(tmp_path),
+                                        "--export", str(tmp_path / "x.safetensors")]))
+    assert [cfg.high_s_share for cfg in seen] == [cold.HIGH_S_SHARE, 0.0]
+
+
 def test_a_fresh_run_can_start_from_a_model_file(tmp_path):
     first = tmp_path / "first.safetensors"
     cold.train(cold.ColdTrainConfig(kind="mask", batch_size=2), tmp_path / "a", first, log=lambda _: None,

@@ -259,7 +259,7 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
         running = value if running is None else 0.98 * running + 0.02 * value
         if time.perf_counter() - last_log > 60 or step == steps:
             last_log = time.perf_counter()
-            log(f"{name} step {step}/{steps} loss {running:.3f} scale {float(net.temperature_scale()):.1f} "
+            log(f"{name} step {step}/{steps} loss {running:.3f} scale {float(net.temperature_scale().detach()):.1f} "
                 f"lr {learning_rate(step, steps, lr):.2e} ({(time.perf_counter() - began) / 60:.1f} min this session)")
         if step % 250 == 0 or step == steps:
             save()

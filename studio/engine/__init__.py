@@ -59,7 +59,7 @@ from .images import (
     save_png,
 )
 from .guidance import DEFAULT_STRENGTH, GUIDE_KINDS, GUIDE_MODES, REFERENCE_VARIANTS, Guide, guidance_cost
-from .guidance import ALL_GUIDE_KINDS, TRAINED_GUIDE_KINDS, UNIVERSAL_MODES
+from .guidance import ALL_GUIDE_KINDS, BACKWARD_MODES, TRAINED_GUIDE_KINDS, UNIVERSAL_MODES
 from .classifier_guidance import classifier_labels
 from .masks import feather_inward, grow_mask
 from .cold import shipped_cold_models
@@ -94,7 +94,7 @@ __all__ = [
     "model_name", "load_mask", "load_rgb", "load_rgba", "guide_pictures_note",
     "parse_parameters", "read_parameters", "save_png", "GenerationRequest", "RequestError", "SAMPLER_TABLE",
     "SamplerSpec", "grow_mask", "feather_inward", "Guide", "GUIDE_KINDS", "GUIDE_MODES", "REFERENCE_VARIANTS",
-    "DEFAULT_STRENGTH", "guidance_cost", "ALL_GUIDE_KINDS", "TRAINED_GUIDE_KINDS", "UNIVERSAL_MODES",
+    "DEFAULT_STRENGTH", "guidance_cost", "ALL_GUIDE_KINDS", "TRAINED_GUIDE_KINDS", "UNIVERSAL_MODES", "BACKWARD_MODES",
     "classifier_labels", "shipped_cold_models", *_LAZY,
 ]
 

@@ -51,6 +51,7 @@ ALL_GUIDE_KINDS: tuple[GuideKind, ...] = GUIDE_KINDS + TRAINED_GUIDE_KINDS
 # classifier / CLIP guidance on z_t with the noise-aware guide, Dhariwal & Nichol's Algorithm 1 or 2 per sampler
 GUIDE_MODES: tuple[GuideMode, ...] = ("forward", "backward", "both", "noisy")
 UNIVERSAL_MODES: tuple[GuideMode, ...] = ("forward", "backward", "both")
+BACKWARD_MODES: tuple[GuideMode, ...] = ("backward", "both")  # the modes that take backward steps (m)
 REFERENCE_VARIANTS = ("layout", "palette")
 LAYOUT_POOL = 8  # "layout": compare 8×8-pixel block means (structure, not detail)
 # Each guide kind's strength s when none is given (CLI, app). Chosen on the built-in model (64 px, DDIM 25 steps,
@@ -316,7 +317,7 @@ def guide_denoiser(denoiser: "Denoiser", objective: Objective, *, mode: GuideMod
         else:
             eps_hat = guided = denoiser(x, level)
             loss_value = None
-        if mode in ("backward", "both"):
+        if mode in BACKWARD_MODES:
             z0 = predict_x0(x, guided, a)
             with torch.inference_mode(False):
                 z0 = z0.detach().clone()
@@ -354,7 +355,7 @@ def guidance_cost(mode: GuideMode, backward_steps: int, recurrence: int) -> floa
     if mode == "noisy":
         return max(1, recurrence) * NOISY_COST
     cost = FORWARD_COST if mode in ("forward", "both") else 1.0
-    if mode in ("backward", "both"):
+    if mode in BACKWARD_MODES:
         cost += BACKWARD_BASE_COST - 1.0 + backward_steps * BACKWARD_STEP_COST
     return max(1, recurrence) * cost
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .files import FileProblem, atomic_write, open_regular
+from .guidance import BACKWARD_MODES
 from .request import GenerationRequest, RequestError
 from .samplers import SAMPLER_TABLE
 
@@ -223,7 +224,7 @@ def guidance_fields(request: GenerationRequest) -> list[tuple[str, Any]]:
                        for g in request.guides)  # "classifier 2 colour=red;shape=star", 'clip 10 "a red star"'
     fields: list[tuple[str, Any]] = [("Guidance", json.dumps(guides)), ("Guidance mode", request.guide_mode),
                                      ("Guided steps", _num(request.guide_steps))]
-    if request.guide_mode != "forward":
+    if request.guide_mode in BACKWARD_MODES:
         fields.append(("Backward steps", request.backward_steps))
     if request.recurrence > 1:
         fields.append(("Recurrence", request.recurrence))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from .api import ModelInfo
+from .files import FileProblem, atomic_write
 from .model import LatentDiffusion
 from .user_cache import cache_dir
 
@@ -58,17 +57,14 @@ def _read_hash_file() -> dict[str, str]:
 
 
 def _write_hash_file(key: str, value: str) -> None:
-    """Add one hash to the file, written whole and then renamed into place (a crash never leaves half a file); a
-    cache that cannot be written is skipped."""
-    folder = cache_dir()
+    """Add one hash to the file, written whole and renamed into place (`files.atomic_write`); a cache that cannot
+    be written is skipped."""
     saved = _read_hash_file()
     saved[key] = value
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False, encoding="utf-8") as f:
-            json.dump(saved, f, indent=0)
-        os.replace(f.name, folder / HASH_FILE)
-    except OSError:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        atomic_write(cache_dir() / HASH_FILE, lambda tmp: tmp.write_text(json.dumps(saved, indent=0), encoding="utf-8"))
+    except (OSError, FileProblem):
         pass
 
 

@@ -35,8 +35,8 @@ from ..engine.tokenizer import CLIPTokenizer
 from .classifier import learning_rate, noised
 from .data import filler_vocabulary, render_scenes, to_unit
 from .descent import descend
-from .scenes import (COLOURS, fix_articles, COLOUR_WORDS, POSITION_WORDS, POSITIONS, SHAPES, SIZE_WORDS, TRAIN_NOUNS,
-                     TRAIN_NOUN_WITHOUT_SIZE, Scene, SceneObject, caption, with_filler)
+from .scenes import (COLOURS, COLOUR_WORDS, POSITION_WORDS, POSITIONS, SHAPES, SIZE_WORDS, TRAIN_NOUNS,
+                     TRAIN_NOUN_WITHOUT_SIZE, Scene, SceneObject, caption, fix_articles, with_filler)
 
 TRAIN_SEED = 8_300_000  # scenes of the CLIP's training cache (the UNet's and the classifier's used others)
 HELD_OUT_SEED = 8_400_000  # scenes its zero-shot accuracy is reported on

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import engine
-from ..engine import GUIDE_KINDS, GenerationRequest, Guide
+from ..engine import BACKWARD_MODES, GUIDE_KINDS, GenerationRequest, Guide
 from .settings_model import CLASSIFIER_LABELS
 
 KIND_LABELS = {"colour": "colour hint", "reference": "reference picture", "keep": "keep region"}
@@ -74,7 +74,7 @@ def guided_line(request: GenerationRequest) -> str:
     if not request.guides:
         return ""
     text = f"guided: {describe(request.guides)}"
-    if request.guide_mode in ("backward", "both"):  # the modes that take backward steps (m)
+    if request.guide_mode in BACKWARD_MODES:
         text += f" · {request.guide_mode} m={request.backward_steps}"
     elif request.guide_mode != "forward":
         text += f" · {request.guide_mode}"

@@ -83,3 +83,14 @@ def test_parse_parameters_reads_a1111_text():
     assert (s["steps"], s["sampler"], s["cfg"], s["seed"], s["width"], s["height"]) == (20, "euler_a", 7.0, 42, 512, 768)
     assert s["model"] == "v1-5"
     assert parse_parameters("just a prompt") == {"prompt": "just a prompt", "negative_prompt": ""}
+
+
+def test_only_the_modes_with_backward_steps_write_them_into_the_parameters():
+    from studio.engine import Guide
+    from studio.engine.images import guidance_fields
+
+    guides = (Guide("classifier", 10.0, labels=(("colour", "red"),)),)
+    for mode, has_m in (("forward", False), ("backward", True), ("both", True), ("noisy", False)):
+        fields = dict(guidance_fields(GenerationRequest(guides=guides, guide_mode=mode, backward_steps=3)))
+        assert fields["Guidance mode"] == mode
+        assert ("Backward steps" in fields) is has_m and fields.get("Backward steps", 3) == 3

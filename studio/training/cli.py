@@ -27,8 +27,9 @@ TRAIN_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "dataset_s
 
 def add_training_commands(sub) -> None:
     train = sub.add_parser("train", help="train the built-in model (stage vae, then stage unet) or its guides")
-    train.add_argument("--stage", choices=["vae", "unet", "classifier", "clip", "cold"], required=True,
-                       help="classifier: the scene classifier for classifier guidance (training/classifier.py); "
+    train.add_argument("--stage", choices=["vae", "unet", "text", "classifier", "clip", "cold"], required=True,
+                       help="text: distil the text encoder through the frozen UNet (training/text_distill.py); "
+                            "classifier: the scene classifier for classifier guidance (training/classifier.py); "
                             "clip: the scene CLIP for CLIP guidance (training/clip.py); "
                             "cold: a cold-diffusion restoration net (training/cold.py)")
     train.add_argument("--degradation", choices=["blur", "mask", "down"],
@@ -124,6 +125,10 @@ def run_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, shapes_model_config, tiny_model_config
 
     torch.set_num_threads(args.threads)
+    if args.stage == "text":  # text-encoder distillation, UNet and VAE frozen (issue #20)
+        from .text_distill import run_cli as run_text
+
+        return run_text(args)
     if args.stage == "cold":  # cold diffusion's restoration nets: their own loop (training/cold.py)
         from .cold import run_cli
 

@@ -153,7 +153,7 @@ def argv_text(text: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .engine import Engine, GenerationRequest, RequestError, Run, load_mask, load_rgb, validate
+    from .engine import Engine, GenerationRequest, RequestError, Run, is_cold_model, load_mask, load_rgb, validate
 
     _check_generate_outputs(args)  # before any work: a finished picture is never lost to a bad path
     changes = _given(args)
@@ -183,6 +183,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         validate(request)
     except RequestError as exc:
         raise CliError(str(exc)) from None
+    if not is_cold_model(request.model):  # pack the CPU weights for this size before the first step (Engine.prepare)
+        engine.prepare(request.model, request.device, request.dtype, request.width, request.height)
 
     if args.prompts_file is not None:
         prompts = _read_prompts(args.prompts_file)

@@ -224,10 +224,14 @@ class DecodeStep:
 
 @dataclass(frozen=True)
 class ProbeModel:
+    """Load a model and say what it is (ModelProbed); then, on the CPU, pack its weights for width×height pictures
+    (0: the model's own size) so the first generation does not pay for it (Engine.prepare)."""
     spec: str = "default"
     device: str = "auto"
     dtype: str = "auto"
     job_id: int = 0
+    width: int = 0
+    height: int = 0
 
 
 @dataclass(frozen=True)

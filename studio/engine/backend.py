@@ -120,6 +120,8 @@ class LocalBackend:
                 else:
                     model = self.engine.model(job.spec, job.device, job.dtype)
                     yield ModelProbed(job.job_id, model_info(model, job.spec))
+                    # the UI has its answer; a Generate sent meanwhile waits for this, which it would pay anyway
+                    self.engine.prepare(job.spec, job.device, job.dtype, job.width, job.height)
             case SaveRun():
                 self.run(job.run_id).save(job.path)
                 yield RunSaved(job.job_id, job.run_id, job.path)

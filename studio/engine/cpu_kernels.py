@@ -21,6 +21,9 @@ reads them (`_PackedWeight`).
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,31 @@ DISABLE_ENV = "STUDIO_NO_CPU_PREPACK"  # set to 1 to turn the packed kernels off
 
 
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class _PackingPass(threading.local):
+    active = False
+
+
+_packing_pass = _PackingPass()
+
+
+@contextmanager
+def packing_pass() -> Iterator[None]:
+    """Inside, a packed layer that would run its oneDNN kernel makes its pack for the input it is given and returns
+    zeros of its output's shape instead, with no arithmetic. A model's forward on zeros inside this packs every
+    layer for that input size at a fraction of a real call's cost, so a model can be made ready for a size when it
+    loads rather than inside its first generation (`Engine.prepare`; docs/numerics.md, "Packing at load")."""
+    previous, _packing_pass.active = _packing_pass.active, True
+    try:
+        yield
+    finally:
+        _packing_pass.active = previous
+
+
+def is_packed(model: nn.Module) -> bool:
+    """Whether `model` has layers swapped to the packed kind (prepack_for_cpu)."""
+    return any(isinstance(m, _PackedWeight) for m in model.modules())
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -201,6 +229,9 @@ class PackedLinear(_PackedWeight, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _usable(x, self._raw_weight()):
             return F.linear(x, self._plain_weight(), self.bias)
+        if _packing_pass.active:
+            self._packed(x)
+            return x.new_zeros(*x.shape[:-1], self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self._packed(x), self.bias, "none", [], "")
 
 
@@ -218,12 +249,22 @@ class PackedConv2d(_PackedWeight, nn.Conv2d):
             weight.to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups, *shape
         )
 
+    def _output_size(self, x: torch.Tensor) -> tuple[int, int]:
+        def side(i: int) -> int:
+            reach = self.dilation[i] * (self.kernel_size[i] - 1) + 1
+            return (x.shape[2 + i] + 2 * self.padding[i] - reach) // self.stride[i] + 1
+
+        return side(0), side(1)
+
     def _packable(self) -> bool:
         return self.padding_mode == "zeros" and not isinstance(self.padding, str)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._packable() or not _usable(x, self._raw_weight()):
             return self._conv_forward(x, self._plain_weight(), self.bias)
+        if _packing_pass.active:
+            self._packed(x)
+            return x.new_zeros(x.shape[0], self.out_channels, *self._output_size(x))
         return torch.ops.mkldnn._convolution_pointwise(
             x, self._packed(x), self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
             "none", [], "",

@@ -19,7 +19,7 @@ from .errors import UserError
 from .events import EventKind, RunEvent
 from .images import image_to_tensor, tensor_to_image
 from .limits import check_branch, check_for_model, validate_limits
-from .cpu_kernels import parameter_count
+from .cpu_kernels import is_packed, packing_pass, parameter_count
 from .loading import load_model, source_changed
 from .model import LatentDiffusion
 from .model_info import file_hash
@@ -41,7 +41,7 @@ from .guidance import (
 from .samplers import SAMPLER_TABLE, ddim_inversion
 from .tasks import Plan, check_size
 from .tasks import plan as make_plan
-from .tiling import is_out_of_memory
+from .tiling import decode_bytes, is_out_of_memory, should_tile
 from .timeline import Timeline, View
 
 ModelLoader = Callable[[str, torch.device, torch.dtype], LatentDiffusion]
@@ -162,6 +162,26 @@ class Engine:
                 model = accelerate(model, torch_dtype)
             self._loaded = (key, model)
         return self._loaded[1]
+
+    def prepare(self, spec: str, device: str = "auto", dtype: str = "auto", width: int = 0, height: int = 0) -> bool:
+        """Load the model and, on the CPU, pack its weights for `width`×`height` pictures now (0: the model's own
+        size) rather than inside the first generation, which otherwise pays for it: SD1.5 at 256 px, 2 threads,
+        ~3 s of its first UNet call in fp32 and ~1 s in bf16 (docs/numerics.md, "Packing at load"). The packing
+        pass runs the text encoder, one CFG-batch UNet call and the decoder on zeros with no convolution or linear
+        arithmetic (cpu_kernels.packing_pass). Returns whether there was anything to pack."""
+        model = self.model(spec, device, dtype)
+        if not is_packed(model):
+            return False
+        config, factor = model.config, model.downsample_factor
+        h, w = (height or config.default_size) // factor, (width or config.default_size) // factor
+        with torch.inference_mode(), packing_pass():
+            context = model.encode_text(["", ""])  # cond and uncond, as encode_prompts batches them
+            latent = torch.zeros(2, config.unet.in_channels, h, w, dtype=model.dtype, device=model.device)
+            model.unet(latent, torch.full((2,), 500.0, device=model.device), context)
+            z = torch.zeros(1, model.latent_channels, h, w, dtype=model.vae_dtype, device=model.device)
+            if not should_tile(decode_bytes(model.vae, z.shape, model.vae_dtype), model.device):
+                model.vae.decode(z)  # a tiled decode packs for its tiles when it runs
+        return True
 
     # -- generation -------------------------------------------------------------------------------------------------
     def generate(

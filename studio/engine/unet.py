@@ -90,9 +90,28 @@ class GroupNorm32(nn.GroupNorm):
     lose too many digits, and this lets fp16/bf16 weights run on devices without half GroupNorm kernels."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and self.weight is not None \
+                and self.weight.dtype == x.dtype:
+            # torch's CPU kernel reads bf16 and keeps its statistics in float32 already (its accumulate type); the
+            # float copy in and out cost 10-25x the norm itself (bf16 VAE decode at 256 px: docs/numerics.md)
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def silu_after_norm(h: torch.Tensor) -> torch.Tensor:
+    """SiLU of a norm's fresh output, in place when no gradient is recorded: the norm's output has no other reader,
+    so this saves an activation-sized allocation and write per ResBlock (the VAE decoder's are 8-33 MB each at
+    256 px). Guidance, which differentiates through the model, gets the ordinary SiLU."""
+    return F.silu(h, inplace=not torch.is_grad_enabled())
+
+
+class SiLUAfterNorm(nn.SiLU):
+    """nn.SiLU placed right after a GroupNorm32 (same checkpoint keys: it has no parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return silu_after_norm(x)
 
 
 class ResBlock(nn.Module):
@@ -101,13 +120,13 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, groups: int):
         super().__init__()
         self.in_layers = nn.Sequential(
-            GroupNorm32(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            GroupNorm32(groups, channels), SiLUAfterNorm(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         # index 2 is LDM's Dropout; kept so the second conv is out_layers.3 as in the checkpoint
         self.out_layers = nn.Sequential(
             GroupNorm32(groups, out_channels),
-            nn.SiLU(),
+            SiLUAfterNorm(),
             nn.Dropout(0.0),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
@@ -310,7 +329,9 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), nn.Conv2d(mc, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            GroupNorm32(groups, ch), SiLUAfterNorm(), nn.Conv2d(mc, config.out_channels, 3, padding=1)
+        )
 
     @property
     def downsample_factor(self) -> int:

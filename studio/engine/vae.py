@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import GroupNorm32, Upsample  # the same nearest ×2 + conv3×3 as the UNet, same key `conv`
+from .unet import GroupNorm32, Upsample, silu_after_norm  # the same nearest ×2 + conv3×3 as the UNet, same key `conv`
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(silu_after_norm(self.norm1(x)))
+        h = self.conv2(silu_after_norm(self.norm2(h)))
         return self.nin_shortcut(x) + h
 
 
@@ -153,7 +153,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_after_norm(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -185,7 +185,7 @@ class Decoder(nn.Module):
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_after_norm(self.norm_out(h)))
 
 
 class AutoencoderKL(nn.Module):

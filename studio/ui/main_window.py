@@ -589,8 +589,11 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
         self._probed_spec = spec
         self.engine_label.setText(self._loading_text(f"Loading {self.prompt_panel.model_name()}…"))
         self._show_model_pending(True)
-        panel = self.prompt_panel
-        self._probe_job = self.worker.submit(ProbeModel(spec, panel.settings_model.device, panel.settings_model.dtype))
+        panel, settings = self.prompt_panel, self.prompt_panel.settings_model
+        # the weights are packed for the picture's size when an image sets it, else for the model's own size
+        width, height = (settings.get("width"), settings.get("height")) if self.canvas.has_image() else (0, 0)
+        self._probe_job = self.worker.submit(ProbeModel(spec, settings.device, settings.dtype, width=width,
+                                                        height=height))
 
     def _loading_text(self, text: str) -> str:
         if self.prompt_panel.settings_model.device == "openvino":

@@ -125,6 +125,17 @@ def test_probe_reports_what_the_ui_needs(backend):
     assert info.prediction in ("epsilon", "v") and info.default_cfg > 0
 
 
+def test_a_probe_packs_the_model_for_the_asked_size_after_answering(backend, engine, monkeypatch):
+    """The app probes a model when it is picked; the worker then packs its CPU weights for the picture's size
+    (Engine.prepare), after the answer, so the first generation does not pay for it."""
+    calls = []
+    monkeypatch.setattr(engine, "prepare", lambda *args: calls.append(args))
+    messages = backend.execute(ProbeModel("tiny-random", "cpu", "fp32", job_id=3, width=96, height=64),
+                               threading.Event())
+    assert isinstance(next(messages), ModelProbed) and calls == []  # the UI has its answer first
+    assert list(messages) == [] and calls == [("tiny-random", "cpu", "fp32", 96, 64)]
+
+
 def test_user_mistakes_and_bugs_are_told_apart(backend, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     mistake = run_job(backend, Generate(REQUEST.replace(steps=0)))

@@ -200,3 +200,67 @@ def test_a_training_model_is_never_released():
     with torch.no_grad():
         layer(torch.randn(1, layer.in_channels, 8, 8))
     assert raw_weight(layer).untyped_storage().nbytes() > 0
+
+
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_a_packing_pass_packs_for_the_size_and_computes_nothing(stride, padding, dilation):
+    """Inside `packing_pass` a packed layer makes its pack for the input it is given and answers zeros of its real
+    output's shape; the real calls after it reuse that pack and give the stock result."""
+    conv = torch.nn.Conv2d(3, 6, 3, stride=stride, padding=padding, dilation=dilation).eval().requires_grad_(False)
+    linear = torch.nn.Linear(7, 5).eval().requires_grad_(False)
+    plain = conv.weight.detach().clone()
+    prepack_for_cpu(conv, release_dense=True)
+    prepack_for_cpu(linear, release_dense=True)
+    g = torch.Generator().manual_seed(4)
+    x, rows = torch.randn(2, 3, 11, 9, generator=g), torch.randn(6, 7, generator=g)
+    stock = torch.nn.functional.conv2d(x, plain, conv.bias, stride=stride, padding=padding, dilation=dilation)
+    with torch.inference_mode():
+        with cpu_kernels.packing_pass():
+            shaped, shaped_rows = conv(x), linear(rows)
+        assert shaped.shape == stock.shape and not shaped.any()
+        assert shaped_rows.shape == (6, 5) and not shaped_rows.any()
+        assert conv._pack_layout == (11, 9)
+        packs = conv._pack[1], linear._pack[1]
+        assert torch.allclose(conv(x), stock, atol=1e-5)
+        assert torch.allclose(linear(rows), torch.nn.functional.linear(rows, linear.weight, linear.bias), atol=1e-6)
+        assert (conv._pack[1], linear._pack[1]) == packs  # the real calls made no new pack
+
+
+def count_packs(monkeypatch) -> list[str]:
+    made = []
+    for kind in (PackedConv2d, PackedLinear):
+        original = kind._make_pack
+
+        def counting(self, weight, example, original=original, name=kind.__name__):
+            made.append(name)
+            return original(self, weight, example)
+
+        monkeypatch.setattr(kind, "_make_pack", counting)
+    return made
+
+
+def test_a_prepared_model_makes_no_pack_in_its_first_generation(monkeypatch, tmp_path):
+    """Engine.prepare (run by the CLI before generating and by the app's worker after loading a model) packs every
+    layer for the size, so the first generation's steps make no pack and give the same picture."""
+    from safetensors.torch import save_file
+
+    from sd_checkpoint_factory import sd1_state_dict
+    from studio.engine import Engine, GenerationRequest
+
+    path = tmp_path / "tiny-sd1.safetensors"
+    save_file(sd1_state_dict(random_model(sd1_config(), seed=8)), str(path))
+    request = GenerationRequest(prompt="a red circle", model=str(path), steps=3, width=64, height=64, cfg=3.0,
+                                seed=2, device="cpu", dtype="fp32")
+    lazy = Engine().run(request).image
+    engine = Engine()
+    made = count_packs(monkeypatch)
+    assert engine.prepare(str(path), "cpu", "fp32", 64, 64)
+    assert "PackedConv2d" in made and "PackedLinear" in made
+    made.clear()
+    prepared = engine.run(request).image
+    assert made == []  # every layer was packed for this size before the first step
+    assert (prepared == lazy).all()
+    assert engine.prepare(str(path), "cpu", "fp32", 64, 64) and made == []  # twice costs no packing
+    engine.run(request.replace(width=96, height=96))
+    assert "PackedConv2d" in made  # another size packs again, as it did before prepare existed
+    assert not Engine().prepare("tiny-random", "cpu", "fp32")  # nothing packed (tiny-random is never prepacked)

@@ -10,7 +10,7 @@ from typing import Callable
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QWidget
+from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QWidget
 
 
 class Level(Enum):
@@ -114,6 +114,10 @@ class MessageBar(QFrame):
             button.setObjectName("messageAction" + "".join(part.capitalize() for part in label.split()))
             button.clicked.connect(lambda _=False, cb=callback: self._run_action(cb))
             self._actions_layout.addWidget(button)
+            # a raised button draws its own light face: the bar's light text colour left its label invisible
+            own = button.palette()
+            own.setColor(QPalette.ColorRole.ButtonText, QApplication.palette().color(QPalette.ColorRole.ButtonText))
+            button.setPalette(own)
         self._place()
         self.show()
         if timeout_ms is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ..engine import GenerationRequest
@@ -71,6 +71,11 @@ class PromptPanel(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # with no horizontal scroll bar, settings wider than the dock were cut off on the right (opening Guidance
+        # did it): the scroll area asks for the settings' own minimum width, so the dock makes room for them
+        self._scroll, self._body = scroll, body
+        body.installEventFilter(self)
+        self._fit_settings_width()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 8, 8, 8)
         layout.setSpacing(6)
@@ -81,6 +86,15 @@ class PromptPanel(QWidget):
         layout.addWidget(self.prompt_section)
         layout.addWidget(scroll, 1)
         layout.addWidget(self.run_buttons)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self._body and event.type() == QEvent.Type.LayoutRequest:
+            self._fit_settings_width()
+        return False
+
+    def _fit_settings_width(self) -> None:
+        bar = self._scroll.verticalScrollBar().sizeHint().width()
+        self._scroll.setMinimumWidth(self._body.minimumSizeHint().width() + bar)
 
     def _name_controls(self) -> None:
         """The controls under the names they have always had here (tests and scripts reach them so)."""

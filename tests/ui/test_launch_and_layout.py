@@ -1,7 +1,7 @@
 import json
 
 from PySide6.QtCore import QPoint, QRect, QSettings, Qt
-from PySide6.QtWidgets import QApplication, QScrollArea
+from PySide6.QtWidgets import QApplication, QScrollArea, QToolButton, QWidget
 from ui_helpers import GENERATION_TIMEOUT_MS, paint_stroke, sample_image
 
 from studio.engine import LocalBackend, ModelProbed
@@ -128,3 +128,18 @@ def test_inpainting_options_come_into_view_with_the_first_stroke(window, qtbot):
     viewport = panel.findChild(QScrollArea, "promptScroll").viewport()
     assert panel.inpaint_box.isVisible()
     assert inside(panel.fill, viewport) and inside(panel.inpaint_mode, viewport)
+
+
+def test_the_settings_column_fits_its_dock_with_the_guidance_section_open(window, qtbot):
+    """Opening Guidance must not widen the scrolled settings past the dock: the horizontal scroll bar is off, so
+    anything wider was cut off on the right (the Model and Sampler boxes, the classifier's label boxes)."""
+    at_minimum_size(window, qtbot)
+    scroll = window.prompt_panel.findChild(QScrollArea, "promptScroll")
+    toggle = window.findChild(QToolButton, "guidanceToggle")
+    if not toggle.isChecked():
+        qtbot.mouseClick(toggle, Qt.MouseButton.LeftButton)
+    settle(qtbot)
+    body = scroll.widget()
+    assert window.findChild(QWidget, "guidanceBody").isVisible()
+    assert body.minimumSizeHint().width() <= scroll.viewport().width()
+    assert body.width() <= scroll.viewport().width()

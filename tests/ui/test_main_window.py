@@ -64,6 +64,21 @@ def test_message_bar_levels_and_actions(window):
     assert clicked == [1] and not bar.isVisible()
 
 
+def test_message_bar_buttons_are_readable_on_every_level(window):
+    """The bar draws light text on a dark band; its buttons draw their own light face, so their labels must not
+    take the bar's light text colour (the Restore / Discard buttons of a saved session were blank)."""
+    from PySide6.QtGui import QPalette
+
+    bar = window.message_bar
+    for show in (bar.info, bar.success, bar.warning, bar.error):
+        show("A question", actions=[("Restore", lambda: None), ("Discard", lambda: None)])
+        for button in bar.action_buttons():
+            palette = button.palette()
+            text, face = (palette.color(QPalette.ColorRole.ButtonText), palette.color(QPalette.ColorRole.Button))
+            assert abs(text.lightnessF() - face.lightnessF()) > 0.4, (show.__name__, button.text())
+        bar.dismiss()
+
+
 def test_cfg_follows_the_model_until_the_user_chooses_one(qtbot, tmp_path):
     import dataclasses
 

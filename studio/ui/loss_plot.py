@@ -16,6 +16,25 @@ LOSS_COLOUR = QColor(120, 200, 120)
 CURRENT_COLOUR = QColor(255, 170, 60)  # the σ plot's marker colour
 
 
+def axis_text(value: float) -> str:
+    """A loss for the left margin in at most four characters (the σ plot's "10.0" sets the margin, so the two
+    plots' axes line up): "%.2g" wrote 120 as "1.2e+02", cut to "e+02" by the margin."""
+    size = abs(value)
+    sign = "-" if value < 0 else ""
+    if size == 0:
+        return "0"
+    if 0.1 <= size < 10:
+        return sign + f"{size:.2f}".rstrip("0").rstrip(".")[:4]
+    if 10 <= size < 1000:
+        return sign + f"{size:.0f}"
+    for unit, scale in (("k", 1e3), ("M", 1e6), ("G", 1e9)):
+        if scale <= size < 1000 * scale:
+            short = f"{size / scale:.1f}" if size < 10 * scale else f"{size / scale:.0f}"
+            return sign + short.removesuffix(".0") + unit
+    mantissa, exponent = f"{size:.0e}".split("e")
+    return f"{sign}{mantissa}e{int(exponent)}"
+
+
 class LossPlot(QWidget):
     stepClicked = Signal(int)
 
@@ -94,7 +113,7 @@ class LossPlot(QWidget):
         painter.setPen(palette.color(palette.ColorRole.PlaceholderText))
         for value, top in ((max(values), True), (min(values), False)):
             box = QRectF(0, rect.top() if top else rect.bottom() - metrics.height(), rect.left() - 4, metrics.height())
-            painter.drawText(box, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{value:.2g}")
+            painter.drawText(box, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, axis_text(value))
         caption = "loss ℓ" + (" (log)" if log else "")
         corner = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignBottom
         painter.drawText(rect.adjusted(4, 2, -4, -2), corner, caption)

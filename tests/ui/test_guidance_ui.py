@@ -251,3 +251,20 @@ def test_the_history_line_and_the_cost_of_a_guided_step():
     assert guided_line(noisy) == "guided: colour 10, reference 1.5 palette · noisy"  # no backward steps in this mode
     assert guide_cost("backward", 5, 1) > guide_cost("backward", 1, 1) > 1
     assert guide_cost("forward", 5, 2) > guide_cost("forward", 5, 1) > 1
+
+
+def test_the_loss_axis_labels_fit_the_margin_the_sigma_plot_sets(window):
+    """The loss plot's range labels sit in a margin as wide as "10.0" (the σ plot's, so the axes line up): every
+    loss from 1e-9 to 1e14 gets a label that fits, and one that still reads as its value."""
+    from studio.ui.loss_plot import axis_text
+
+    plot = window.timeline.loss_plot
+    room = plot._plot_rect().left() - 4
+    for exponent in range(-9, 15):
+        for mantissa in (1.0, 1.23, 4.5, 9.99):
+            value = mantissa * 10.0**exponent
+            text = axis_text(value)
+            assert plot.fontMetrics().horizontalAdvance(text) <= room, (value, text)
+            number = float(text.replace("k", "e3").replace("M", "e6").replace("G", "e9"))
+            assert abs(number - value) <= 0.5 * value, (value, text)  # the right order of magnitude at least
+    assert axis_text(120.0) == "120" and axis_text(0.25) == "0.25" and axis_text(1234.0) == "1.2k"

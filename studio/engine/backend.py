@@ -73,7 +73,7 @@ class LocalBackend:
             if generation:
                 yield from self._generation(job, cancel, current)
             else:
-                yield from self._other(job)
+                yield from self._other(job, cancel)
         except Exception as exc:
             internal = not isinstance(exc, UserError)
             message = report_internal_error(exc, _doing(job)) if internal else str(exc)
@@ -106,7 +106,7 @@ class LocalBackend:
             yield _message(event)
 
     # -- everything else ----------------------------------------------------------------------------------------------
-    def _other(self, job: Job) -> Iterator[Message]:
+    def _other(self, job: Job, cancel: threading.Event) -> Iterator[Message]:
         match job:
             case DecodeStep():
                 image = self.engine.decode_step(self.run(job.run_id), job.index, job.view)
@@ -120,8 +120,14 @@ class LocalBackend:
                 else:
                     model = self.engine.model(job.spec, job.device, job.dtype)
                     yield ModelProbed(job.job_id, model_info(model, job.spec))
-                    # the UI has its answer; a Generate sent meanwhile waits for this, which it would pay anyway
-                    self.engine.prepare(job.spec, job.device, job.dtype, job.width, job.height)
+                    # the UI has its answer; a Generate sent meanwhile waits for this, which it would pay anyway. Only a
+                    # speed-up: skipped when the app is closing, and a failure leaves the packing to the first
+                    # generation, which reports any real problem (out of memory, say) to the user
+                    if not cancel.is_set():
+                        try:
+                            self.engine.prepare(job.spec, job.device, job.dtype, job.width, job.height)
+                        except (RuntimeError, MemoryError):
+                            pass
             case SaveRun():
                 self.run(job.run_id).save(job.path)
                 yield RunSaved(job.job_id, job.run_id, job.path)

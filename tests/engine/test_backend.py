@@ -134,6 +134,18 @@ def test_a_probe_packs_the_model_for_the_asked_size_after_answering(backend, eng
                                threading.Event())
     assert isinstance(next(messages), ModelProbed) and calls == []  # the UI has its answer first
     assert list(messages) == [] and calls == [("tiny-random", "cpu", "fp32", 96, 64)]
+    cancel = threading.Event()
+    closing = backend.execute(ProbeModel("tiny-random", "cpu", "fp32", job_id=4), cancel)
+    assert isinstance(next(closing), ModelProbed)
+    cancel.set()  # the app is closing: the worker cancels its current job
+    assert list(closing) == [] and len(calls) == 1  # no packing pass to wait for
+
+    def out_of_memory(*args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(engine, "prepare", out_of_memory)
+    answers = list(backend.execute(ProbeModel("tiny-random", "cpu", "fp32", job_id=5), threading.Event()))
+    assert [type(a) for a in answers] == [ModelProbed]  # the probe still succeeds; the first generation packs
 
 
 def test_user_mistakes_and_bugs_are_told_apart(backend, tmp_path, monkeypatch):

@@ -30,10 +30,19 @@ class ColdConfig:
     size: int = 64  # image side, px
     channels: tuple[int, ...] = (32, 64, 96, 128)  # per resolution 64, 32, 16, 8 px
     vocabulary: int = 0  # caption token ids (0: unconditional)
+    # share of captions emptied in training (training/cold.py, CAPTION_DROPOUT): > 0 means R(x_s, s, ∅) was learned,
+    # so classifier-free guidance (guided_x0) means something; older files read as 0 and ignore the CFG scale
+    caption_dropout: float = 0.0
+    # the guidance scale w the model was tuned with (guided_x0; 1: one call, no guidance): its default CFG
+    guidance: float = 1.0
     # GMM over training images' per-channel means in [−1, 1] (§5.1: the start x_T of generation from blur)
     gmm_weights: tuple[float, ...] = ()
     gmm_means: tuple[tuple[float, ...], ...] = ()
     gmm_stds: tuple[tuple[float, ...], ...] = ()  # diagonal
+
+    @property
+    def guidable(self) -> bool:
+        return self.vocabulary > 0 and self.caption_dropout > 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -130,6 +139,29 @@ class RestorationNet(nn.Module):
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = block(torch.cat([h, skip], dim=1), emb)
         return x_s + self.out(F.silu(self.out_norm(h)))
+
+
+def null_tokens(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """EmbeddingBag input of n empty captions: id 0 each, the condition ∅ of caption dropout (training/cold.py)."""
+    return torch.zeros(n, dtype=torch.long), torch.arange(n, dtype=torch.long)
+
+
+def guided_x0(net: RestorationNet, x_s: torch.Tensor, s: torch.Tensor, extra: torch.Tensor | None,
+              tokens: torch.Tensor | None, offsets: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """x̂0 = R(x_s, s, ∅) + w·(R(x_s, s, c) − R(x_s, s, ∅)): classifier-free guidance (Ho & Salimans 2022, eq. 6)
+    applied to the x0-prediction instead of ε; w = 1 is the one plain call. Both calls run as one batch of 2n.
+    The guided x̂0 is clipped to the pixel range [−1, 1]: for w > 1 it overshoots, and the cold samplers put x̂0
+    itself into the picture (Alg. 2 commits each pixel of a masked ring from it)."""
+    if scale == 1.0 or tokens is None or net.words is None:
+        return net(x_s, s, extra, tokens, offsets)
+    n = x_s.shape[0]
+    s = s.reshape(-1).expand(n) if s.numel() == 1 else s
+    empty_ids, empty_offsets = null_tokens(n)
+    ids = torch.cat([tokens, empty_ids.to(tokens.device)])
+    bags = torch.cat([offsets, empty_offsets.to(offsets.device) + tokens.numel()])
+    both = net(torch.cat([x_s, x_s]), torch.cat([s, s]), None if extra is None else torch.cat([extra, extra]), ids, bags)
+    conditional, unconditional = both.chunk(2)
+    return (unconditional + scale * (conditional - unconditional)).clamp(-1, 1)
 
 
 # ---- the model file: safetensors, the ColdConfig as JSON in its metadata --------------------------------------

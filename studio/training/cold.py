@@ -40,6 +40,10 @@ REGION_SHARES = (0.75, 0.15, 0.1)  # mask kind: object box, random painted mask,
 HOLE_CAPTION_SHARE = 0.8  # mask kind, object box: the hole's object as the caption (else the whole scene's)
 HOLE_CAPTION_PLACE = 0.5  # of those, the share that also names the object's place ("… in the top left corner")
 HIGH_S_SHARE = 0.5  # mask kind: share of samples with s from the upper half T/2 … T instead of 1 … T (issue #16)
+# mask kind: share of captions emptied, so that R also learns R(x_s, s, ∅) for classifier-free guidance. 0 in the
+# recipe: 0.12 was measured (issue #16, 553 steps from the shipped weights) and neither the fine-tune nor any
+# guidance scale beat the shipped weights (model card), which were trained without it
+CAPTION_DROPOUT = 0.0
 GMM_COMPONENTS = 12
 GMM_IMAGES = 4000
 
@@ -55,6 +59,10 @@ class ColdTrainConfig:
     checkpoint_minutes: float = 3.0
     seed: int = 1600
     high_s_share: float = 0.0  # share of s drawn from T/2 … T (draw_steps); run_cli sets HIGH_S_SHARE for mask
+    # share of captions replaced by "" (id 0, "no known word"): the unconditional R(x_s, s, ∅) that classifier-free
+    # guidance needs (Ho & Salimans 2022 §3.2 drop the condition with a fixed probability); run_cli sets
+    # CAPTION_DROPOUT for mask
+    caption_dropout: float = 0.0
 
 
 def scene_batch(kind: str, rng: np.random.Generator, n: int):
@@ -79,6 +87,11 @@ def scene_batch(kind: str, rng: np.random.Generator, n: int):
                 regions.append(np.ones((CANVAS, CANVAS), bool))
     region = torch.from_numpy(np.stack(regions)[:, None].astype(np.float32)) if regions else None
     return to_unit(images), captions, region, scenes
+
+
+def drop_captions(captions: list[str], rng: np.random.Generator, share: float) -> list[str]:
+    """Each caption emptied with probability `share` (caption_tokens reads "" as id 0, the null condition)."""
+    return [("" if rng.random() < share else text) for text in captions]
 
 
 def hole_caption(obj, rng: np.random.Generator, held_out: bool = False) -> str:
@@ -190,6 +203,8 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
         state, config, step, elapsed = None, start.config, 0, 0.0
     else:
         state, config, step, elapsed = None, model_config(cfg.kind, cfg.seed, tiny), 0, 0.0
+    if state is None and cfg.caption_dropout > 0:  # the file says R(x_s, s, ∅) was learned (ColdConfig.guidable)
+        config = replace(config, caption_dropout=cfg.caption_dropout)
     net = RestorationNet(config)
     ema = RestorationNet(config)
     if state is None and init is not None:
@@ -219,6 +234,8 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
         rng = np.random.default_rng([cfg.seed, step])
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         x0, captions, region, _ = scene_batch(cfg.kind, rng, cfg.batch_size)
+        if cfg.caption_dropout > 0:
+            captions = drop_captions(captions, rng, cfg.caption_dropout)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, elapsed)
         loss = cold_loss(net, degradation, x0, captions, region, generator, words, cfg.high_s_share)
@@ -268,7 +285,9 @@ def run_cli(args) -> int:
             raise UserError(f"no checkpoint {args.out / f'cold-{args.degradation}.pt'} to export")
         export_only(args.out, args.degradation, export)
         return 0
-    cfg = ColdTrainConfig(kind=args.degradation, high_s_share=HIGH_S_SHARE if args.degradation == "mask" else 0.0)
+    mask = args.degradation == "mask"
+    cfg = ColdTrainConfig(kind=args.degradation, high_s_share=HIGH_S_SHARE if mask else 0.0,
+                          caption_dropout=CAPTION_DROPOUT if mask else 0.0)
     changes = {"minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
                "warmup_steps": args.warmup_steps, "checkpoint_minutes": args.checkpoint_minutes}
     cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
@@ -285,5 +304,6 @@ if __name__ == "__main__":  # python -m studio.training.cold KIND MINUTES [EXPOR
 
     kind, minutes = sys.argv[1], float(sys.argv[2])
     target = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(f"resources/cold/cold-{kind}.safetensors")
-    cfg = ColdTrainConfig(kind=kind, minutes=minutes, high_s_share=HIGH_S_SHARE if kind == "mask" else 0.0)
+    cfg = ColdTrainConfig(kind=kind, minutes=minutes, high_s_share=HIGH_S_SHARE if kind == "mask" else 0.0,
+                          caption_dropout=CAPTION_DROPOUT if kind == "mask" else 0.0)
     train(cfg, Path("/work/ckpt/cold"), target, log=lambda line: print(line, flush=True))

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ..engine.cold import Degradation, mask_order
-from ..engine.cold_model import caption_tokens, load_cold_file
+from ..engine.cold_model import caption_tokens, guided_x0, load_cold_file
 from ..engine.cold_pipeline import cold_model_path, gmm_start
-from ..engine.samplers import cold_improved, cold_naive
+from ..engine.samplers import Step, cold_improved, cold_naive
 from ..engine.schedules import NoiseLevel
 from .data import object_mask, to_unit
 from .detector import detect
@@ -34,14 +34,15 @@ FLAT_BORDER = 30.0  # RGB distance: a border pixel this far from the border's me
 class BatchRestorer:
     """R and D for a batch (each image its own caption and masking order), in the samplers' denoiser form."""
 
-    def __init__(self, net, words, degradation: Degradation, captions=None, order=None, known=None):
-        self.net, self.degradation, self.order, self.known = net, degradation, order, known
+    def __init__(self, net, words, degradation: Degradation, captions=None, order=None, known=None,
+                 guidance: float = 1.0):
+        self.net, self.degradation, self.order, self.known, self.guidance = net, degradation, order, known, guidance
         self.tokens = caption_tokens(captions, words) if net.config.vocabulary and captions else (None, None)
 
     def __call__(self, x, level):
         s = torch.full((x.shape[0],), int(level.timestep), dtype=torch.long)
         extra = self.degradation.mask(s, self.order) if self.degradation.kind == "mask" else None
-        x0 = self.net(x, s, extra, *self.tokens)
+        x0 = guided_x0(self.net, x, s, extra, *self.tokens, self.guidance)
         if self.known is not None:
             x0 = torch.where(self.order < 1.5, x0, self.known)
         return x0
@@ -97,15 +98,16 @@ def held_out(kind: str, n: int, seed: int = HELD_OUT_SEED):
     return np.stack(images), captions, scenes, which, region
 
 
-def restoration(kind: str, n: int = 64, log=print, model: str | None = None) -> dict:
+def restoration(kind: str, n: int = 64, log=print, model: str | None = None, guidance: float | None = None) -> dict:
     net, words = load_cold_file(cold_model_path(model or f"cold-{kind}"))
     cfg = net.config
+    guidance = cfg.guidance if guidance is None else guidance
     d = Degradation(cfg.kind, cfg.steps, cfg.size)
     images, captions, _, _, region = held_out(kind, n)
     x0 = to_unit(images)
     order = mask_order(region) if kind == "mask" else None
     known = x0 if kind == "mask" else None
-    r = BatchRestorer(net, words, d, captions, order, known)
+    r = BatchRestorer(net, words, d, captions, order, known, guidance)
     result = {}
     for s in (cfg.steps // 2, cfg.steps):
         x_s = d(x0, s, order)
@@ -166,6 +168,29 @@ def hybrid(naive_steps: int):
     return sample
 
 
+def perturbed_naive(scale: float, seed: int = 0, until: int = 0):
+    """Algorithm 1 with noise at each step: x_{s'} = D(x̂0, s') + scale·n, n = D(ε, s') rescaled to unit std per
+    image (ε ~ N(0, I) fresh at each step with s' ≥ `until`): noise blurred to the level R reads next, never the
+    white noise it never saw. The start's noise cannot break Alg. 1's symmetry (R reads a flat x_T's colour only,
+    docs/cold.md); noise at later steps reaches R where x_s already has structure, so its shape choice depends on
+    more than the start colour. A measurement for the generation-diversity target, not an app sampler."""
+
+    def sample(denoiser, x, levels, start: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        for i in range(start, len(levels) - 1):
+            level, nxt = levels[i], levels[i + 1]
+            x0 = denoiser(x, level)
+            x_next = denoiser.degrade(x0, nxt)
+            if nxt.timestep >= max(until, 1):
+                low = denoiser.degrade(torch.randn(x0.shape, generator=generator), nxt)
+                x_next = x_next + scale * low / low.std(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
+            yield Step(i, level, nxt, x, x0, denoiser.degrade(x0, level) - x_next, x_next)
+            x = x_next
+
+    sample.__name__ = f"perturbed_naive_{scale:g}_from_{until}"
+    return sample
+
+
 def generation(n: int = 100, noise: float = 0.002, sampler=cold_improved, seed: int = 0, log=print,
                save: Path | None = None, noise_kind: str = "white") -> dict:
     """`seed` 0 is the evaluation's; tune on other seeds (the model card's sweep used seed 1)."""
@@ -196,13 +221,15 @@ def generation(n: int = 100, noise: float = 0.002, sampler=cold_improved, seed: 
 
 
 def inpainting(n: int = 40, sampler=cold_improved, log=print, prompt: str = "hole", model: str = "cold-mask",
-               seed: int = HELD_OUT_SEED + 1) -> dict:
+               seed: int = HELD_OUT_SEED + 1, guidance: float | None = None) -> dict:
     """`prompt` "hole": the held-out noun phrase and place of the object under the hole, what a user types for the
     hole ("a heart in green in the bottom left corner"); "scene": the whole scene's held-out caption (every object,
     the background), which a bag of words cannot tie to the hole in a two-object scene. `seed`: the model card's 40
-    cases by default; another seed gives a fresh set, to check a checkpoint chosen on the card's cases."""
+    cases by default; another seed gives a fresh set, to check a checkpoint chosen on the card's cases.
+    `guidance`: the CFG scale w on x̂0 (cold_model.guided_x0); None: the model's own (ColdConfig.guidance)."""
     net, words = load_cold_file(cold_model_path(model))
     cfg = net.config
+    guidance = cfg.guidance if guidance is None else guidance
     d = Degradation(cfg.kind, cfg.steps, cfg.size)
     images, captions, scenes, which, region = held_out("mask", n, seed=seed)
     if prompt == "hole":
@@ -210,7 +237,7 @@ def inpainting(n: int = 40, sampler=cold_improved, log=print, prompt: str = "hol
         captions = [hole_caption(scene.objects[i], rng, held_out=True) for scene, i in zip(scenes, which)]
     x0 = to_unit(images)
     order = mask_order(region)
-    r = BatchRestorer(net, words, d, captions, order, x0)
+    r = BatchRestorer(net, words, d, captions, order, x0, guidance)
     out = to_u8(run_sampler(sampler, r, d(x0, cfg.steps, order), cfg.steps, cfg.steps))
     keep = region[:, 0].numpy() < 0.5
     unchanged = all(np.array_equal(out[i][keep[i]], images[i][keep[i]]) for i in range(n))
@@ -221,7 +248,7 @@ def inpainting(n: int = 40, sampler=cold_improved, log=print, prompt: str = "hol
         hits += any(obj.shape == target.shape and obj.colour == target.colour for obj in found)
         colour_hits += any(obj.colour == target.colour for obj in found)
         shape_hits += any(obj.shape == target.shape for obj in found)
-    result = {"cases": n, "seed": seed, "sampler": sampler.__name__, "prompt": prompt,
+    result = {"cases": n, "seed": seed, "sampler": sampler.__name__, "prompt": prompt, "guidance": guidance,
               "object (shape and colour) back in the hole": hits / n, "colour back in the hole": colour_hits / n,
               "shape back in the hole": shape_hits / n, "unmasked pixels unchanged": unchanged,
               "example prompt": captions[0]}

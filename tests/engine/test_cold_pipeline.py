@@ -162,3 +162,59 @@ def test_the_backend_probes_a_cold_model_and_decodes_its_steps(tmp_path):
     engine = Engine()
     run = engine.run(GenerationRequest(model=path, sampler="cold_improved", steps=3))
     assert engine.decode_step(run, 1, "x0").shape == (64, 64, 3)
+
+
+def test_guidance_on_x0_is_eq_6_and_scale_one_is_the_plain_call():
+    from studio.engine.cold_model import caption_tokens, guided_x0, null_tokens
+
+    torch.manual_seed(0)
+    net = RestorationNet(ColdConfig(kind="mask", steps=4, channels=(8, 16), vocabulary=len(WORDS) + 1)).eval()
+    with torch.no_grad():
+        net.words.weight.mul_(20)  # a caption that moves x̂0 visibly
+    x, s, extra = torch.randn(3, 3, 64, 64) * 0.3, torch.tensor([2, 3, 4]), torch.rand(3, 1, 64, 64)
+    ids, offsets = caption_tokens(["a red circle", "blue", "nothing known"], WORDS)
+    with torch.no_grad():
+        conditional, unconditional = net(x, s, extra, ids, offsets), net(x, s, extra, *null_tokens(3))
+        assert not torch.allclose(conditional, unconditional)
+        assert torch.equal(guided_x0(net, x, s, extra, ids, offsets, 1.0), conditional)
+        for w in (0.0, 3.0):  # Ho & Salimans 2022 eq. 6 on x̂0, clipped to the pixel range
+            expected = (unconditional + w * (conditional - unconditional)).clamp(-1, 1)
+            torch.testing.assert_close(guided_x0(net, x, s, extra, ids, offsets, w), expected, atol=1e-5, rtol=0)
+        # one s for the batch reads as that s for every image; an unconditional call ignores the scale
+        torch.testing.assert_close(guided_x0(net, x, torch.tensor(3), extra, ids, offsets, 3.0),
+                                   guided_x0(net, x, torch.tensor([3, 3, 3]), extra, ids, offsets, 3.0))
+        assert torch.equal(guided_x0(net, x, s, extra, None, None, 3.0), net(x, s, extra))
+
+
+def test_the_cfg_scale_guides_a_model_trained_with_caption_dropout_and_is_its_default(tmp_path):
+    from studio.engine.cold_pipeline import cold_model_info
+
+    before = tiny_model(tmp_path, kind="mask", steps=6)  # no caption dropout: R(x_s, s, ∅) was never learned
+    net, words = load_cold_file(before)
+    dropout = tmp_path / "dropout.safetensors"
+    config = ColdConfig.from_json({**net.config.to_json(), "caption_dropout": 0.12, "guidance": 2.5})
+    guided_net = RestorationNet(config)
+    guided_net.load_state_dict(net.state_dict())
+    save_cold_file(guided_net, words, dropout, dtype=torch.float32)
+    mask = np.zeros((64, 64), np.float32)
+    mask[10:40, 20:50] = 1
+    request = GenerationRequest(sampler="cold_improved", steps=6, init_image=picture(2), mask=mask,
+                                prompt="a blue square", cfg=1.0)
+    engine = Engine()
+    plain, guided = engine.run(request.replace(model=str(dropout))), engine.run(request.replace(model=str(dropout), cfg=4.0))
+    keep = mask < 0.5
+    assert np.array_equal(guided.image[keep], picture(2)[keep])  # guidance changes only the hole
+    assert not np.array_equal(plain.image, guided.image)
+    assert np.array_equal(engine.run(request.replace(model=before)).image,
+                          engine.run(request.replace(model=before, cfg=4.0)).image)
+    assert cold_model_info(before).default_cfg == 1.0 and cold_model_info(str(dropout)).default_cfg == 2.5
+
+
+def test_an_unconditional_cold_model_ignores_the_cfg_scale(tmp_path):
+    net, _ = load_cold_file(tiny_model(tmp_path))
+    path = tmp_path / "no-caption.safetensors"
+    unconditional = RestorationNet(ColdConfig.from_json({**net.config.to_json(), "vocabulary": 0}))
+    save_cold_file(unconditional, (), path, dtype=torch.float32)
+    request = GenerationRequest(model=str(path), sampler="cold_naive", steps=4, seed=5, cfg=1.0)
+    engine = Engine()
+    assert np.array_equal(engine.run(request).image, engine.run(request.replace(cfg=7.5)).image)

@@ -42,3 +42,19 @@ def test_low_frequency_start_noise():
     # neighbouring pixels: independent in white noise, nearly equal in the low-frequency one
     assert (white[..., 1:] - white[..., :-1]).abs().mean() > 1.0
     assert (low[..., 1:] - low[..., :-1]).abs().mean() < 0.1
+
+
+def test_perturbed_naive_adds_blurred_unit_noise_only_down_to_its_last_level():
+    d = Degradation("blur", 8)
+    x = d(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), 8) + 0.05
+    levels = cold_eval.grid(8, 8)
+    naive = list(cold_naive(Dummy(d), x, levels))
+    torch.testing.assert_close(list(cold_eval.perturbed_naive(0.0)(Dummy(d), x, levels))[-1].x_next, naive[-1].x_next)
+    steps = list(cold_eval.perturbed_naive(0.1, seed=3, until=5)(Dummy(d), x, levels))
+    for step in steps:  # x_{s'} = D(x̂0, s') + 0.1·n, n of unit std per image, for s' ≥ 5 only
+        extra = step.x_next - d(step.x0_pred, int(step.next_level.timestep))
+        if step.next_level.timestep >= 5:
+            torch.testing.assert_close(extra.std(dim=(1, 2, 3)), torch.full((2,), 0.1))
+        else:
+            assert float(extra.abs().max()) == 0.0
+    torch.testing.assert_close(steps[-1].x_next, steps[-1].x0_pred)  # the last step: D(x̂0, 0) = x̂0, no noise

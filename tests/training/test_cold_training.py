@@ -121,6 +121,28 @@ def test_the_mask_recipe_weights_big_holes_and_the_others_do_not(tmp_path, monke
         cold.run_cli(parser.parse_args(["train", "--stage", "cold", "--degradation", kind, "--out", str(tmp_path),
                                         "--export", str(tmp_path / "x.safetensors")]))
     assert [cfg.high_s_share for cfg in seen] == [cold.HIGH_S_SHARE, 0.0]
+    assert [cfg.caption_dropout for cfg in seen] == [cold.CAPTION_DROPOUT, 0.0]
+    assert cold.CAPTION_DROPOUT == 0.0  # the shipped cold-mask's recipe (model card); the option is measured there
+
+
+def test_caption_dropout_empties_the_asked_share_to_the_null_caption():
+    from studio.engine.cold_model import caption_tokens
+
+    captions = ["a red circle"] * 20_000
+    dropped = cold.drop_captions(captions, np.random.default_rng(0), 0.12)
+    assert set(dropped) == {"", "a red circle"}
+    assert dropped.count("") / len(dropped) == pytest.approx(0.12, abs=0.01)
+    assert cold.drop_captions(captions[:50], np.random.default_rng(0), 0.0) == captions[:50]
+    ids, offsets = caption_tokens(["", "red"], cold.caption_vocabulary())
+    assert ids[0] == 0 and offsets.tolist() == [0, 1]  # "" is id 0, the ∅ that guided_x0 passes
+
+
+def test_a_run_with_caption_dropout_says_so_in_its_model_file(tmp_path):
+    out = tmp_path / "m.safetensors"
+    cold.train(cold.ColdTrainConfig(kind="mask", batch_size=2, caption_dropout=0.5), tmp_path / "a", out,
+               log=lambda _: None, max_steps=1, tiny=True)
+    config = load_cold_file(out)[0].config
+    assert config.caption_dropout == 0.5 and config.guidable and config.guidance == 1.0
 
 
 def test_a_fresh_run_can_start_from_a_model_file(tmp_path):

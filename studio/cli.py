@@ -230,10 +230,14 @@ def _check_generate_outputs(args: argparse.Namespace) -> None:
 def _model_defaults(engine, request, changes: dict[str, Any], fill_cfg: bool):
     """What the command line leaves open, from the model: its guidance scale (a branch keeps its parent's) and its
     size, unless given or taken from the init image (only-masked works at the model's size)."""
-    from .engine import is_cold_model
+    from .engine import cold_model_info, is_cold_model
 
     if is_cold_model(request.model):  # a cold model works at its own size, with its own samplers (cold_pipeline.py)
-        return request if "sampler" in changes or not fill_cfg else request.replace(sampler="cold_improved")
+        if not fill_cfg:
+            return request
+        if "cfg" not in changes:  # its own guidance scale: 1 (none) unless it was trained for guidance
+            request = request.replace(cfg=cold_model_info(request.model).default_cfg)
+        return request if "sampler" in changes else request.replace(sampler="cold_improved")
     if fill_cfg and "cfg" not in changes:
         request = request.replace(cfg=_model_config(engine, request).default_cfg)
     if "width" in changes and "height" in changes:

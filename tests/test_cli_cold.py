@@ -42,3 +42,17 @@ def test_wrong_sampler_and_mask_are_one_line_errors(cold_file, tmp_path, capsys)
     assert main(["generate", "--model", cold_file, "--init", str(tmp_path / "in.png"), "--mask",
                  str(tmp_path / "m.png"), "--out", str(tmp_path / "y.png")]) == 1
     assert "cannot inpaint: use cold-mask" in capsys.readouterr().err
+
+
+def test_the_guidance_scale_comes_from_the_cold_model_unless_given(cold_file, tmp_path):
+    """A cold model that was not trained for guidance runs at CFG 1 (not the latent models' 7.5); `--cfg` wins."""
+    from studio.engine import Run
+
+    def cfg_of(*extra):
+        run = tmp_path / "r.run"
+        assert main(["generate", "--model", cold_file, "--steps", "4", "--out", str(tmp_path / "r.png"),
+                     "--save-run", str(run), "--quiet", *extra]) == 0
+        return Run.load(run).request.cfg
+
+    assert cfg_of() == 1.0
+    assert cfg_of("--cfg", "3") == 3.0

@@ -83,6 +83,7 @@ _LAZY = {
     "DEFAULT_STRENGTH": "guidance",
     "guidance_cost": "guidance",
     "is_cold_model": "cold_pipeline",  # cold diffusion (cold_pipeline.py): whether a model spec names a cold model
+    "cold_model_info": "cold_pipeline",  # and what the UI and CLI need to know about it (size, guidance scale)
 }
 
 __all__ = [

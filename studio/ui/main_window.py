@@ -421,7 +421,8 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
             self._update_mode()
             self._fit_to_model(info.size_multiple)
             self.prompt_panel.follow_model_cfg(info.default_cfg)
-            self.prompt_panel.allow_samplers(info.samplers or LDM_SAMPLERS)  # a cold model: only the cold samplers
+            # a cold model: only the cold samplers, and a guidance scale only if it was trained for one
+            self.prompt_panel.allow_samplers(info.samplers or LDM_SAMPLERS, guidable=info.default_cfg != 1.0)
             self.engine_label.setText(f"Model ready: {self.prompt_panel.model_name()} ({info.default_size} px)")
             if not self.canvas.has_image():
                 self.prompt_panel.set_size(info.default_size, info.default_size)
@@ -613,7 +614,7 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
             if not pending or not has_image:
                 show_pending(spin, pending, settings.get(name), enabled_after=not has_image)
         if not pending or settings.cfg_follows_model:
-            show_pending(panel.cfg, pending, settings.cfg)
+            show_pending(panel.cfg, pending, settings.cfg, enabled_after=panel.sampling_section.cfg_applies)
         self.canvas.blank_note = "Loading the model…" if pending else ""
         self.canvas.update()
         self._update_mode()

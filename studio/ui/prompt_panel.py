@@ -173,8 +173,8 @@ class PromptPanel(QWidget):
         self.size_section.set_size_multiple(multiple)
 
     # -- models ---------------------------------------------------------------------------------------------------
-    def allow_samplers(self, names: tuple[str, ...]) -> None:
-        self.sampling_section.allow_samplers(names)
+    def allow_samplers(self, names: tuple[str, ...], guidable: bool = True) -> None:
+        self.sampling_section.allow_samplers(names, guidable)
 
     def follow_model_cfg(self, cfg: float) -> None:
         """The loaded model's recommended guidance scale, unless the user has chosen one."""

@@ -171,6 +171,7 @@ class SamplingSection(QGroupBox):
             "Cold diffusion: the Gaussian noise added to the one-colour start of a generation.\n"
             "0 = the deterministic start: the samples collapse onto a few pictures."))
         self.cold_noise_label = QLabel("Start noise")
+        self.cfg_applies = True  # the loaded model uses a guidance scale (allow_samplers)
 
     def _build_layout(self) -> None:
         layout = form()
@@ -198,8 +199,10 @@ class SamplingSection(QGroupBox):
     def randomize_seed(self) -> None:
         self._settings.seed = random.randint(0, MAX_SEED)
 
-    def allow_samplers(self, names: tuple[str, ...]) -> None:
-        """Offer only the samplers the loaded model runs with (ModelInfo.samplers: a cold model's are its own)."""
+    def allow_samplers(self, names: tuple[str, ...], guidable: bool = True) -> None:
+        """Offer only the samplers the loaded model runs with (ModelInfo.samplers: a cold model's are its own), and
+        only the controls it uses: a cold model has no text encoder layers to skip, and no guidance scale unless it
+        was trained for guidance (`guidable`)."""
         view = self.sampler.view()
         for row in range(self.sampler.count()):
             view.setRowHidden(row, self.sampler.itemData(row) not in names)
@@ -208,6 +211,9 @@ class SamplingSection(QGroupBox):
         cold = bool(names) and all(SAMPLER_FAMILY.get(name) == "cold" for name in names)
         for widget in (self.cold_noise, self.cold_noise_label):  # a cold model's start; latent diffusion has none
             widget.setEnabled(cold)
+        self.cfg_applies = not cold or guidable
+        self.cfg.setEnabled(self.cfg_applies)
+        self.clip_skip.setEnabled(not cold)
 
 
 class SizeSection(QGroupBox):

@@ -29,11 +29,15 @@ def test_a_cold_model_offers_only_the_cold_samplers_and_back(window):
     window._on_model_probed(ModelProbed(77, cold_info(spec)))
     assert shown(panel.sampler) == ["cold_improved", "cold_naive"]
     assert window.prompt_panel.settings_model.sampler == "cold_improved" and panel.cold_noise.isEnabled()
+    assert not panel.cfg.isEnabled() and not panel.clip_skip.isEnabled()  # a cold model uses neither
+    guidable = ModelInfo(**{**cold_info(spec).__dict__, "default_cfg": 2.0})  # trained with caption dropout
+    window._on_model_probed(ModelProbed(77, guidable))
+    assert panel.cfg.isEnabled() and not panel.clip_skip.isEnabled()
     plain = ModelInfo(spec=spec, label="x", default_size=64, size_multiple=4, default_cfg=3.0, prediction="v",
                       inpaints_natively=True, latent_channels=4, vae_factor=4)
     window._on_model_probed(ModelProbed(77, plain))
     assert shown(panel.sampler) == list(LDM_SAMPLERS) and window.prompt_panel.settings_model.sampler == "ddim"
-    assert not panel.cold_noise.isEnabled()
+    assert not panel.cold_noise.isEnabled() and panel.cfg.isEnabled() and panel.clip_skip.isEnabled()
 
 
 def test_a_cold_run_captions_its_views_as_cold_diffusion(window, qtbot):

@@ -86,6 +86,16 @@ def test_the_image_tower_can_start_from_the_classifiers_trunk(tmp_path):
                                              tmp_path / "c.safetensors", log=lambda s: None)
 
 
+def test_the_high_t_share_draws_from_the_upper_half():
+    uniform = training.draw_timesteps(20000, 1000, np.random.default_rng(0))
+    weighted = training.draw_timesteps(20000, 1000, np.random.default_rng(0), high_share=0.6)
+    for t in (uniform, weighted):
+        assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) <= 999
+    assert abs(float((uniform >= 500).float().mean()) - 0.5) < 0.02
+    assert abs(float((weighted >= 500).float().mean()) - 0.8) < 0.02  # 0.6 + 0.4 · 0.5
+    assert int((weighted < 500).sum()) > 0  # the lower half is still seen
+
+
 @pytest.mark.parametrize("clean", [False, True])
 def test_a_few_steps_export_a_loadable_clip_and_resume(tmp_path, clean):
     torch.set_num_threads(1)

@@ -44,8 +44,10 @@ from ..engine.schedules import q_sample
 from . import grammar
 from .config import TrainConfig
 from .data import Captioner, LatentCache
+from .descent import checked_step
 from .scenes import SIZE_WORDS, Scene, caption, with_filler
-from .train import EMA, Budget, learning_rate, load_checkpoint, prepare_unet_data, step_rngs
+from .train import (EMA, Budget, checkpoint_state, learning_rate, load_checkpoint, optimizer_state,
+                    prepare_unet_data, step_rngs, write_checkpoint)
 
 Log = Callable[[str], None]
 CHECKPOINT_NAME = "text.pt"
@@ -175,19 +177,12 @@ def student_parameters(model: LatentDiffusion) -> dict[str, torch.nn.Parameter]:
 
 def save_checkpoint(path: Path, model: LatentDiffusion, teacher: torch.nn.Module, optimizer, ema: EMA,
                     cfg: TextDistillConfig, progress: dict) -> None:
-    state = {
+    write_checkpoint(path, {
         "stage": "text",
-        "model_config": model.config.to_json(),
         "distill_config": cfg.to_json(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "teacher": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "progress": progress,
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # never a half-written checkpoint
+        **checkpoint_state(model, optimizer, ema, progress),
+    })
 
 
 def restore(state: dict) -> tuple[LatentDiffusion, torch.nn.Module, TextDistillConfig]:
@@ -238,13 +233,7 @@ def train_text(model: LatentDiffusion, cfg: TextDistillConfig, out: Path, budget
     empty_tokens = torch.tensor(captioner.tokenizer([""], pad_id=captioner.pad_id,
                                                     context_length=captioner.context_length))
 
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    ema = EMA(params, cfg.ema_decay)
-    progress = {"step": 0, "samples": 0, "seconds": 0.0, "loss": float("nan")}
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        ema = EMA(params, cfg.ema_decay, resume["ema"])
-        progress = dict(resume["progress"])
+    optimizer, ema, progress = optimizer_state(params, cfg.lr, 0.0, cfg.ema_decay, resume)
     ckpt_path = out / CHECKPOINT_NAME
     device = torch.device("cpu")
 
@@ -277,13 +266,7 @@ def train_text(model: LatentDiffusion, cfg: TextDistillConfig, out: Path, budget
                 group["lr"] = learning_rate(cfg, step)
             batch = distill_batch(cache, pool, data_rng, cfg, captioner, model.config.vae.scaling_factor)
             loss, parts = distill_loss(model, teacher, batch, empty_tokens, noise_rng, cfg.preserve_weight)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr or resume")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
-            optimizer.step()
-            ema.update()
+            checked_step(loss, step, optimizer, params.values(), cfg.grad_clip, ema)
             progress["step"] += 1
             progress["samples"] += cfg.batch_size
             for key, value in ({"loss": float(loss.detach())} | parts).items():

@@ -29,6 +29,7 @@ from ..engine.samplers import v_from_eps
 from ..engine.schedules import q_sample
 from ..engine.timeline import LatentPreview
 from .config import MODEL_NAME, TrainConfig, shapes_model_config
+from .descent import checked_step
 from .data import Captioner, LatentCache, add_object_emphasis, build_cache, render_scenes, to_unit, unet_batch, vae_batch
 from .scenes import COLOURS
 
@@ -183,19 +184,35 @@ def diffusion_loss(model: LatentDiffusion, batch, generator: torch.Generator, mi
 # ---- checkpoints ------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model, optimizer, ema: EMA, cfg: TrainConfig, progress: dict) -> None:
-    state = {
-        "stage": cfg.stage,
+def checkpoint_state(model, optimizer, ema: EMA, progress: dict) -> dict:
+    """What every resumable trainer here saves: the model (its config and weights), EMA, optimizer, progress."""
+    return {
         "model_config": model.config.to_json(),
-        "train_config": cfg.to_json(),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "progress": progress,
     }
+
+
+def optimizer_state(params: dict, lr: float, weight_decay: float, ema_decay: float, resume: dict | None):
+    """(AdamW, EMA, progress) for `params`, fresh or as a checkpoint left them."""
+    optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    if resume is None:
+        return optimizer, EMA(params, ema_decay), {"step": 0, "samples": 0, "seconds": 0.0, "loss": float("nan")}
+    optimizer.load_state_dict(resume["optimizer"])
+    return optimizer, EMA(params, ema_decay, resume["ema"]), dict(resume["progress"])
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # never a half-written checkpoint
+
+
+def save_checkpoint(path: Path, model, optimizer, ema: EMA, cfg: TrainConfig, progress: dict) -> None:
+    write_checkpoint(path, {"stage": cfg.stage, "train_config": cfg.to_json(),
+                            **checkpoint_state(model, optimizer, ema, progress)})
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -359,13 +376,7 @@ def train(
             log(f"latent scaling factor: {factor} (1/std of the cached latents)")
         captioner = Captioner(model.config.pad_id, model.config.text.max_length, cfg.grammar_share)
 
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    ema = EMA(params, cfg.ema_decay)
-    progress = {"step": 0, "samples": 0, "seconds": 0.0, "loss": float("nan")}
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        ema = EMA(params, cfg.ema_decay, resume["ema"])
-        progress = dict(resume["progress"])
+    optimizer, ema, progress = optimizer_state(params, cfg.lr, cfg.weight_decay, cfg.ema_decay, resume)
     ckpt_path = out / checkpoint_name(cfg)
 
     stop = {"now": False}
@@ -397,13 +408,7 @@ def train(
                                        model.config.vae.scaling_factor, cfg.caption_dropout, cfg.full_mask,
                                        cfg.object_weight)
                     loss, extras = diffusion_loss(model, batch, noise_rng, cfg.min_snr_gamma)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower --lr or resume")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params.values(), cfg.grad_clip)
-            optimizer.step()
-            ema.update()
+            checked_step(loss, step, optimizer, params.values(), cfg.grad_clip, ema)
             progress["step"] += 1
             progress["samples"] += cfg.batch_size
             window.append(float(loss.detach()))

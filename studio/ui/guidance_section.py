@@ -19,7 +19,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFrame,
     QGroupBox,
@@ -39,7 +38,6 @@ from .settings_model import CLASSIFIER_LABELS, UI_LIMITS, GenerationSettings, bi
 MODES = {"forward": "Forward", "backward": "Backward", "both": "Forward + backward",
          "noisy": "Noisy (classifier / CLIP guidance)"}
 VARIANTS = {"layout": "Layout", "palette": "Palette"}
-COMBO_MIN_CHARS = 8
 MODE_TIP = ("Forward: the loss's gradient through the model and decoder is added to the predicted noise (eq. 6).\n"
             "Backward: the predicted image itself is optimised for m steps, then the noise follows it (eq. 7, 9).\n"
             "Noisy: classifier guidance on the noisy latent with the noise-aware classifier (Dhariwal & Nichol\n"
@@ -172,10 +170,6 @@ class GuidanceSection(QGroupBox):
         rows.addRow("Recurrence", self.recurrence)
         rows.addRow("", self.guide_in_mask)
         self.body.setLayout(rows)
-        for combo in self.body.findChildren(QComboBox):
-            # sized by a short minimum, not by their longest entry: the settings column is as narrow as its dock
-            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(COMBO_MIN_CHARS)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 6)
         layout.addWidget(self.toggle)

@@ -342,6 +342,9 @@ def run_cli(args) -> int:
         cfg = TextDistillConfig(**overrides)
         try:
             model = initial_model(args.init, args.tiny)
+            if getattr(args, "teacher", None):
+                # continuing a distilled student: the teacher must stay the encoder the UNet learned to read
+                teacher = initial_model(args.teacher, False).text_encoder
         except (ModelLoadError, OSError) as exc:
             raise UserError(str(exc)) from None
     train_text(model, cfg, out, Budget(args.steps, args.minutes), resume, teacher, args.export,

@@ -139,3 +139,25 @@ def test_cli_stage_text_trains_resumes_and_exports(cache_dir, tmp_path):
     frozen = [k for k in original if not k.startswith(td.TEXT_PREFIX)]
     assert frozen and all(torch.equal(original[k], distilled[k]) for k in frozen)
     assert any(not torch.equal(original[k], distilled[k]) for k in original if k.startswith(td.TEXT_PREFIX))
+
+
+def test_cli_teacher_option_sets_the_frozen_teacher(cache_dir, tmp_path):
+    # continuing a distilled student: the teacher is another file's text encoder, kept across the resume
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in cache_dir.iterdir():
+        (out / name.name).symlink_to(name)
+    student, teacher = tmp_path / "student.safetensors", tmp_path / "teacher.safetensors"
+    save_studio_file(tiny_model(0), student)
+    save_studio_file(tiny_model(1), teacher)
+    common = ["train", "--stage", "text", "--out", str(out), "--threads", "1", "--batch-size", "4",
+              "--dataset-size", "24", "--checkpoint-minutes", "100"]
+    assert main(common + ["--init", str(student), "--teacher", str(teacher), "--steps", "1"]) == 0
+    assert main(common + ["--steps", "2"]) == 0
+    state = load_checkpoint(out / td.CHECKPOINT_NAME)
+    expected = {k[len(td.TEXT_PREFIX) + len("transformer."):]: v.float()
+                for k, v in load_file(str(teacher)).items() if k.startswith(td.TEXT_PREFIX)}
+    assert state["progress"]["step"] == 2 and state["teacher"].keys() == expected.keys()
+    assert all(torch.equal(state["teacher"][k], expected[k]) for k in expected)
+    initial = {k: v.float() for k, v in load_file(str(student)).items() if k.startswith(td.TEXT_PREFIX)}
+    assert not all(torch.equal(state["model"][k], v) for k, v in initial.items())  # the student, not the teacher

@@ -82,9 +82,9 @@ def _stock_copy(unet):
     return fresh
 
 
-def compile_unet(model, dtype: torch.dtype, threads: int | None = None):
-    """OpenVINO's compiled UNet for `model`, converted (or read from the cache) and compiled for the CPU: float32
-    inference for fp32, OpenVINO's default (bf16 on a CPU that runs it natively, like our "fast") otherwise."""
+def _core_and_graph(model, dtype: torch.dtype):
+    """An OpenVINO Core (its compiled-model cache pointed at the model's cache folder) and the UNet's graph, read
+    from the cached IR or converted now (and saved for the next start)."""
     ov = _openvino()
     core = ov.Core()
     folder = None
@@ -93,26 +93,74 @@ def compile_unet(model, dtype: torch.dtype, threads: int | None = None):
         core.set_property({"CACHE_DIR": str(folder / "compiled")})
     ir = folder / "unet.xml" if folder is not None else None
     if ir is not None and ir.exists():
-        graph = core.read_model(str(ir))
-    else:
-        graph = _convert(model.unet)
-        if ir is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            partial = folder / "unet.partial.xml"
-            ov.save_model(graph, str(partial), compress_to_fp16=dtype != torch.float32)
-            partial.with_suffix(".bin").replace(ir.with_suffix(".bin"))
-            partial.replace(ir)  # the .xml last: an interrupted save leaves no IR that looks whole
+        return core, core.read_model(str(ir))
+    graph = _convert(model.unet)
+    if ir is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / "unet.partial.xml"
+        ov.save_model(graph, str(partial), compress_to_fp16=dtype != torch.float32)
+        partial.with_suffix(".bin").replace(ir.with_suffix(".bin"))
+        partial.replace(ir)  # the .xml last: an interrupted save leaves no IR that looks whole
+    return core, graph
+
+
+def _compile(core, graph, dtype: torch.dtype, threads: int | None):
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
     if dtype == torch.float32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
     return core.compile_model(graph, "CPU", config)
 
 
+def compile_unet(model, dtype: torch.dtype, threads: int | None = None, shape: tuple[int, ...] | None = None):
+    """OpenVINO's compiled UNet for `model`, converted (or read from the cache) and compiled for the CPU: float32
+    inference for fp32, OpenVINO's default (bf16 on a CPU that runs it natively, like our "fast") otherwise.
+    `shape` (batch, latent height, latent width, context tokens) compiles for those inputs only; None keeps every
+    size dynamic."""
+    core, graph = _core_and_graph(model, dtype)
+    if shape is not None:
+        batch, height, width, tokens = shape
+        config = model.config.unet
+        x, timesteps, context = graph.inputs
+        graph.reshape({x: [batch, config.in_channels, height, width], timesteps: [batch],
+                       context: [batch, tokens, config.context_dim]})
+    return _compile(core, graph, dtype, threads)
+
+
+class _Compiled:
+    """The UNet's compiled forms: one per input shape it was specialised for (Engine.prepare asks for the
+    picture's), and a dynamic one, compiled on first need, for every other shape. A static shape lets OpenVINO
+    choose kernels and memory for it once (as optimum-intel's pipelines do with `reshape`); both kinds are kept in
+    OpenVINO's compiled-model cache, so a second start reads rather than compiles them."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+        self.static: dict[tuple[int, ...], tuple] = {}
+        self.dynamic: tuple | None = None
+
+    def specialise(self, batch: int, height: int, width: int, tokens: int = 77) -> None:
+        """Compile for `batch` latents of `height`×`width` with `tokens` context tokens (CLIP's 77 for a prompt of
+        one chunk)."""
+        shape = (batch, height, width, tokens)
+        if shape not in self.static:
+            compiled = compile_unet(self.model, self.dtype, shape=shape)
+            self.static[shape] = (compiled, compiled.create_infer_request())
+
+    def for_shape(self, shape: tuple[int, ...]) -> tuple:
+        if shape in self.static:
+            return self.static[shape]
+        if self.dynamic is None:
+            compiled = compile_unet(self.model, self.dtype)
+            self.dynamic = (compiled, compiled.create_infer_request())
+        return self.dynamic
+
+
 def accelerate(model, dtype: torch.dtype):
     """`model` with its UNet's calls on OpenVINO where no gradient is asked for (the torch UNet runs those). The
-    model itself is left as it was: the result is a shallow copy whose UNet alone differs, sharing every weight."""
-    compiled = compile_unet(model, dtype)
-    request = compiled.create_infer_request()
+    model itself is left as it was: the result is a shallow copy whose UNet alone differs, sharing every weight.
+    The UNet is converted (or its cached IR read) now; it is compiled for a shape when `unet.specialise(batch,
+    height, width, tokens)` asks or a call first needs it."""
+    _core_and_graph(model, dtype)  # convert now: a model that cannot be converted fails at load, not mid-run
+    compiled = _Compiled(model, dtype)
     torch_unet = model.unet
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -121,12 +169,14 @@ def accelerate(model, dtype: torch.dtype):
             return torch_unet(x, timesteps, context)
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(x.shape[0])
+        network, request = compiled.for_shape((x.shape[0], x.shape[2], x.shape[3], context.shape[1]))
         inputs = [t.detach().float().contiguous().numpy() for t in (x, timesteps, context)]
         out = request.infer(inputs)
-        return torch.from_numpy(out[compiled.output(0)].copy()).to(x.dtype)
+        return torch.from_numpy(out[network.output(0)].copy()).to(x.dtype)
 
     unet = copy.copy(torch_unet)
     unet.forward = types.MethodType(forward, unet)
+    unet.specialise = compiled.specialise
     unet.openvino = compiled  # what runs it, for whoever asks (tests, the benchmark)
     wrapper = _replacing(model.model, "diffusion_model", unet)
     return _replacing(model, "model", wrapper)

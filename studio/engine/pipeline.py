@@ -168,16 +168,23 @@ class Engine:
         size) rather than inside the first generation, which otherwise pays for it: SD1.5 at 256 px, 2 threads,
         ~3 s of its first UNet call in fp32 and ~1 s in bf16 (docs/numerics.md, "Packing at load"). The packing
         pass runs the text encoder, one CFG-batch UNet call and the decoder on zeros with no convolution or linear
-        arithmetic (cpu_kernels.packing_pass). Returns whether there was anything to pack."""
+        arithmetic (cpu_kernels.packing_pass). On device "openvino" the UNet is compiled for a CFG batch of this
+        size (openvino_unet.py). Returns whether there was anything to pack or compile."""
         model = self.model(spec, device, dtype)
-        if not is_packed(model):
-            return False
         config, factor = model.config, model.downsample_factor
         h, w = (height or config.default_size) // factor, (width or config.default_size) // factor
+        specialise = getattr(model.unet, "specialise", None)  # device "openvino": compile for this size now
+        if specialise is not None:
+            with torch.inference_mode():
+                tokens = model.encode_text([""]).shape[1]
+            specialise(2, h, w, tokens)
+        if not is_packed(model):
+            return specialise is not None
         with torch.inference_mode(), packing_pass():
             context = model.encode_text(["", ""])  # cond and uncond, as encode_prompts batches them
             latent = torch.zeros(2, config.unet.in_channels, h, w, dtype=model.dtype, device=model.device)
-            model.unet(latent, torch.full((2,), 500.0, device=model.device), context)
+            if specialise is None:  # (on OpenVINO a UNet call computes: nothing to pack there)
+                model.unet(latent, torch.full((2,), 500.0, device=model.device), context)
             z = torch.zeros(1, model.latent_channels, h, w, dtype=model.vae_dtype, device=model.device)
             if not should_tile(decode_bytes(model.vae, z.shape, model.vae_dtype), model.device):
                 model.vae.decode(z)  # a tiled decode packs for its tiles when it runs

@@ -73,6 +73,25 @@ def test_a_generation_on_openvino_matches_the_cpu_one(accelerated, cache):
     assert mse == 0 or 10 * np.log10(255**2 / mse) > 60
 
 
+def test_prepare_compiles_for_the_pictures_size_and_other_sizes_still_run(cache):
+    engine = Engine()
+    assert engine.prepare("default", "openvino", "fp32", 64, 48)
+    model = engine.model("default", "openvino", "fp32")
+    compiled = model.unet.openvino
+    factor = model.downsample_factor
+    assert list(compiled.static) == [(2, 48 // factor, 64 // factor, 77)] and compiled.dynamic is None
+    request = GenerationRequest(prompt="a big red star on the left, on a blue background", seed=7, steps=6,
+                                width=64, height=48)
+    prepared = np.asarray(engine.run(dataclasses.replace(request, device="openvino")).image, np.float64)
+    assert compiled.dynamic is None  # the CFG batch of that size ran on the static form
+    reference = np.asarray(Engine().run(dataclasses.replace(request, device="cpu")).image, np.float64)
+    mse = ((prepared - reference) ** 2).mean()
+    assert mse == 0 or 10 * np.log10(255**2 / mse) > 60
+
+    other = np.asarray(engine.run(dataclasses.replace(request, device="openvino", width=48)).image)
+    assert other.shape == (48, 48, 3) and compiled.dynamic is not None  # any other size: the dynamic form
+
+
 def test_the_second_start_reads_the_converted_unet_from_the_cache(accelerated, cache, monkeypatch):
     (folder,) = (cache / "openvino").iterdir()
     assert (folder / "unet.xml").is_file() and (folder / "unet.bin").is_file()

@@ -55,7 +55,10 @@ class ColdTrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 100
     ema_decay: float = 0.995  # ~1–2 k steps in a CPU budget: a short EMA
-    minutes: float = 45.0  # the cosine runs over this budget
+    minutes: float = 45.0  # the cosine runs over this budget (wall time, pauses included), unless total_steps is set
+    # with it, the cosine runs over steps and training ends at that step (the minutes still cap the run): a budget
+    # that a busy or paused machine does not shorten
+    total_steps: int | None = None
     checkpoint_minutes: float = 3.0
     seed: int = 1600
     high_s_share: float = 0.0  # share of s drawn from T/2 … T (draw_steps); run_cli sets HIGH_S_SHARE for mask
@@ -177,13 +180,14 @@ def cold_loss(net: RestorationNet, degradation: Degradation, x0, captions, regio
 
 def learning_rate(cfg: ColdTrainConfig, step: int, elapsed: float) -> float:
     warm = min(1.0, (step + 1) / cfg.warmup_steps)
-    frac = min(1.0, elapsed / (cfg.minutes * 60))
+    frac = min(1.0, step / cfg.total_steps if cfg.total_steps else elapsed / (cfg.minutes * 60))
     return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: int = 1, log=print,
           max_steps: int | None = None, tiny: bool = False, init: Path | None = None) -> Path:
-    """Train (or resume) `<out>/cold-<kind>.pt` for cfg.minutes of this run's time budget; returns the checkpoint.
+    """Train (or resume) `<out>/cold-<kind>.pt` for cfg.minutes of this run's time budget, or to cfg.total_steps
+    (or `max_steps`, this call's own stop) if that comes first; returns the checkpoint.
     `init`: a cold model file (e.g. the shipped weights) to start a fresh run from: its config (GMM included) and
     weights, as both the net and the EMA."""
     torch.set_num_threads(threads)
@@ -230,7 +234,8 @@ def train(cfg: ColdTrainConfig, out: Path, export: Path | None = None, threads: 
             save_cold_file(ema, trained_words() if words else (), export)
 
     started, last_save, losses = time.monotonic() - elapsed, time.monotonic(), []
-    while elapsed < cfg.minutes * 60 and (max_steps is None or step < max_steps):
+    stops = [n for n in (max_steps, cfg.total_steps) if n is not None]
+    while elapsed < cfg.minutes * 60 and (not stops or step < min(stops)):
         rng = np.random.default_rng([cfg.seed, step])
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         x0, captions, region, _ = scene_batch(cfg.kind, rng, cfg.batch_size)
@@ -274,7 +279,8 @@ def export_only(out: Path, kind: str, export: Path) -> None:
 
 
 def run_cli(args) -> int:
-    """`studio train --stage cold --degradation KIND --out DIR [--minutes M] [--export FILE] [--export-only]`."""
+    """`studio train --stage cold --degradation KIND --out DIR [--minutes M | --total-steps N] [--export FILE]
+    [--export-only]`."""
     from ..engine import UserError
 
     if args.degradation is None:
@@ -289,7 +295,8 @@ def run_cli(args) -> int:
     cfg = ColdTrainConfig(kind=args.degradation, high_s_share=HIGH_S_SHARE if mask else 0.0,
                           caption_dropout=CAPTION_DROPOUT if mask else 0.0)
     changes = {"minutes": args.minutes, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
-               "warmup_steps": args.warmup_steps, "checkpoint_minutes": args.checkpoint_minutes}
+               "warmup_steps": args.warmup_steps, "checkpoint_minutes": args.checkpoint_minutes,
+               "total_steps": args.total_steps}
     cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
     init = Path(args.init).expanduser() if getattr(args, "init", None) else None
     if init is not None and not init.is_file():

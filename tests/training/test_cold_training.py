@@ -156,3 +156,20 @@ def test_a_fresh_run_can_start_from_a_model_file(tmp_path):
     assert a.config == b.config
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(x, y, msg=name)
+
+
+def test_total_steps_sets_the_cosine_and_the_end_of_training(tmp_path):
+    by_steps = cold.ColdTrainConfig(lr=1e-3, warmup_steps=1, minutes=1e6, total_steps=100)
+    # the cosine follows the step whatever the clock says: half-way at step 50, at its floor (5 %) at the end
+    assert cold.learning_rate(by_steps, 50, elapsed=0.0) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert cold.learning_rate(by_steps, 50, elapsed=1e9) == cold.learning_rate(by_steps, 50, elapsed=0.0)
+    assert cold.learning_rate(by_steps, 100, elapsed=0.0) == pytest.approx(1e-3 * 0.05)
+    by_clock = cold.ColdTrainConfig(lr=1e-3, warmup_steps=1, minutes=10)
+    assert cold.learning_rate(by_clock, 50, elapsed=300.0) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+
+    parser = argparse.ArgumentParser()
+    add_training_commands(parser.add_subparsers())
+    args = parser.parse_args(["train", "--stage", "cold", "--degradation", "blur", "--out", str(tmp_path), "--tiny",
+                              "--batch-size", "2", "--total-steps", "3", "--export", str(tmp_path / "b.safetensors")])
+    assert args.handler(args) == 0
+    assert torch.load(tmp_path / "cold-blur.pt", weights_only=True)["step"] == 3

@@ -78,7 +78,10 @@ def _stock_copy(unet):
     loaded model's released weights (cpu_kernels.py) are read back without being brought back in the model."""
     with torch.device("meta"):
         fresh = type(unet)(unet.config)
-    fresh.load_state_dict(unet.state_dict(), strict=True, assign=True)
+    # weights packed inside inference mode (Engine.prepare's packing pass) read back as inference tensors, which
+    # cannot become parameters: those are copied into ordinary tensors (one at a time, as they are read)
+    state = {name: value.clone() if value.is_inference() else value for name, value in unet.state_dict().items()}
+    fresh.load_state_dict(state, strict=True, assign=True)
     return fresh
 
 

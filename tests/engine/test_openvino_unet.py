@@ -92,6 +92,18 @@ def test_prepare_compiles_for_the_pictures_size_and_other_sizes_still_run(cache)
     assert other.shape == (48, 48, 3) and compiled.dynamic is not None  # any other size: the dynamic form
 
 
+def test_a_model_packed_by_prepare_on_the_cpu_still_converts(cache):
+    engine = Engine()
+    engine.prepare("default", "cpu", "fp32", 64, 64)  # packs inside inference mode
+    from studio.engine.openvino_unet import accelerate
+
+    faster = accelerate(engine.model("default", "cpu", "fp32"), torch.float32)
+    x, t, context = unet_inputs(faster, 2, 16, 16, seed=3)
+    with torch.inference_mode():
+        ours, theirs = engine.model("default", "cpu", "fp32").unet(x, t, context), faster.unet(x, t, context)
+    assert ((theirs - ours).norm() / ours.norm()).item() < 1e-4
+
+
 def test_the_second_start_reads_the_converted_unet_from_the_cache(accelerated, cache, monkeypatch):
     (folder,) = (cache / "openvino").iterdir()
     assert (folder / "unet.xml").is_file() and (folder / "unet.bin").is_file()

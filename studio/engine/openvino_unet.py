@@ -87,31 +87,42 @@ def _stock_copy(unet):
 
 def _core_and_graph(model, dtype: torch.dtype):
     """An OpenVINO Core (its compiled-model cache pointed at the model's cache folder) and the UNet's graph, read
-    from the cached IR or converted now (and saved for the next start)."""
+    from the cached IR or converted now and saved for the next start. A graph read from the IR maps its weights
+    from the file rather than holding a copy in memory, so a fresh conversion is read back too."""
     ov = _openvino()
     core = ov.Core()
-    folder = None
-    if getattr(model, "source_files", ()):
-        folder = cache_dir() / "openvino" / cache_key(model, dtype)
-        core.set_property({"CACHE_DIR": str(folder / "compiled")})
-    ir = folder / "unet.xml" if folder is not None else None
-    if ir is not None and ir.exists():
-        return core, core.read_model(str(ir))
-    graph = _convert(model.unet)
-    if ir is not None:
+    if not getattr(model, "source_files", ()):
+        return core, _convert(model.unet)  # a model built in code has no file to key a cache entry on
+    folder = cache_dir() / "openvino" / cache_key(model, dtype)
+    core.set_property({"CACHE_DIR": str(folder / "compiled")})
+    ir = folder / "unet.xml"
+    if not ir.exists():
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / "unet.partial.xml"
-        ov.save_model(graph, str(partial), compress_to_fp16=dtype != torch.float32)
+        ov.save_model(_convert(model.unet), str(partial), compress_to_fp16=dtype != torch.float32)
         partial.with_suffix(".bin").replace(ir.with_suffix(".bin"))
         partial.replace(ir)  # the .xml last: an interrupted save leaves no IR that looks whole
-    return core, graph
+    return core, core.read_model(str(ir))
 
 
-def _compile(core, graph, dtype: torch.dtype, threads: int | None):
+def _compile(core, graph, dtype: torch.dtype, threads: int | None = None):
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
     if dtype == torch.float32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
     return core.compile_model(graph, "CPU", config)
+
+
+def _shaped(graph, config, shape: tuple[int, ...] | None):
+    """`graph`, or a copy of it whose inputs are fixed to `shape`: (batch, latent height, latent width, context
+    tokens)."""
+    if shape is None:
+        return graph
+    batch, height, width, tokens = shape
+    graph = graph.clone()
+    x, timesteps, context = graph.inputs
+    graph.reshape({x: [batch, config.in_channels, height, width], timesteps: [batch],
+                   context: [batch, tokens, config.context_dim]})
+    return graph
 
 
 def compile_unet(model, dtype: torch.dtype, threads: int | None = None, shape: tuple[int, ...] | None = None):
@@ -120,40 +131,38 @@ def compile_unet(model, dtype: torch.dtype, threads: int | None = None, shape: t
     `shape` (batch, latent height, latent width, context tokens) compiles for those inputs only; None keeps every
     size dynamic."""
     core, graph = _core_and_graph(model, dtype)
-    if shape is not None:
-        batch, height, width, tokens = shape
-        config = model.config.unet
-        x, timesteps, context = graph.inputs
-        graph.reshape({x: [batch, config.in_channels, height, width], timesteps: [batch],
-                       context: [batch, tokens, config.context_dim]})
-    return _compile(core, graph, dtype, threads)
+    return _compile(core, _shaped(graph, model.config.unet, shape), dtype, threads)
 
 
 class _Compiled:
     """The UNet's compiled forms: one per input shape it was specialised for (Engine.prepare asks for the
     picture's), and a dynamic one, compiled on first need, for every other shape. A static shape lets OpenVINO
     choose kernels and memory for it once (as optimum-intel's pipelines do with `reshape`); both kinds are kept in
-    OpenVINO's compiled-model cache, so a second start reads rather than compiles them."""
+    OpenVINO's compiled-model cache, so a second start reads rather than compiles them. The graph is converted (or
+    read) once, here: a model that cannot be converted fails at load, not mid-run."""
 
     def __init__(self, model, dtype: torch.dtype):
-        self.model, self.dtype = model, dtype
+        self.core, self.graph = _core_and_graph(model, dtype)
+        self.config, self.dtype = model.config.unet, dtype
         self.static: dict[tuple[int, ...], tuple] = {}
         self.dynamic: tuple | None = None
+
+    def _compiled(self, shape: tuple[int, ...] | None) -> tuple:
+        network = _compile(self.core, _shaped(self.graph, self.config, shape), self.dtype)
+        return network, network.create_infer_request()
 
     def specialise(self, batch: int, height: int, width: int, tokens: int = 77) -> None:
         """Compile for `batch` latents of `height`×`width` with `tokens` context tokens (CLIP's 77 for a prompt of
         one chunk)."""
         shape = (batch, height, width, tokens)
         if shape not in self.static:
-            compiled = compile_unet(self.model, self.dtype, shape=shape)
-            self.static[shape] = (compiled, compiled.create_infer_request())
+            self.static[shape] = self._compiled(shape)
 
     def for_shape(self, shape: tuple[int, ...]) -> tuple:
         if shape in self.static:
             return self.static[shape]
         if self.dynamic is None:
-            compiled = compile_unet(self.model, self.dtype)
-            self.dynamic = (compiled, compiled.create_infer_request())
+            self.dynamic = self._compiled(None)
         return self.dynamic
 
 
@@ -162,7 +171,6 @@ def accelerate(model, dtype: torch.dtype):
     model itself is left as it was: the result is a shallow copy whose UNet alone differs, sharing every weight.
     The UNet is converted (or its cached IR read) now; it is compiled for a shape when `unet.specialise(batch,
     height, width, tokens)` asks or a call first needs it."""
-    _core_and_graph(model, dtype)  # convert now: a model that cannot be converted fails at load, not mid-run
     compiled = _Compiled(model, dtype)
     torch_unet = model.unet
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from contextlib import nullcontext
 from typing import Callable, Iterator
 
 import numpy as np
@@ -173,20 +174,19 @@ class Engine:
         model = self.model(spec, device, dtype)
         config, factor = model.config, model.downsample_factor
         h, w = (height or config.default_size) // factor, (width or config.default_size) // factor
+        packed = is_packed(model)
         specialise = getattr(model.unet, "specialise", None)  # device "openvino": compile for this size now
-        if specialise is not None:
-            with torch.inference_mode():
-                tokens = model.encode_text([""]).shape[1]
-            specialise(2, h, w, tokens)
-        if not is_packed(model):
-            return specialise is not None
-        with torch.inference_mode(), packing_pass():
+        if not packed and specialise is None:
+            return False
+        with torch.inference_mode(), packing_pass() if packed else nullcontext():
             context = model.encode_text(["", ""])  # cond and uncond, as encode_prompts batches them
-            latent = torch.zeros(2, config.unet.in_channels, h, w, dtype=model.dtype, device=model.device)
-            if specialise is None:  # (on OpenVINO a UNet call computes: nothing to pack there)
+            if specialise is not None:  # (on OpenVINO a UNet call computes: nothing to pack there)
+                specialise(2, h, w, context.shape[1])
+            else:
+                latent = torch.zeros(2, config.unet.in_channels, h, w, dtype=model.dtype, device=model.device)
                 model.unet(latent, torch.full((2,), 500.0, device=model.device), context)
             z = torch.zeros(1, model.latent_channels, h, w, dtype=model.vae_dtype, device=model.device)
-            if not should_tile(decode_bytes(model.vae, z.shape, model.vae_dtype), model.device):
+            if packed and not should_tile(decode_bytes(model.vae, z.shape, model.vae_dtype), model.device):
                 model.vae.decode(z)  # a tiled decode packs for its tiles when it runs
         return True
 

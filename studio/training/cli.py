@@ -73,6 +73,10 @@ def add_training_commands(sub) -> None:
     train.add_argument("--object-weight", type=float,
                        help="extra loss weight around each object, per area (VAE: pixels, UNet: latent cells)")
     train.add_argument("--checkpoint-minutes", type=float)
+    train.add_argument("--high-t-share", type=float,
+                       help="stage text: share of samples with t from the schedule's upper half (layout, binding)")
+    train.add_argument("--two-object-share", type=float,
+                       help="stage text: share of two-object scenes (attribute binding); 0: uniform over scenes")
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     train.set_defaults(handler=run_train)
 

@@ -69,6 +69,13 @@ class TextDistillConfig:
     template_share: float = 0.2
     preserve_weight: float = 10.0  # on the per-element context MSE (contexts are layer-normed, ~unit scale)
     full_mask: float = 0.5  # share of text-to-image samples (mask 1, grey image); the rest use the cache's hole
+    # share of samples whose t is drawn from the upper half of the schedule, [T/2, T), the rest from all of it: at
+    # high noise the v-target is mostly -x0 (v = √ᾱ·ε − √(1−ᾱ)·x0, Salimans & Ho 2022 eq. 10), i.e. the layout the
+    # caption decides (objects, colours, sides); at low noise it is mostly ε, which the text barely changes. 0 keeps
+    # the plain uniform t (and the same random draws as before the option existed).
+    high_t_share: float = 0.0
+    # share of scenes with two objects (attribute binding); 0: scenes drawn uniformly from the template pool
+    two_object_share: float = 0.0
     # the latent cache of the #20 fine-tunes (data_seed 20, up to 3 objects, busy holes) is reused as it is
     dataset_size: int = 24_000
     data_seed: int = 20
@@ -124,9 +131,22 @@ class DistillBatch:
     teacher_tokens: torch.Tensor  # (B, 77)
 
 
+def pool_probabilities(cache: LatentCache, pool: torch.Tensor, two_object_share: float) -> np.ndarray:
+    """Sampling probabilities over `pool` that give two-object scenes the share `two_object_share` (in expectation)
+    and split the rest evenly over the one-object scenes."""
+    two = np.array([len(cache.scenes[i].objects) == 2 for i in pool.tolist()])
+    if two.all() or not two.any():
+        return np.full(len(pool), 1.0 / len(pool))
+    return np.where(two, two_object_share / two.sum(), (1.0 - two_object_share) / (~two).sum())
+
+
 def distill_batch(cache: LatentCache, pool: torch.Tensor, rng: np.random.Generator, cfg: TextDistillConfig,
                   captioner: Captioner, scaling_factor: float) -> DistillBatch:
-    index = pool[torch.from_numpy(rng.integers(len(pool), size=cfg.batch_size))]
+    if cfg.two_object_share > 0:
+        picks = rng.choice(len(pool), size=cfg.batch_size, p=pool_probabilities(cache, pool, cfg.two_object_share))
+    else:
+        picks = rng.integers(len(pool), size=cfg.batch_size)
+    index = pool[torch.from_numpy(picks)]
     n = len(index)
     x0 = cache.latents[index].float() * scaling_factor
     text_to_image = torch.from_numpy(rng.random(n) < cfg.full_mask)[:, None, None, None]
@@ -148,12 +168,23 @@ def template_pool(cache: LatentCache) -> torch.Tensor:
 # ---- the loss -----------------------------------------------------------------------------------------------------
 
 
+def sample_timesteps(n: int, num_train_timesteps: int, high_t_share: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """t uniform over the schedule, except a share high_t_share of the samples drawn from its upper half."""
+    t = torch.randint(0, num_train_timesteps, (n,), generator=generator)
+    if high_t_share <= 0:
+        return t
+    high = torch.randint(num_train_timesteps // 2, num_train_timesteps, (n,), generator=generator)
+    return torch.where(torch.rand(n, generator=generator) < high_t_share, high, t)
+
+
 def distill_loss(model: LatentDiffusion, teacher: torch.nn.Module, batch: DistillBatch, empty_tokens: torch.Tensor,
-                 generator: torch.Generator, preserve_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+                 generator: torch.Generator, preserve_weight: float,
+                 high_t_share: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """L_distill + preserve_weight · L_preserve of the module docstring; model.text_encoder is the student."""
     x0 = batch.x0
     n = x0.shape[0]
-    t = torch.randint(0, model.schedule.num_train_timesteps, (n,), generator=generator)
+    t = sample_timesteps(n, model.schedule.num_train_timesteps, high_t_share, generator)
     a4 = model.schedule.alphas_cumprod[t].float()[:, None, None, None]
     noise = torch.randn(x0.shape, generator=generator)
     unet_input = torch.cat([q_sample(x0, noise, a4), batch.concat], dim=1)
@@ -265,7 +296,8 @@ def train_text(model: LatentDiffusion, cfg: TextDistillConfig, out: Path, budget
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             batch = distill_batch(cache, pool, data_rng, cfg, captioner, model.config.vae.scaling_factor)
-            loss, parts = distill_loss(model, teacher, batch, empty_tokens, noise_rng, cfg.preserve_weight)
+            loss, parts = distill_loss(model, teacher, batch, empty_tokens, noise_rng, cfg.preserve_weight,
+                                       cfg.high_t_share)
             checked_step(loss, step, optimizer, params.values(), cfg.grad_clip, ema)
             progress["step"] += 1
             progress["samples"] += cfg.batch_size
@@ -300,7 +332,7 @@ def train_text(model: LatentDiffusion, cfg: TextDistillConfig, out: Path, budget
 # ---- `studio train --stage text` ----------------------------------------------------------------------------------
 
 CLI_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "ema_decay", "full_mask", "dataset_size",
-                 "data_seed", "max_objects", "busy_masks", "checkpoint_minutes")
+                 "data_seed", "max_objects", "busy_masks", "checkpoint_minutes", "high_t_share", "two_object_share")
 
 
 def initial_model(init: str | None, tiny: bool) -> LatentDiffusion:

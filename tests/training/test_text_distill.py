@@ -161,3 +161,36 @@ def test_cli_teacher_option_sets_the_frozen_teacher(cache_dir, tmp_path):
     assert all(torch.equal(state["teacher"][k], expected[k]) for k in expected)
     initial = {k: v.float() for k, v in load_file(str(student)).items() if k.startswith(td.TEXT_PREFIX)}
     assert not all(torch.equal(state["model"][k], v) for k, v in initial.items())  # the student, not the teacher
+
+
+def test_high_t_share_draws_from_the_schedule_upper_half():
+    n, steps = 4000, 1000
+    plain = td.sample_timesteps(n, steps, 0.0, torch.Generator().manual_seed(5))
+    # share 0 is the plain uniform draw, the same numbers as before the option existed (resume stays exact)
+    assert torch.equal(plain, torch.randint(0, steps, (n,), generator=torch.Generator().manual_seed(5)))
+    assert 0.45 < float((plain >= steps // 2).float().mean()) < 0.55
+    half = td.sample_timesteps(n, steps, 0.5, torch.Generator().manual_seed(5))
+    assert int(half.min()) >= 0 and int(half.max()) < steps
+    assert 0.70 < float((half >= steps // 2).float().mean()) < 0.80  # 0.5 + 0.5 · 0.5
+    every = td.sample_timesteps(n, steps, 1.0, torch.Generator().manual_seed(5))
+    assert int(every.min()) >= steps // 2 and int(every.max()) < steps
+
+
+def test_two_object_share_sets_the_batch_mix(cache_dir):
+    model = tiny_model()
+    cache = td.prepare_unet_data(model, SMALL.cache_config(), cache_dir, lambda _: None)
+    pool = td.template_pool(cache)
+    two = np.array([len(cache.scenes[i].objects) == 2 for i in pool.tolist()])
+    assert two.any() and not two.all()
+    p = td.pool_probabilities(cache, pool, 0.8)
+    assert abs(p.sum() - 1.0) < 1e-9 and abs(p[two].sum() - 0.8) < 1e-9
+    assert np.allclose(p[two], p[two][0]) and np.allclose(p[~two], p[~two][0])
+    # distill_batch draws with these probabilities: which scene each row came from shows in its latent (scale 1)
+    captioner = Captioner(model.config.pad_id, model.config.text.max_length)
+    latents = cache.latents.float().flatten(1)
+    for share in (0.8, 0.1):
+        cfg = td.dataclasses.replace(SMALL, batch_size=600, two_object_share=share)
+        batch = td.distill_batch(cache, pool, np.random.default_rng(1), cfg, captioner, 1.0)
+        rows = torch.cdist(batch.x0.flatten(1), latents).argmin(dim=1).tolist()
+        drawn = np.mean([len(cache.scenes[r].objects) == 2 for r in rows])
+        assert abs(drawn - share) < 0.06, (share, drawn)

@@ -39,6 +39,9 @@ class ColdConfig:
     gmm_weights: tuple[float, ...] = ()
     gmm_means: tuple[tuple[float, ...], ...] = ()
     gmm_stds: tuple[tuple[float, ...], ...] = ()  # diagonal
+    # generation's start step s0; 0 (older files) means T, the paper's flat start above. Below T the start is
+    # D(x̃0, s0) with x̃0 drawn from the file's StartPrior over the low frequencies D(·, s0) keeps (docs/cold.md)
+    start_step: int = 0
 
     @property
     def guidable(self) -> bool:
@@ -61,6 +64,50 @@ class ColdConfig:
     @property
     def extra_inputs(self) -> int:
         return 1 if self.kind == "mask" else 0
+
+    @property
+    def generation_step(self) -> int:
+        """s0, the step a generation starts from: T unless the file carries a low-frequency start prior."""
+        return self.start_step if 0 < self.start_step < self.steps else self.steps
+
+
+@dataclass(frozen=True)
+class StartPrior:
+    """A density over the low frequencies of training pictures, from which a generation starts at s0 < T.
+
+    At s = T the blur leaves one colour per channel, and the paper draws x_T from a GMM over training images'
+    channel means (Bansal et al. 2022, §5.1). From that start the sample is a function of the colour alone (model
+    card: 19 (shape, colour) pairs in 100 samples, with or without the §5.1 perturbation). At s0 < T the blur
+    keeps a handful of DCT coefficients per channel (where the object is, its colour, its rough size; not its
+    shape), so the start can carry more than the colour. The prior over those coefficients is a Gaussian kernel
+    density estimate (Parzen 1962) on n training pictures, not a GMM: a 32-component full-covariance GMM over the
+    24 coefficients of s0 = 36 drew blobs no training scene has (56 % valid against 77 %, model card). A draw is
+    x̃0 = the kept cosines with one picture's coefficients plus kernel noise; the start is D(x̃0, s0), so it is
+    the degradation of a picture, x_s = D(x0, s) as Algorithm 2's argument (§3.3) asks."""
+
+    frequencies: torch.Tensor  # (k, 2) DCT-II indices (row u, column v) kept at s0
+    coefficients: torch.Tensor  # (n, 3, k) those coefficients of n training pictures (orthonormal DCT-II, [−1, 1])
+    bandwidth: torch.Tensor  # (3, k) the kernel's standard deviation per coefficient
+
+    def sample(self, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, 3, size, size) low-pass pictures x̃0: a training picture's kept coefficients plus N(0, bandwidth²)."""
+        from .cold import dct_matrix
+
+        pick = torch.randint(self.coefficients.shape[0], (n,), generator=generator)
+        noise = torch.randn((n, *self.bandwidth.shape), generator=generator, dtype=torch.float64)
+        drawn = self.coefficients[pick].double() + self.bandwidth.double() * noise
+        grid = torch.zeros(n, 3, size, size, dtype=torch.float64)
+        grid[:, :, self.frequencies[:, 0], self.frequencies[:, 1]] = drawn
+        c = dct_matrix(size, dtype=torch.float64)
+        return (c.T @ grid @ c).float()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {START_PRIOR + "frequencies": self.frequencies.long().contiguous(),
+                START_PRIOR + "coefficients": self.coefficients.float().contiguous(),
+                START_PRIOR + "bandwidth": self.bandwidth.float().contiguous()}
+
+
+START_PRIOR = "start_prior."  # the StartPrior's tensors in a model file, beside the net's
 
 
 def step_embedding(s: torch.Tensor, steps: int, dim: int) -> torch.Tensor:
@@ -184,12 +231,15 @@ def caption_tokens(captions: list[str], words: tuple[str, ...]) -> tuple[torch.T
 _WORD = __import__("re").compile(r"[a-z]+")
 
 
-def save_cold_file(net: RestorationNet, words: tuple[str, ...], path, dtype: torch.dtype = torch.float16) -> None:
+def save_cold_file(net: RestorationNet, words: tuple[str, ...], path, dtype: torch.dtype = torch.float16,
+                   prior: StartPrior | None = None) -> None:
     import json
 
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
+    if prior is not None:
+        tensors.update(prior.tensors())
     metadata = {COLD_METADATA_KEY: json.dumps(net.config.to_json()), "studio_cold_words": json.dumps(list(words))}
     save_file(tensors, str(path), metadata=metadata)
 
@@ -217,5 +267,22 @@ def load_cold_file(path, device="cpu", dtype: torch.dtype = torch.float32) -> tu
         raise ValueError(f"{path} is not a cold model file")
     config, words = header
     net = RestorationNet(config)
-    net.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(path)).items()})
+    tensors = load_file(str(path))
+    net.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items() if not k.startswith(START_PRIOR)})
     return net.to(device=device, dtype=dtype).eval(), words
+
+
+def read_start_prior(path) -> StartPrior | None:
+    """The file's low-frequency start prior, or None (the flat start of §5.1)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        names = set(handle.keys())
+        fields = ("frequencies", "coefficients", "bandwidth")
+        if not all(START_PRIOR + f in names for f in fields):
+            return None
+        prior = StartPrior(*(handle.get_tensor(START_PRIOR + f) for f in fields))
+    k = prior.frequencies.shape[0]
+    if prior.frequencies.shape != (k, 2) or prior.coefficients.shape[1:] != (3, k) or prior.bandwidth.shape != (3, k):
+        raise ValueError(f"{path}: the start prior's tensors do not fit together")
+    return prior

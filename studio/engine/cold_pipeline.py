@@ -8,7 +8,9 @@ correction D(x̂0, s) − D(x̂0, s'). A level's timestep is s and its σ is s/T
 Starts (the "plan"):
 - generation (no input image): blur and down start from x_T = one colour per channel drawn from the model's
   Gaussian mixture over training images' channel means (§5.1), plus `cold_noise`·N(0, I) to break the symmetry;
-  mask starts from the fully masked image, 0 (+ the same noise);
+  a model file with a low-frequency start prior (cold_model.StartPrior, the shipped cold-blur) starts instead
+  from x_{s0} = D(x̃0, s0), x̃0 drawn from that prior, plus the same noise; mask starts from the fully masked
+  image, 0 (+ the same noise);
 - restoration (an input image): x_s = D(image, s) with s = round(strength·T), no noise;
 - cold inpainting (cold-mask, an input image and a mask): the painted region is masked, deepest pixels first,
   from s = T; R's x̂0 outside the region is replaced by the known pixels, so both algorithms keep them exactly.
@@ -29,7 +31,8 @@ import torch
 from ..resources import resources_dir
 from .api import ModelInfo
 from .cold import Degradation, mask_order, whole_order
-from .cold_model import ColdConfig, RestorationNet, caption_tokens, guided_x0, load_cold_file, read_cold_header
+from .cold_model import (ColdConfig, RestorationNet, StartPrior, caption_tokens, guided_x0, load_cold_file,
+                         read_cold_header, read_start_prior)
 from .devices import resolve_device
 from .errors import UserError
 from .events import EventKind, RunEvent
@@ -91,6 +94,7 @@ class ColdModel:
     words: tuple[str, ...]
     path: Path
     device: torch.device
+    prior: StartPrior | None = None
 
     @property
     def degradation(self) -> Degradation:
@@ -102,8 +106,12 @@ def load_cold_model(spec: str, device: str = "auto") -> ColdModel:
     if path is None or not path.exists():
         raise UserError(f"cold model not found: {path or spec}; train it with studio train --stage cold")
     torch_device = resolve_device(device)
-    net, words = load_cold_file(path, torch_device, torch.float32)
-    return ColdModel(net, net.config, words, path, torch_device)
+    try:
+        net, words = load_cold_file(path, torch_device, torch.float32)
+        prior = read_start_prior(path) if net.config.generation_step < net.config.steps else None
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot read the cold model {path.name}: {error}") from error
+    return ColdModel(net, net.config, words, path, torch_device, prior)
 
 
 def level(s: int, steps: int) -> NoiseLevel:
@@ -158,6 +166,22 @@ def gmm_start(config: ColdConfig, generator: torch.Generator) -> torch.Tensor:
     return colour.clamp(-1, 1).float().reshape(1, 3, 1, 1)
 
 
+def generation_start(config: ColdConfig, prior: StartPrior | None, n: int, generator: torch.Generator,
+                     noise: float) -> tuple[int, torch.Tensor]:
+    """(s0, x_{s0}) for n generations: D(x̃0, s0) with x̃0 from the low-frequency prior when the model has one,
+    else the flat colour of §5.1 at s = T (mask: 0, the fully masked image); plus `noise`·N(0, I), §5.1's
+    perturbation. The draws come from `generator` in a fixed order, so a seed gives the same start every time."""
+    size = config.size
+    if prior is not None and config.generation_step < config.steps:
+        start = config.generation_step
+        x = Degradation(config.kind, config.steps, size)(prior.sample(n, size, generator), start)
+    else:
+        start = config.steps
+        colours = [gmm_start(config, generator) if config.kind != "mask" else torch.zeros(1, 3, 1, 1) for _ in range(n)]
+        x = torch.cat(colours).expand(n, 3, size, size)
+    return start, x + noise * torch.randn((n, 3, size, size), generator=generator)
+
+
 def validate_cold(request: GenerationRequest, model: ColdModel) -> None:
     spec = SAMPLER_TABLE.get(request.sampler)
     if spec is None or spec.family != "cold":
@@ -189,10 +213,8 @@ def plan(model: ColdModel, request: GenerationRequest):
     generator = torch.Generator().manual_seed(request.seed)
     known = order = None
     if request.init_image is None:
-        start, kind = config.steps, "txt2img"
-        colour = gmm_start(config, generator) if config.kind != "mask" else torch.zeros(1, 3, 1, 1)
-        noise = torch.randn((1, 3, config.size, config.size), generator=generator)
-        x = colour.expand(1, 3, config.size, config.size) + request.cold_noise * noise
+        kind = "txt2img"
+        start, x = generation_start(config, model.prior, 1, generator, request.cold_noise)
     else:
         image = image_to_tensor(np.asarray(request.init_image)[..., :3])
         if request.mask is not None:

@@ -34,6 +34,9 @@ def add_training_commands(sub) -> None:
                             "cold: a cold-diffusion restoration net (training/cold.py)")
     train.add_argument("--degradation", choices=["blur", "mask", "down"],
                        help="stage cold: the degradation D(x0, s) its restoration net learns to undo")
+    train.add_argument("--start-step", type=int, metavar="S0",
+                       help="stage cold, blur: rewrite the --export file's generation start (weights untouched): "
+                            "from D(x, S0) of a low-frequency prior, or 0 for the flat start at T")
     train.add_argument("--clean", action="store_true",
                        help="stage classifier / clip: train on clean latents only (t = 0), the guide of universal "
                             "guidance (clip: fine-tunes the noise-aware CLIP of --out)")

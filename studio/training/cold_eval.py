@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..engine.cold import Degradation, mask_order
-from ..engine.cold_model import caption_tokens, guided_x0, load_cold_file
-from ..engine.cold_pipeline import cold_model_path, gmm_start
+from ..engine.cold_model import caption_tokens, guided_x0, load_cold_file, read_start_prior
+from ..engine.cold_pipeline import cold_model_path, generation_start, gmm_start
 from ..engine.samplers import Step, cold_improved, cold_naive
 from ..engine.schedules import NoiseLevel
 from .data import object_mask, to_unit
@@ -192,21 +192,31 @@ def perturbed_naive(scale: float, seed: int = 0, until: int = 0):
 
 
 def generation(n: int = 100, noise: float = 0.002, sampler=cold_improved, seed: int = 0, log=print,
-               save: Path | None = None, noise_kind: str = "white") -> dict:
-    """`seed` 0 is the evaluation's; tune on other seeds (the model card's sweep used seed 1)."""
-    net, words = load_cold_file(cold_model_path("cold-blur"))
+               save: Path | None = None, noise_kind: str = "white", start: str = "model",
+               model: str = "cold-blur") -> dict:
+    """`seed` 0 is the evaluation's; tune on other seeds (the model card's sweeps used seed 1). `start`: "model",
+    the file's own generation start (its low-frequency prior at s0 when it has one, as the app starts); "flat",
+    the paper's one colour per channel at s = T (§5.1), whatever the file carries."""
+    path = cold_model_path(model)
+    net, words = load_cold_file(path)
     cfg = net.config
     d = Degradation(cfg.kind, cfg.steps, cfg.size)
+    prior = read_start_prior(path) if start == "model" else None
     generator = torch.Generator().manual_seed(seed)
     starts = []
-    for _ in range(n):
-        colour = gmm_start(cfg, generator)
-        starts.append(colour.expand(1, 3, cfg.size, cfg.size) + noise * start_noise(d, 1, generator, noise_kind))
+    for _ in range(n):  # one at a time, each as the app draws it for one seed
+        if noise_kind == "white":
+            s0, x = generation_start(cfg, prior, 1, generator, noise)
+        else:
+            s0, x = generation_start(cfg, prior, 1, generator, 0.0)
+            x = x + noise * start_noise(d, 1, generator, noise_kind)
+        starts.append(x)
     x_t = torch.cat(starts)
-    images = to_u8(run_sampler(sampler, BatchRestorer(net, words, d), x_t, cfg.steps, cfg.steps))
+    images = to_u8(run_sampler(sampler, BatchRestorer(net, words, d), x_t, s0, cfg.steps))
     checks = [one_flat_object(image) for image in images]
     pairs = {pair for ok, pair in checks if ok}
     result = {"samples": n, "seed": seed, "noise": noise, "noise kind": noise_kind, "sampler": sampler.__name__,
+              "start step": s0,
               "one object on flat background": sum(ok for ok, _ in checks) / n, "distinct (shape, colour)": len(pairs),
               "distinct images": len({image.tobytes() for image in images})}
     if save is not None:
@@ -264,12 +274,14 @@ def evaluate(kinds: list[str], log=print, samples: Path | None = None) -> dict:
         for kind in kinds:
             report[kind] = {"restoration": restoration(kind, log=log)}
             if kind == "blur":
-                report[kind]["generation"] = [
+                report[kind]["generation"] = [  # the app's start (the file's prior), then the paper's flat one
                     generation(noise=0.002, log=log, save=samples / "cold-blur-noise.png" if samples else None),
                     generation(noise=0.0, log=log, save=samples / "cold-blur-no-noise.png" if samples else None),
-                    generation(noise=0.002, sampler=cold_naive, log=log,
-                               save=samples / "cold-blur-naive-noise.png" if samples else None),
-                    generation(noise=0.0, sampler=cold_naive, log=log),
+                    generation(noise=0.002, sampler=cold_naive, log=log),
+                    generation(noise=0.002, sampler=cold_naive, start="flat", log=log,
+                               save=samples / "cold-blur-flat-naive.png" if samples else None),
+                    generation(noise=0.0, sampler=cold_naive, start="flat", log=log),
+                    generation(noise=0.002, start="flat", log=log),
                 ]
             if kind == "mask":
                 report[kind]["inpainting"] = [inpainting(sampler=sampler, prompt=prompt, log=log)

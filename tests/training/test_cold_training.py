@@ -173,3 +173,9 @@ def test_total_steps_sets_the_cosine_and_the_end_of_training(tmp_path):
                               "--batch-size", "2", "--total-steps", "3", "--export", str(tmp_path / "b.safetensors")])
     assert args.handler(args) == 0
     assert torch.load(tmp_path / "cold-blur.pt", weights_only=True)["step"] == 3
+
+
+def test_no_warm_up_starts_at_the_full_rate():
+    cfg = cold.ColdTrainConfig(lr=4e-4, warmup_steps=0, total_steps=100)
+    assert cold.learning_rate(cfg, 0, 0.0) == pytest.approx(4e-4)
+    assert cold.learning_rate(cfg, 100, 0.0) == pytest.approx(4e-4 * 0.05)  # the cosine's floor

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,8 @@ def generation(n: int = 100, noise: float = 0.002, sampler=cold_improved, seed: 
     result = {"samples": n, "seed": seed, "noise": noise, "noise kind": noise_kind, "sampler": sampler.__name__,
               "start step": s0,
               "one object on flat background": sum(ok for ok, _ in checks) / n, "distinct (shape, colour)": len(pairs),
+              # what the detector read the valid ones as: soft blobs read as circles and rings
+              "shapes": dict(Counter(pair[0] for ok, pair in checks if ok).most_common()),
               "distinct images": len({image.tobytes() for image in images})}
     if save is not None:
         save.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ class SigmaPlot(QWidget):
         self.done = 0
         self.current = -1
         self.branch = -1
+        self.symbol = "σ"  # what the marked step's value is called: a cold run's is its degradation level s/T
         self.setToolTip("Noise level σ per step (log scale). Filled: computed; the line marks the selected step.")
         self.setMinimumSize(160, 120)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -34,6 +35,11 @@ class SigmaPlot(QWidget):
         self.done = done
         self.branch = branch
         self.update()
+
+    def set_symbol(self, symbol: str) -> None:
+        if symbol != self.symbol:
+            self.symbol = symbol
+            self.update()
 
     def set_current(self, index: int) -> None:
         self.current = index
@@ -133,7 +139,7 @@ class SigmaPlot(QWidget):
             painter.drawLine(QPointF(p.x(), rect.top()), QPointF(p.x(), rect.bottom()))
             painter.setBrush(QColor(255, 170, 60))
             painter.drawEllipse(p, 4.5, 4.5)
-            label = f"σ = {self.sigmas[self.current]:.3g}"
+            label = f"{self.symbol} = {self.sigmas[self.current]:.3g}"
             width = metrics.horizontalAdvance(label) + 8
             x = min(max(rect.left() + 2, p.x() + 6), rect.right() - width - 2)
             painter.setPen(text_color)

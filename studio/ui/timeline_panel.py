@@ -268,6 +268,7 @@ class TimelinePanel(QWidget):
                 self.captions[key].setText(title)
                 self.views[key].setToolTip(tip)
         self.plot_caption.setText(PLOT_CAPTIONS.get(family, PLOT_CAPTIONS["ldm"]))
+        self.plot.set_symbol("level" if family == "cold" else "σ")
         return family
 
     # -- play -----------------------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ def test_a_cold_run_captions_its_views_as_cold_diffusion(window, qtbot):
     assert window.findChild(QLabel, "levelPlotCaption").text().startswith("degradation level")
     step_text = timeline.step_label.text().replace("\xa0", " ")
     assert "level = " in step_text and "σ" not in step_text
+    assert timeline.plot.symbol == "level"  # the plot's marked step says "level = …", not σ
+    assert [round(v, 6) for v in timeline.plot.sigmas[:1]] == [0.9]  # cold-blur's generation starts at s0 = 36 of 40
     index = combo.findData("tiny-random")
     combo.setCurrentIndex(index)
     combo.activated.emit(index)
@@ -69,6 +71,7 @@ def test_a_cold_run_captions_its_views_as_cold_diffusion(window, qtbot):
     with qtbot.waitSignal(window.controller.finished, timeout=120000):
         QTest.mouseClick(window.findChild(QPushButton, "generateButton"), Qt.MouseButton.LeftButton)
     assert "noisy latent" in window.findChild(QLabel, "xtCaption").text()
+    assert timeline.plot.symbol == "σ"
     assert window.findChild(QLabel, "levelPlotCaption").text() == "noise level σ per step"
 
 

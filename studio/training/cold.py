@@ -52,7 +52,7 @@ GMM_IMAGES = 4000
 # the flat start of §5.1
 START_STEPS = {"blur": 36}
 PRIOR_IMAGES = 4000  # training pictures behind the kernel density (385 KB in the file)
-PRIOR_BANDWIDTH = 0.1  # the kernel's std, as a share of each coefficient's std over those pictures
+PRIOR_BANDWIDTH = 0.3  # the kernel's std, as a share of each coefficient's std over those pictures (model card)
 PRIOR_SEED = 7  # their scenes' seed; training batches use [cfg.seed, step], the evaluation 90,016 and up
 KEPT_GAIN = 1e-3  # a coefficient D(·, s0) scales below this is left out: < 0.1 of an 8-bit level in the picture
 

@@ -284,10 +284,10 @@ def _check_output(path: Path) -> None:
 
 
 def _generate_one(engine, request, args: argparse.Namespace, out: Path, parent=None, from_step: int = 0) -> None:
-    from .engine import format_parameters, save_png
+    from .engine import format_run_parameters, save_png
 
     run, previews = _consume(engine.generate(request, parent=parent, from_step=from_step), args.quiet)
-    save_png(run.image, out, format_parameters(request, model_hash=run.model_hash, lineage=run.lineage))
+    save_png(run.image, out, format_run_parameters(run))  # what ran: a cold model works at its own size
     # the picture is on disk: a side file that fails now is reported with it, never instead of it
     _side_files(out, [(args.timeline, "timeline", lambda: write_gif(
         previews + [run.image], args.timeline, size=(run.image.shape[1], run.image.shape[0]))),

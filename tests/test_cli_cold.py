@@ -25,6 +25,8 @@ def test_generate_branch_and_restore(cold_file, tmp_path, capsys):
                  "--save-run", str(run), "--quiet"]) == 0
     image = np.asarray(Image.open(out))
     assert image.shape == (64, 64, 3)
+    parameters = Image.open(out).info["parameters"]
+    assert "Size: 64x64" in parameters and "Steps: 4" in parameters  # the size it ran at, not the default 512
     branch = tmp_path / "b.png"
     assert main(["generate", "--branch", str(run), "--from-step", "2", "--sampler", "cold_naive", "--out",
                  str(branch), "--quiet"]) == 0

@@ -108,7 +108,7 @@ def load_cold_model(spec: str, device: str = "auto") -> ColdModel:
     torch_device = resolve_device(device)
     try:
         net, words = load_cold_file(path, torch_device, torch.float32)
-        prior = read_start_prior(path) if net.config.generation_step < net.config.steps else None
+        prior = read_start_prior(path)  # used only below T (generation_start)
     except (OSError, ValueError, RuntimeError) as error:
         raise UserError(f"cannot read the cold model {path.name}: {error}") from error
     return ColdModel(net, net.config, words, path, torch_device, prior)

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.cold import DEFAULT_STEPS, Degradation, mask_order
-from ..engine.cold import dct_matrix
+from ..engine.cold import DEFAULT_STEPS, Degradation, dct_matrix, mask_order
 from ..engine.cold_model import ColdConfig, RestorationNet, StartPrior, caption_tokens, save_cold_file
 from .data import object_mask, to_unit
 from .descent import descend
@@ -167,8 +166,6 @@ def start_prior(config: ColdConfig, tiny: bool = False) -> StartPrior | None:
 def refit_start(path: Path, start_step: int) -> None:
     """Give an existing cold-blur file generation's low-frequency start at `start_step` (0: the flat start): the
     net's tensors are written back byte for byte, only the config's start_step and the prior change."""
-    import json as _json
-
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -179,13 +176,13 @@ def refit_start(path: Path, start_step: int) -> None:
         tensors = {k: handle.get_tensor(k) for k in handle.keys() if not k.startswith(START_PRIOR)}
     if COLD_METADATA_KEY not in metadata:
         raise ValueError(f"{path} is not a cold model file")
-    config = replace(ColdConfig.from_json(_json.loads(metadata[COLD_METADATA_KEY])), start_step=start_step)
+    config = replace(ColdConfig.from_json(json.loads(metadata[COLD_METADATA_KEY])), start_step=start_step)
     if config.kind != "blur":
         raise ValueError(f"a low-frequency start is for cold-blur; {path} is cold-{config.kind}")
     prior = start_prior(config)
     if prior is not None:
         tensors.update(prior.tensors())
-    metadata[COLD_METADATA_KEY] = _json.dumps(config.to_json())
+    metadata[COLD_METADATA_KEY] = json.dumps(config.to_json())
     save_file(tensors, str(path), metadata=metadata)
 
 
@@ -349,7 +346,10 @@ def run_cli(args) -> int:
     if getattr(args, "start_step", None) is not None:  # only the generation start of an existing file changes
         if not export.is_file():
             raise UserError(f"--start-step rewrites a model file's generation start: no file {export}")
-        refit_start(export, args.start_step)
+        try:
+            refit_start(export, args.start_step)
+        except ValueError as error:  # not a cold-blur file: one line, not a traceback
+            raise UserError(str(error)) from error
         return 0
     if args.export_only:
         if not (args.out / f"cold-{args.degradation}.pt").exists():

@@ -20,7 +20,7 @@ import torch
 
 from ..engine.cold import Degradation, mask_order
 from ..engine.cold_model import caption_tokens, guided_x0, load_cold_file, read_start_prior
-from ..engine.cold_pipeline import cold_model_path, generation_start, gmm_start
+from ..engine.cold_pipeline import cold_model_path, generation_start
 from ..engine.samplers import Step, cold_improved, cold_naive
 from ..engine.schedules import NoiseLevel
 from .data import object_mask, to_unit

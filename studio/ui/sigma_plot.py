@@ -39,6 +39,8 @@ class SigmaPlot(QWidget):
     def set_symbol(self, symbol: str) -> None:
         if symbol != self.symbol:
             self.symbol = symbol
+            quantity = "Degradation level s/T" if symbol == "level" else "Noise level σ"
+            self.setToolTip(f"{quantity} per step (log scale). Filled: computed; the line marks the selected step.")
             self.update()
 
     def set_current(self, index: int) -> None:

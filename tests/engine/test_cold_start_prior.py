@@ -122,3 +122,15 @@ def test_a_start_prior_that_does_not_fit_is_a_clear_error(tmp_path):
         read_start_prior(path)
     with pytest.raises(UserError, match="cannot read the cold model"):
         Engine().run(GenerationRequest(model=str(path), sampler="cold_improved", steps=T, seed=1))
+
+
+def test_start_step_on_a_file_that_is_not_cold_blur_is_a_one_line_error(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny-mask.safetensors"
+    save_cold_file(RestorationNet(ColdConfig(kind="mask", steps=T, channels=(8, 16), vocabulary=3)), ("a", "b"), path)
+    parser = argparse.ArgumentParser()
+    add_training_commands(parser.add_subparsers())
+    args = parser.parse_args(["train", "--stage", "cold", "--degradation", "mask", "--out", str(tmp_path),
+                              "--export", str(path), "--start-step", "4"])
+    with pytest.raises(UserError, match="for cold-blur"):
+        args.handler(args)

@@ -63,6 +63,7 @@ def test_a_cold_run_captions_its_views_as_cold_diffusion(window, qtbot):
     step_text = timeline.step_label.text().replace("\xa0", " ")
     assert "level = " in step_text and "σ" not in step_text
     assert timeline.plot.symbol == "level"  # the plot's marked step says "level = …", not σ
+    assert timeline.plot.toolTip().startswith("Degradation level")
     assert [round(v, 6) for v in timeline.plot.sigmas[:1]] == [0.9]  # cold-blur's generation starts at s0 = 36 of 40
     index = combo.findData("tiny-random")
     combo.setCurrentIndex(index)
@@ -71,7 +72,7 @@ def test_a_cold_run_captions_its_views_as_cold_diffusion(window, qtbot):
     with qtbot.waitSignal(window.controller.finished, timeout=120000):
         QTest.mouseClick(window.findChild(QPushButton, "generateButton"), Qt.MouseButton.LeftButton)
     assert "noisy latent" in window.findChild(QLabel, "xtCaption").text()
-    assert timeline.plot.symbol == "σ"
+    assert timeline.plot.symbol == "σ" and timeline.plot.toolTip().startswith("Noise level σ")
     assert window.findChild(QLabel, "levelPlotCaption").text() == "noise level σ per step"
 
 

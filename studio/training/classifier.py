@@ -126,7 +126,9 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int = 100) -> floa
 
 
 def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, scenes: int, held_out: int,
-          export: Path | None, minutes: float | None = None, log=print) -> dict:
+          export: Path | None, minutes: float | None = None, init: Path | None = None, log=print) -> dict:
+    """Train (or resume from `out`'s checkpoint); `init`: start a fresh run from an exported classifier file's
+    weights (net and EMA both; a new optimiser and the learning-rate schedule from its warm-up, a warm restart)."""
     alphas_cumprod = model.schedule.alphas_cumprod
     latents, labels = cached(model, scenes, TRAIN_SEED, out, log)
     test_latents, test_labels = cached(model, held_out, HELD_OUT_SEED, out, log)
@@ -147,6 +149,15 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
         optimizer.load_state_dict(state["optimizer"])
         step, seconds = int(state["step"]), float(state["seconds"])
         log(f"resumed {checkpoint} at step {step}")
+    elif init is not None:
+        from ..engine.classifier import load_classifier
+
+        start = load_classifier(init)
+        if start.config != config:
+            raise ValueError(f"{init} is a classifier of other settings ({start.config}); it cannot start this run")
+        net.load_state_dict(start.state_dict())
+        ema.load_state_dict(start.state_dict())
+        log(f"started from {init}")
     log(f"{name}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, {len(latents)} scenes")
     began, last_log = time.perf_counter(), time.perf_counter()
     running = None
@@ -207,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--export", type=Path, default=None, help="weights file (default resources/guides/...)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this exported classifier's weights (a fresh optimiser; warm restart)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model("default", torch.device("cpu"), torch.float32)
     export = args.export or resources_dir() / "guides" / (CLEAN_NAME if args.clean else NOISY_NAME)
     export.parent.mkdir(parents=True, exist_ok=True)
     train(model, args.out, clean=args.clean, steps=args.steps, batch=args.batch, lr=args.lr, scenes=args.scenes,
-          held_out=args.held_out, export=export, minutes=args.minutes, log=lambda s: print(s, flush=True))
+          held_out=args.held_out, export=export, minutes=args.minutes, init=args.init, log=lambda s: print(s, flush=True))
     return 0
 
 

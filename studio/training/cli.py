@@ -41,7 +41,8 @@ def add_training_commands(sub) -> None:
                        help="stage classifier / clip: train on clean latents only (t = 0), the guide of universal "
                             "guidance (clip: fine-tunes the noise-aware CLIP of --out)")
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder (keep it outside git)")
-    train.add_argument("--init", help="fresh UNet stage: vae.pt / a training checkpoint / a model file / default")
+    train.add_argument("--init", help="fresh UNet stage: vae.pt / a training checkpoint / a model file / default; "
+                       "stage classifier: an exported classifier file to continue from (a warm restart)")
     train.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint saved)")
     train.add_argument("--steps", type=int, help="stop at this global step")
     train.add_argument("--export", type=Path, metavar="FILE", help="write the EMA weights here at every checkpoint")
@@ -278,7 +279,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
     export.parent.mkdir(parents=True, exist_ok=True)
     train(model, args.out, clean=args.clean, steps=args.steps or (700 if args.clean else 2000),
           batch=args.batch_size or 128, lr=args.lr or 1e-3, scenes=args.dataset_size or 16000, held_out=2000,
-          export=export, minutes=args.minutes, log=lambda line: print(line, flush=True))
+          export=export, minutes=args.minutes, init=Path(args.init) if args.init else None,
+          log=lambda line: print(line, flush=True))
     return 0
 
 

@@ -43,6 +43,26 @@ def test_a_few_steps_export_a_loadable_classifier_and_resume(tmp_path, clean):
     assert resumed["steps"] == 3
 
 
+def test_a_run_can_start_from_an_exported_classifier(tmp_path):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = LatentDiffusion(tiny_model_config())
+    kwargs = dict(batch=8, lr=1e-3, scenes=32, held_out=16, log=lambda s: None)
+    training.train(model, tmp_path / "a", clean=False, steps=2, export=tmp_path / "a.safetensors", **kwargs)
+    first = load_classifier(tmp_path / "a.safetensors")
+    # zero steps from the file: the export is the file's weights (fp16 round trip), not a fresh network's
+    training.train(model, tmp_path / "b", clean=False, steps=0, export=tmp_path / "b.safetensors",
+                   init=tmp_path / "a.safetensors", **kwargs)
+    again = load_classifier(tmp_path / "b.safetensors")
+    for (name, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    # a clean classifier cannot start a noise-aware run
+    training.train(model, tmp_path / "c", clean=True, steps=1, export=tmp_path / "c.safetensors", **kwargs)
+    with pytest.raises(ValueError, match="other settings"):
+        training.train(model, tmp_path / "d", clean=False, steps=1, export=None, init=tmp_path / "c.safetensors",
+                       **kwargs)
+
+
 def _held_out(n: int):
     from studio.engine import load_model
 
@@ -64,7 +84,8 @@ def test_the_shipped_classifiers_read_held_out_latents():
     assert acc["t=500"]["colour"] >= 0.77 and acc["t=500"]["position"] >= 0.88, acc
     clean = load_classifier(cg.classifier_path(True))
     acc = training.accuracy(clean, latents, labels, model.schedule.alphas_cumprod, clean=True)
-    # measured: shape 85.5 %, colour 96.7 %, position 98.1 %, background 100 %
-    assert acc["clean"]["shape"] >= 0.77 and acc["clean"]["background"] >= 0.97, acc
-    assert acc["clean"]["colour"] >= 0.9 and acc["clean"]["position"] >= 0.92, acc
+    # measured on 2,000 held-out scenes: shape 98.2 %, colour 98.6 %, position 99.1 %, background 100 %
+    # (the weights before issue #15's longer run: shape 85.5 %, colour 96.7 %)
+    assert acc["clean"]["shape"] >= 0.93 and acc["clean"]["background"] >= 0.97, acc
+    assert acc["clean"]["colour"] >= 0.94 and acc["clean"]["position"] >= 0.95, acc
     assert np.isfinite(list(acc["clean"].values())).all()

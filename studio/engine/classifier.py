@@ -7,6 +7,12 @@ level through a learned embedding added to its features (as the UNet's ResBlocks
 (position stays visible) into one linear head per label group (shape, colour, size, position, background ...).
 Label groups and their values are data, read from the weights file, so the engine knows nothing of any scene world.
 
+A head named "a+b" (JOINT) is a *joint* head over groups a and b, its values "va+vb": p_φ(a, b | z_t) as one
+softmax. Asked both a and b, the guide uses it in place of the two independent heads. Why: with two objects in the
+picture, log p(a) + log p(b) of independent heads is raised as much by one object of shape a and another of colour
+b as by one object with both (the split we measured for universal guidance, resources/guides/MODEL_CARD.md); the
+joint head only rewards the pair on one object.
+
 Two choices of ours, both about the zero-terminal-SNR schedule of the built-in model (ᾱ at the first level ≈ 2e-9):
 - the noise level enters as the log-SNR λ = log(ᾱ/(1−ᾱ)), clamped to ±LOG_SNR_LIMIT, not the timestep: the
   network then reads any schedule's levels (fractional Karras timesteps included), and t = 0 is just λ = limit.
@@ -32,6 +38,7 @@ from .archives import ModelLoadError, SafetensorsArchive, SafetensorsHeader
 from .errors import UserError
 
 CLASSIFIER_METADATA_KEY = "studio_classifier"
+JOINT = "+"  # joins group names and values of a joint head ("shape+colour", "star+red")
 LOG_SNR_LIMIT = 12.0  # |λ| beyond this carries no more information for a classifier (ᾱ = 1 − 6e-6)
 
 
@@ -57,11 +64,15 @@ class ClassifierConfig:
         values["widths"] = tuple(int(w) for w in values["widths"])
         return cls(**values)
 
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """The label groups a user picks from: every head but the joint ones."""
+        return {name: values for name, values in self.heads if JOINT not in name}
+
     def labels(self, group: str) -> tuple[str, ...]:
         for name, values in self.heads:
             if name == group:
                 return values
-        raise UserError(f"the classifier has no {group!r} labels; it knows {', '.join(n for n, _ in self.heads)}")
+        raise UserError(f"the classifier has no {group!r} labels; it knows {', '.join(self.groups())}")
 
 
 def log_snr(alpha_cumprod: torch.Tensor) -> torch.Tensor:
@@ -129,14 +140,34 @@ class NoisyClassifier(nn.Module):
         return {name: head(h) for name, head in self.heads.items()}
 
     def log_prob(self, z_t: torch.Tensor, alpha_cumprod: torch.Tensor | float, labels: dict[str, str]) -> torch.Tensor:
-        """Σ_groups log p_φ(y_group | z_t, t) for the asked labels (the heads are independent softmaxes), (B,)."""
+        """log p_φ(y | z_t, t) for the asked labels, (B,): a sum over independent heads, with a joint head (module
+        docstring) in place of the groups it covers when all of them are asked."""
         if not isinstance(alpha_cumprod, torch.Tensor):
             alpha_cumprod = torch.tensor([float(alpha_cumprod)])
         logits = self(z_t, alpha_cumprod)
         total = torch.zeros(z_t.shape[0], device=z_t.device)
-        for group, value in label_indices(self.config, labels).items():
+        for group, value in head_indices(self.config, labels).items():
             total = total + F.log_softmax(logits[group].float(), dim=1)[:, value]
         return total
+
+
+def head_indices(config: ClassifierConfig, labels: dict[str, str]) -> dict[str, int]:
+    """The heads and label indices log p reads for `labels`: each asked group's own head, except that the groups a
+    joint head covers go through it when they are all asked ({"shape": "star", "colour": "red"} → {"shape+colour":
+    index of "star+red"}). Joint heads are taken in file order, each over groups not yet covered."""
+    indices = label_indices(config, labels)
+    out: dict[str, int] = {}
+    covered: set[str] = set()
+    for name, values in config.heads:
+        parts = name.split(JOINT)
+        if len(parts) < 2 or not all(p in indices and p not in covered for p in parts):
+            continue
+        value = JOINT.join(labels[p] for p in parts)
+        if value in values:
+            out[name] = values.index(value)
+            covered.update(parts)
+    out.update({group: index for group, index in indices.items() if group not in covered})
+    return out
 
 
 def label_indices(config: ClassifierConfig, labels: dict[str, str]) -> dict[str, int]:

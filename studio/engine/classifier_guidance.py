@@ -27,6 +27,7 @@ import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence
 
+
 from .errors import UserError
 from .guidance import Guide, GuidanceTrace
 from .samplers import SamplerSpec, Step, ddpm, ddpm_posterior, dpmpp_2m_sde, euler_ancestral
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 GUIDES_FOLDER = "guides"
 CLASSIFIER_FILES = {False: "scene-classifier-noisy.safetensors", True: "scene-classifier-clean.safetensors"}
+JOINT = "+"  # classifier.JOINT, the mark of a joint head's name (repeated: this module reads headers without torch)
 LogProb = Callable[["torch.Tensor", "NoiseLevel"], "torch.Tensor"]  # (z_t, level) → Σ_i s_i·log p_φ(y_i | z_t), scalar
 
 
@@ -78,7 +80,7 @@ def classifier_labels(clean: bool = False) -> dict[str, tuple[str, ...]]:
                 return {}
             header = json.loads(f.read(length))
         heads = json.loads(header["__metadata__"]["studio_classifier"])["heads"]
-        return {str(group): tuple(str(v) for v in values) for group, values in heads}
+        return {str(group): tuple(str(v) for v in values) for group, values in heads if JOINT not in str(group)}
     except (OSError, ValueError, KeyError, TypeError, struct.error):
         return {}
 

@@ -18,20 +18,24 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.classifier import ClassifierConfig, NoisyClassifier, save_classifier
+from ..engine.classifier import JOINT, ClassifierConfig, NoisyClassifier, save_classifier
 from .data import render_scenes, to_unit
 from .descent import descend
 from .scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene
 
+# the main object's shape and colour also as one joint softmax (engine/classifier.py: a guide asking for both reads
+# it, so that a shape on one object and the colour on another do not count as the pair)
 HEADS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shape", SHAPES), ("colour", tuple(COLOURS)), ("size", SIZES), ("position", POSITIONS),
-    ("background", tuple(COLOURS)))
+    ("background", tuple(COLOURS)),
+    ("shape" + JOINT + "colour", tuple(f"{shape}{JOINT}{colour}" for shape in SHAPES for colour in COLOURS)))
 TRAIN_SEED = 8_100_000  # scenes of the classifier's training cache (the UNet's cache used other seeds)
 HELD_OUT_SEED = 8_200_000  # scenes its accuracy is reported on
 EVAL_LEVELS = (0, 250, 500, 700, 850, 950)  # timesteps the held-out accuracy is broken down by
@@ -47,8 +51,17 @@ def main_object(scene: Scene, alphas: np.ndarray) -> int:
 def scene_labels(scene: Scene, alphas: np.ndarray) -> list[int]:
     obj = scene.objects[main_object(scene, alphas)]
     values = {"shape": obj.shape, "colour": obj.colour, "size": obj.size, "position": obj.position,
-              "background": scene.background}
+              "background": scene.background, "shape" + JOINT + "colour": f"{obj.shape}{JOINT}{obj.colour}"}
     return [labels.index(values[name]) for name, labels in HEADS]
+
+
+def with_joint_labels(labels: torch.Tensor) -> torch.Tensor:
+    """A cache written before the joint head (its five columns) gets the joint column: shape·|colours| + colour,
+    the order of HEADS' joint values."""
+    if labels.shape[1] == len(HEADS):
+        return labels
+    joint = labels[:, 0] * len(COLOURS) + labels[:, 1]
+    return torch.cat([labels, joint[:, None]], dim=1)
 
 
 @torch.no_grad()
@@ -69,7 +82,7 @@ def cached(model, n: int, seed: int, folder: Path, log=print) -> tuple[torch.Ten
     path = folder / f"classifier-cache-{seed}-{n}.pt"
     if path.exists():
         state = torch.load(path, weights_only=True)
-        return state["latents"], state["labels"]
+        return state["latents"], with_joint_labels(state["labels"])
     latents, labels = build_cache(model, n, seed, log=log)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"latents": latents, "labels": labels}, path.with_suffix(".tmp"))
@@ -108,13 +121,14 @@ def accuracy(net: NoisyClassifier, latents: torch.Tensor, labels: torch.Tensor, 
             times = torch.randint(0, len(alphas_cumprod), (len(z0),), generator=generator)
         else:
             times = torch.full((len(z0),), t, dtype=torch.long)
+        heads = [(i, name) for i, (name, _) in enumerate(HEADS) if name in net.heads]  # a file may lack the joint one
         correct = torch.zeros(len(HEADS))
         for start in range(0, len(z0), 512):
             z, a = noised(z0[start:start + 512], times[start:start + 512], alphas_cumprod, generator, clean)
             logits = net(z, a)
-            for i, (name, _) in enumerate(HEADS):
+            for i, name in heads:
                 correct[i] += (logits[name].argmax(1) == labels[start:start + 512, i]).sum()
-        out[key] = {name: round(float(correct[i]) / len(z0), 4) for i, (name, _) in enumerate(HEADS)}
+        out[key] = {name: round(float(correct[i]) / len(z0), 4) for i, name in heads}
     net.train()
     return out
 
@@ -153,11 +167,13 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
         from ..engine.classifier import load_classifier
 
         start = load_classifier(init)
-        if start.config != config:
+        # the same network, possibly with fewer heads: a head the file lacks (a joint head added later) starts fresh
+        if replace(start.config, heads=config.heads) != config or not set(start.config.heads) <= set(config.heads):
             raise ValueError(f"{init} is a classifier of other settings ({start.config}); it cannot start this run")
-        net.load_state_dict(start.state_dict())
-        ema.load_state_dict(start.state_dict())
-        log(f"started from {init}")
+        net.load_state_dict(start.state_dict(), strict=False)
+        ema.load_state_dict(net.state_dict())
+        fresh = [name for name, _ in config.heads if (name, dict(config.heads)[name]) not in start.config.heads]
+        log(f"started from {init}" + (f" (new heads: {', '.join(fresh)})" if fresh else ""))
     log(f"{name}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, {len(latents)} scenes")
     began, last_log = time.perf_counter(), time.perf_counter()
     running = None

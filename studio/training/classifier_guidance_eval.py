@@ -37,7 +37,8 @@ DDPM_RECURRENCE_STRENGTH = 20.0
 NOISY_RECURRENCE = 3  # the extra rows: each guided step taken k times (Bansal et al. 2023's self-recurrence)
 # the DDIM row with more recurrence (16 tuning seeds, s = 10: all three 69 % at k = 3, 88 % at k = 5; colour 88 % both)
 DDIM_LONG_RECURRENCE = 5
-UNIVERSAL_STRENGTH = 1.0
+UNIVERSAL_STRENGTH = 3.0  # the clean classifier of issue #15's longer run: s = 3 on 12 tuning seeds (75 % both, s = 1
+# 58 %; docs/guidance_scale_sweep.md); the earlier, 700-step classifier took s = 1
 UNIVERSAL_RECURRENCE = 3
 PROMPT_CASE = ("a circle on the left", {"colour": "green"})
 # the prompt row with recurrence: a guide that competes with a CFG 3 prompt needs more s (16 tuning seeds, k = 3:

@@ -15,6 +15,7 @@ from studio.engine.classifier import (
     ClassifierConfig,
     NoisyClassifier,
     classifier_metrics,
+    head_indices,
     label_indices,
     load_classifier,
     save_classifier,
@@ -58,6 +59,37 @@ def test_pure_noise_level_gives_a_bounded_gradient():
     z = torch.randn(1, 4, 16, 16, requires_grad=True)
     net.log_prob(z, 2e-9, {"shape": "star"}).sum().backward()
     assert float(z.grad.abs().max()) < 1e-3
+
+
+JOINT_HEADS = HEADS + (("shape+colour", tuple(f"{s}+{c}" for s in HEADS[0][1] for c in HEADS[1][1])),)
+JOINT_CONFIG = ClassifierConfig(heads=JOINT_HEADS, widths=(8, 16, 16), embed_dim=16, hidden=32)
+
+
+def test_a_joint_head_replaces_the_heads_it_covers_when_both_are_asked():
+    # star = 2, green = 1: the joint value "star+green" is 2·2 + 1 = 5
+    assert head_indices(JOINT_CONFIG, {"shape": "star", "colour": "green"}) == {"shape+colour": 5}
+    assert head_indices(JOINT_CONFIG, {"shape": "star", "colour": "green", "position": "left"}) == {
+        "shape+colour": 5, "position": 0}
+    assert head_indices(JOINT_CONFIG, {"shape": "star", "position": "left"}) == {"shape": 2, "position": 0}
+    assert head_indices(CONFIG, {"shape": "star", "colour": "green"}) == {"shape": 2, "colour": 1}  # no joint head
+    torch.manual_seed(0)
+    net = NoisyClassifier(JOINT_CONFIG)
+    z = torch.randn(2, 4, 16, 16)
+    logits = net(z, torch.tensor([0.3]))
+    expected = torch.log_softmax(logits["shape+colour"], 1)[:, 5] + torch.log_softmax(logits["position"], 1)[:, 0]
+    torch.testing.assert_close(net.log_prob(z, 0.3, {"shape": "star", "colour": "green", "position": "left"}),
+                               expected)
+    # the user picks groups, never the joint head itself
+    assert list(JOINT_CONFIG.groups()) == ["shape", "colour", "position"]
+    with pytest.raises(UserError, match="knows shape, colour, position$"):
+        label_indices(JOINT_CONFIG, {"size": "small"})
+
+
+def test_the_app_lists_no_joint_head(tmp_path, monkeypatch):
+    path = tmp_path / "joint.safetensors"
+    save_classifier(NoisyClassifier(JOINT_CONFIG), path)
+    monkeypatch.setattr(cg, "classifier_path", lambda clean: path)
+    assert list(cg.classifier_labels(True)) == ["shape", "colour", "position"]
 
 
 def test_label_errors_are_user_errors():

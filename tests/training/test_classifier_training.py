@@ -40,7 +40,8 @@ def test_a_few_steps_export_a_loadable_classifier_and_resume(tmp_path, clean):
     kwargs = dict(clean=clean, batch=8, lr=1e-3, scenes=32, held_out=16, log=lambda s: None)
     metrics = training.train(model, tmp_path, steps=2, export=tmp_path / "c.safetensors", **kwargs)
     loaded = load_classifier(tmp_path / "c.safetensors")
-    assert loaded.config.clean == clean and loaded.config.heads == training.HEADS
+    assert loaded.config.clean == clean and loaded.config.heads == training.trained_heads(clean)
+    assert ("shape+colour" in loaded.heads) == clean  # the joint head is the clean classifier's only
     assert classifier_metrics(tmp_path / "c.safetensors")["steps"] == 2 == metrics["steps"]
     keys = set(metrics["accuracy"])
     assert keys == ({"clean"} if clean else {f"t={t}" for t in training.EVAL_LEVELS} | {"uniform t"})
@@ -62,10 +63,10 @@ def test_a_run_can_start_from_an_exported_classifier(tmp_path):
     for (name, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     # a file without the joint head starts a run with it: the shared weights load, the joint head is fresh
-    older = dataclasses.replace(first.config, heads=training.HEADS[:-1])
+    older = dataclasses.replace(first.config, heads=training.HEADS[:-1], clean=True)
     torch.manual_seed(1)
     save_classifier(NoisyClassifier(older), tmp_path / "older.safetensors")
-    training.train(model, tmp_path / "e", clean=False, steps=0, export=tmp_path / "e.safetensors",
+    training.train(model, tmp_path / "e", clean=True, steps=0, export=tmp_path / "e.safetensors",
                    init=tmp_path / "older.safetensors", **kwargs)
     grown, before = load_classifier(tmp_path / "e.safetensors"), load_classifier(tmp_path / "older.safetensors")
     assert grown.config.heads == training.HEADS

@@ -27,7 +27,6 @@ import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence
 
-
 from .errors import UserError
 from .guidance import Guide, GuidanceTrace
 from .samplers import SamplerSpec, Step, ddpm, ddpm_posterior, dpmpp_2m_sde, euler_ancestral

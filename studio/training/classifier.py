@@ -37,16 +37,17 @@ HEADS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("background", tuple(COLOURS)),
     ("shape" + JOINT + "colour", tuple(f"{shape}{JOINT}{colour}" for shape in SHAPES for colour in COLOURS)))
 
-
-def trained_heads(clean: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """The heads a run trains: all for the clean classifier; the noise-aware one without the joint head, which
-    lost colour in noisy-mode guidance (resources/guides/MODEL_CARD.md, "Training")."""
-    return HEADS if clean else tuple(head for head in HEADS if JOINT not in head[0])
 TRAIN_SEED = 8_100_000  # scenes of the classifier's training cache (the UNet's cache used other seeds)
 HELD_OUT_SEED = 8_200_000  # scenes its accuracy is reported on
 EVAL_LEVELS = (0, 250, 500, 700, 850, 950)  # timesteps the held-out accuracy is broken down by
 NOISY_NAME = "scene-classifier-noisy.safetensors"
 CLEAN_NAME = "scene-classifier-clean.safetensors"
+
+
+def trained_heads(clean: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The heads a run trains: all for the clean classifier; the noise-aware one without the joint head, which
+    lost colour in noisy-mode guidance (resources/guides/MODEL_CARD.md, "Training")."""
+    return HEADS if clean else tuple(head for head in HEADS if JOINT not in head[0])
 
 
 def main_object(scene: Scene, alphas: np.ndarray) -> int:
@@ -152,7 +153,8 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
     alphas_cumprod = model.schedule.alphas_cumprod
     latents, labels = cached(model, scenes, TRAIN_SEED, out, log)
     test_latents, test_labels = cached(model, held_out, HELD_OUT_SEED, out, log)
-    config = ClassifierConfig(heads=trained_heads(clean), in_channels=latents.shape[1], latent_size=latents.shape[-1], clean=clean,
+    config = ClassifierConfig(heads=trained_heads(clean), in_channels=latents.shape[1],
+                              latent_size=latents.shape[-1], clean=clean,
                               scaling_factor=model.config.vae.scaling_factor, trained_for=model.config.name)
     torch.manual_seed(0)
     net = NoisyClassifier(config)
@@ -178,7 +180,7 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
             raise ValueError(f"{init} is a classifier of other settings ({start.config}); it cannot start this run")
         net.load_state_dict(start.state_dict(), strict=False)
         ema.load_state_dict(net.state_dict())
-        fresh = [name for name, _ in config.heads if (name, dict(config.heads)[name]) not in start.config.heads]
+        fresh = [name for name, values in config.heads if (name, values) not in start.config.heads]
         log(f"started from {init}" + (f" (new heads: {', '.join(fresh)})" if fresh else ""))
     log(f"{name}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, {len(latents)} scenes")
     began, last_log = time.perf_counter(), time.perf_counter()
@@ -248,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     export = args.export or resources_dir() / "guides" / (CLEAN_NAME if args.clean else NOISY_NAME)
     export.parent.mkdir(parents=True, exist_ok=True)
     train(model, args.out, clean=args.clean, steps=args.steps, batch=args.batch, lr=args.lr, scenes=args.scenes,
-          held_out=args.held_out, export=export, minutes=args.minutes, init=args.init, log=lambda s: print(s, flush=True))
+          held_out=args.held_out, export=export, minutes=args.minutes, init=args.init,
+          log=lambda s: print(s, flush=True))
     return 0
 
 

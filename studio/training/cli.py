@@ -279,8 +279,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
     export.parent.mkdir(parents=True, exist_ok=True)
     # defaults: the shipped clean classifier's first stage (resources/guides/MODEL_CARD.md); the noise-aware one's
     train(model, args.out, clean=args.clean, steps=args.steps or (3000 if args.clean else 2000),
-          batch=args.batch_size or 128, lr=args.lr or 1e-3, scenes=args.dataset_size or (32000 if args.clean else 16000),
-          held_out=2000,
+          batch=args.batch_size or 128, lr=args.lr or 1e-3,
+          scenes=args.dataset_size or (32000 if args.clean else 16000), held_out=2000,
           export=export, minutes=args.minutes, init=Path(args.init) if args.init else None,
           log=lambda line: print(line, flush=True))
     return 0

@@ -39,7 +39,7 @@ def add_training_commands(sub) -> None:
                             "from D(x, S0) of a low-frequency prior, or 0 for the flat start at T")
     train.add_argument("--clean", action="store_true",
                        help="stage classifier / clip: train on clean latents only (t = 0), the guide of universal "
-                            "guidance (clip: fine-tunes the noise-aware CLIP of --out)")
+                            "guidance (clip: its image trunk is the clean classifier's)")
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder (keep it outside git)")
     train.add_argument("--init", help="fresh UNet stage: vae.pt / a training checkpoint / a model file / default; "
                        "stage classifier: an exported classifier file to continue from (a warm restart)")
@@ -291,15 +291,16 @@ def _train_clip(args: argparse.Namespace) -> int:
 
     from ..engine import load_model
     from ..resources import resources_dir
-    from .clip import CLEAN_NAME, NOISY_NAME, train
+    from ..engine.classifier_guidance import classifier_path
+    from .clip import CLEAN_NAME, CLEAN_STEPS, LR, NOISY_NAME, NOISY_STEPS, train
 
     model = load_model("default", torch.device("cpu"), torch.float32)
     export = args.export or resources_dir() / "guides" / (CLEAN_NAME if args.clean else NOISY_NAME)
     export.parent.mkdir(parents=True, exist_ok=True)
-    train(model, args.out, clean=args.clean, steps=args.steps or (400 if args.clean else 2400),
-          batch=args.batch_size or 128, lr=args.lr or (3e-4 if args.clean else 5e-4),
-          scenes=args.dataset_size or 16000, held_out=1000, export=export, minutes=args.minutes,
-          image_init=resources_dir() / "guides" / "scene-classifier-noisy.safetensors",
+    # the shipped recipe: the image trunk locked at the matching scene classifier's (LiT; training/clip.py)
+    train(model, args.out, clean=args.clean, steps=args.steps or (CLEAN_STEPS if args.clean else NOISY_STEPS),
+          batch=args.batch_size or 128, lr=args.lr or LR, scenes=args.dataset_size or 16000, held_out=1000,
+          export=export, minutes=args.minutes, image_init=classifier_path(args.clean), lock_image=True,
           log=lambda line: print(line, flush=True))
     return 0
 

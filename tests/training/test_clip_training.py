@@ -113,6 +113,30 @@ def test_a_few_steps_export_a_loadable_clip_and_resume(tmp_path, clean):
     assert resumed["steps"] == 3
 
 
+
+def test_a_locked_image_tower_keeps_its_trunk_and_trains_the_rest(tmp_path):
+    from studio.engine.classifier import ClassifierConfig, NoisyClassifier, load_classifier, save_classifier
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = LatentDiffusion(tiny_model_config())
+    latent = model.encode_image(torch.zeros(1, 3, 64, 64))  # the training cache's latents, as the tower sees them
+    config = ClassifierConfig(heads=(("shape", ("a", "b")),), in_channels=latent.shape[1],
+                              latent_size=latent.shape[-1])
+    save_classifier(NoisyClassifier(config), tmp_path / "trunk.safetensors", dtype=torch.float32)
+    kwargs = dict(clean=False, batch=8, lr=1e-2, scenes=32, held_out=24, export=None, lock_image=True,
+                  image_init=tmp_path / "trunk.safetensors", log=lambda s: None)
+    states = []
+    for steps in (0, 3):  # the same start (train seeds torch), then three steps from it
+        training.train(model, tmp_path / str(steps), steps=steps, **kwargs)
+        states.append(torch.load(tmp_path / str(steps) / "clip-noisy.pt", weights_only=True)["net"])
+    trunk = {k: v for k, v in load_classifier(tmp_path / "trunk.safetensors").state_dict().items()
+             if not k.startswith("heads.")}
+    assert trunk and all(torch.equal(state[f"image.{k}"], v) for state in states for k, v in trunk.items())
+    for name in ("image.projection.weight", "text.text_projection.weight", "logit_scale"):
+        assert not torch.equal(states[0][name], states[1][name]), name
+
+
 @pytest.mark.skipif(not clg.clip_path(False).exists(), reason="the scene CLIP is not trained")
 def test_the_shipped_clips_read_held_out_latents():
     from studio.engine import load_model
@@ -128,7 +152,7 @@ def test_the_shipped_clips_read_held_out_latents():
     assert clean["t=0"]["what"] >= BARS["clean what"] and clean["t=0"]["where"] >= BARS["clean where"], clean
 
 
-# measured on 400 scenes (MODEL_CARD.md): noisy t = 0 84.3 % / 100 %, t = 500 58.5 %; clean 84.5 % / 100 %; ~80
-# one-object scenes here, so the bars sit about three standard errors (~14-17 points) below
-BARS = {"noisy t=0 what": 0.68, "noisy t=0 where": 0.95, "noisy t=500 what": 0.42, "clean what": 0.68,
-        "clean where": 0.95}
+# measured on 400 scenes (MODEL_CARD.md): noisy t = 0 69.0 % / 100 %, t = 500 61.5 %; clean 98.5 % / 91.0 %; ~80
+# one-object scenes here, so the bars sit about three standard errors (~10-16 points) below
+BARS = {"noisy t=0 what": 0.53, "noisy t=0 where": 0.95, "noisy t=500 what": 0.45, "clean what": 0.9,
+        "clean where": 0.78}

@@ -292,7 +292,7 @@ def _train_clip(args: argparse.Namespace) -> int:
     from ..engine import load_model
     from ..resources import resources_dir
     from ..engine.classifier_guidance import classifier_path
-    from .clip import CLEAN_NAME, CLEAN_STEPS, LR, NOISY_NAME, NOISY_STEPS, train
+    from .clip import CLEAN_NAME, CLEAN_STEPS, LR, NOISY_NAME, NOISY_STEPS, UNLOCKED_LAYERS, train
 
     model = load_model("default", torch.device("cpu"), torch.float32)
     export = args.export or resources_dir() / "guides" / (CLEAN_NAME if args.clean else NOISY_NAME)
@@ -301,7 +301,7 @@ def _train_clip(args: argparse.Namespace) -> int:
     train(model, args.out, clean=args.clean, steps=args.steps or (CLEAN_STEPS if args.clean else NOISY_STEPS),
           batch=args.batch_size or 128, lr=args.lr or LR, scenes=args.dataset_size or 16000, held_out=1000,
           export=export, minutes=args.minutes, image_init=classifier_path(args.clean), lock_image=True,
-          log=lambda line: print(line, flush=True))
+          unlocked=UNLOCKED_LAYERS[args.clean], log=lambda line: print(line, flush=True))
     return 0
 
 

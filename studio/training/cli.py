@@ -290,8 +290,8 @@ def _train_clip(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine import load_model
-    from ..resources import resources_dir
     from ..engine.classifier_guidance import classifier_path
+    from ..resources import resources_dir
     from .clip import CLEAN_NAME, CLEAN_STEPS, LR, NOISY_NAME, NOISY_STEPS, UNLOCKED_LAYERS, train
 
     model = load_model("default", torch.device("cpu"), torch.float32)

@@ -262,9 +262,12 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
         log("clean CLIP: starting from the noise-aware one's EMA weights")
     ema.load_state_dict(net.state_dict())
     if lock_image:
+        layers = dict(net.image.named_children())
+        if unknown := [layer for layer in unlocked if layer not in layers]:
+            raise ValueError(f"no image tower layer {', '.join(unknown)} to unlock (it has {', '.join(layers)})")
         net.image.requires_grad_(False)
         for layer in ("projection",) + tuple(unlocked):
-            getattr(net.image, layer).requires_grad_(True)
+            layers[layer].requires_grad_(True)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     step, seconds = 0, 0.0
     if checkpoint.exists():

@@ -16,7 +16,7 @@ from studio.engine.clip_guide import clip_metrics, load_clip
 from studio.engine.model import LatentDiffusion
 from studio.training import clip as training
 from studio.training.config import tiny_model_config
-from studio.training.scenes import COLOUR_WORDS, SHAPES, Scene, SceneObject, sample_scene
+from studio.training.scenes import COLOUR_WORDS, POSITION_WORDS, SHAPES, Scene, SceneObject, sample_scene
 
 
 def _held_out_markers() -> list[re.Pattern]:
@@ -57,6 +57,22 @@ def test_hard_negatives_differ_in_one_colour_or_shape_word():
         differ = [(x, y) for x, y in zip(a, b) if x != y and {x.strip(","), y.strip(",")} - {"a", "an"}]
         assert len(a) == len(b) and len(differ) == 1 and set(w.strip(",") for w in differ[0]) <= facts, (text, negative)
 
+
+
+def test_place_negatives_move_one_object_and_never_repeat_the_caption():
+    rng = np.random.default_rng(5)
+    moved = 0
+    for _ in range(100):
+        scene = sample_scene(rng)
+        text, negative = training.caption_pair(scene, rng, ("foo",), position_share=1.0)
+        assert negative != text
+        moved += any(w in text for ws in POSITION_WORDS.values() for w in ws) and \
+            sorted(text.replace(",", "").split()) != sorted(negative.replace(",", "").split())
+        other = training.swapped(scene, np.random.default_rng(0), position_share=1.0)
+        changed = [(a, b) for a, b in zip(scene.objects, other.objects) if a != b]
+        assert len(changed) == 1 and changed[0][0].position != changed[0][1].position
+        assert dataclasses.replace(changed[0][1], position=changed[0][0].position) == changed[0][0]
+    assert moved > 50
 
 def test_zero_shot_candidates_change_one_fact_only():
     scene = Scene("gray", (SceneObject("star", "red", "small", "top"),))
@@ -140,6 +156,13 @@ def test_a_locked_image_tower_keeps_its_trunk_and_trains_the_rest(tmp_path, unlo
     for name in moved + [f"image.{layer}.weight" for layer in unlocked]:
         assert not torch.equal(states[0][name], states[1][name]), name
 
+
+
+def test_unlocking_a_layer_the_tower_lacks_is_a_clear_error(tmp_path):
+    model = LatentDiffusion(tiny_model_config())
+    with pytest.raises(ValueError, match="no image tower layer hiden"):
+        training.train(model, tmp_path, clean=False, steps=1, batch=4, lr=1e-3, scenes=8, held_out=8, export=None,
+                       lock_image=True, unlocked=("hiden",), log=lambda s: None)
 
 @pytest.mark.skipif(not clg.clip_path(False).exists(), reason="the scene CLIP is not trained")
 def test_the_shipped_clips_read_held_out_latents():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
 import numpy as np
@@ -46,6 +46,13 @@ from .tiling import decode_bytes, is_out_of_memory, should_tile
 from .timeline import Timeline, View
 
 ModelLoader = Callable[[str, torch.device, torch.dtype], LatentDiffusion]
+
+
+@contextmanager
+def guided_context() -> Iterator[None]:
+    """Gradients off but autograd possible inside (guides enable it locally), and out of any inference mode."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def validate(request: GenerationRequest) -> None:
@@ -156,7 +163,9 @@ class Engine:
         # a file changed on disk since it was loaded is loaded again (model files are read, never mapped: #17)
         if self._loaded is None or self._loaded[0] != key or source_changed(self._loaded[1]):
             self._loaded = None  # drop the old model before loading the next: one model in memory at a time
-            model = self._loader(spec, torch_device, torch_dtype)
+            # normal tensors even inside a script's torch.inference_mode(): guided runs differentiate through them
+            with torch.inference_mode(False):
+                model = self._loader(spec, torch_device, torch_dtype)
             if on_openvino:
                 from .openvino_unet import accelerate
 
@@ -241,8 +250,9 @@ class Engine:
         validate(request)
         model = self.model(request.model, request.device, request.dtype)
         check_for_model(model, request)  # steps, CLIP skip and memory for this size, before any work
-        # a guided run differentiates through the UNet and the decoder: no inference tensors anywhere in it
-        with torch.no_grad() if request.guides else torch.inference_mode():
+        # a guided run differentiates through the UNet and the decoder: no inference tensors anywhere in it, even when
+        # a script calls it inside its own torch.inference_mode()
+        with guided_context() if request.guides else torch.inference_mode():
             cond, uncond = model.encode_prompts(request.prompt, request.negative_prompt, request.clip_skip)
             plan, generator = make_plan(model, request, cond, uncond)
             if parent is not None:

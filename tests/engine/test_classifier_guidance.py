@@ -283,3 +283,15 @@ def test_guide_labels_travel_in_the_settings():
     request = EMPTY.replace(guide_mode="noisy", guides=(Guide("classifier", 2.0, labels={"shape": "star"}),))
     again = GenerationRequest.from_settings(request.settings())
     assert again.guides == request.guides and again.guides[0].labels == (("shape", "star"),)
+
+
+@pytest.mark.parametrize("mode", ["noisy", "both"])
+def test_a_script_may_call_a_guided_run_under_inference_mode(engine, mode):
+    """A script that wraps its runs in torch.inference_mode() (as for unguided ones) gets the same picture: the guide,
+    loaded inside it, is still differentiated."""
+    request = EMPTY.replace(sampler="ddim", guide_mode=mode,
+                            guides=(Guide("classifier", 30.0, labels={"shape": "star"}),))
+    cg._load.cache_clear()
+    with torch.inference_mode():
+        inside = engine.run(request).final_latent
+    assert torch.equal(inside, engine.run(request).final_latent)

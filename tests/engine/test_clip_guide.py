@@ -270,3 +270,12 @@ def test_the_caption_travels_in_the_settings_and_the_png_fields():
     fields = {k: json.loads(v) if k == "Guidance" else str(v) for k, v in guidance_fields(request)}
     guides = parse_guidance_fields(fields)["guides"]
     assert [g["kind"] for g in guides] == ["colour", "clip"] and guides[1]["text"] == 'a red star, "big", at the top'
+
+
+def test_a_script_may_call_a_clip_guided_run_under_inference_mode(engine):
+    """The CLIP, loaded inside a script's torch.inference_mode(), is still differentiated: the same picture."""
+    request = EMPTY.replace(sampler="ddim", guide_mode="noisy", guides=(Guide("clip", 20.0, text="a star"),))
+    clg._load.cache_clear()
+    with torch.inference_mode():
+        inside = engine.run(request).final_latent
+    assert torch.equal(inside, engine.run(request).final_latent)

@@ -30,12 +30,23 @@ from .data import render_scenes, to_unit
 from .descent import descend
 from .scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene
 
-# the main object's shape and colour also as one joint softmax (engine/classifier.py: a guide asking for both reads
-# it, so that a shape on one object and the colour on another do not count as the pair)
-HEADS: tuple[tuple[str, tuple[str, ...]], ...] = (
+SINGLE_HEADS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shape", SHAPES), ("colour", tuple(COLOURS)), ("size", SIZES), ("position", POSITIONS),
-    ("background", tuple(COLOURS)),
-    ("shape" + JOINT + "colour", tuple(f"{shape}{JOINT}{colour}" for shape in SHAPES for colour in COLOURS)))
+    ("background", tuple(COLOURS)))
+
+
+def joint_head(first: str, second: str) -> tuple[str, tuple[str, ...]]:
+    """One softmax over the main object's (first, second) pairs, "star+red" (engine/classifier.py: a guide asking
+    for both reads it, so that the first on one object and the second on another do not count as the pair)."""
+    values = dict(SINGLE_HEADS)
+    return first + JOINT + second, tuple(f"{a}{JOINT}{b}" for a in values[first] for b in values[second])
+
+
+# the single heads, then the joint ones; label columns follow this order (older caches lack the joint columns)
+HEADS = SINGLE_HEADS + (joint_head("shape", "colour"), joint_head("colour", "position"))
+# the joint heads each shipped classifier trains (resources/guides/MODEL_CARD.md, "Training"): shape+colour for
+# the clean one, none for the noise-aware one
+JOINT_HEADS: dict[bool, tuple[str, ...]] = {True: ("shape+colour",), False: ()}
 
 TRAIN_SEED = 8_100_000  # scenes of the classifier's training cache (the UNet's cache used other seeds)
 HELD_OUT_SEED = 8_200_000  # scenes its accuracy is reported on
@@ -44,10 +55,14 @@ NOISY_NAME = "scene-classifier-noisy.safetensors"
 CLEAN_NAME = "scene-classifier-clean.safetensors"
 
 
-def trained_heads(clean: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """The heads a run trains: all for the clean classifier; the noise-aware one without the joint head, which
-    lost colour in noisy-mode guidance (resources/guides/MODEL_CARD.md, "Training")."""
-    return HEADS if clean else tuple(head for head in HEADS if JOINT not in head[0])
+def trained_heads(clean: bool, joint: tuple[str, ...] | None = None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The heads a run trains: the single ones and the `joint` ones (default: JOINT_HEADS of its kind)."""
+    joint = JOINT_HEADS[clean] if joint is None else joint
+    unknown = set(joint) - {name for name, _ in HEADS if JOINT in name}
+    if unknown:
+        raise ValueError(f"no joint head {', '.join(sorted(unknown))}; known: "
+                         + ", ".join(name for name, _ in HEADS if JOINT in name))
+    return tuple(head for head in HEADS if JOINT not in head[0] or head[0] in joint)
 
 
 def main_object(scene: Scene, alphas: np.ndarray) -> int:
@@ -58,17 +73,22 @@ def main_object(scene: Scene, alphas: np.ndarray) -> int:
 def scene_labels(scene: Scene, alphas: np.ndarray) -> list[int]:
     obj = scene.objects[main_object(scene, alphas)]
     values = {"shape": obj.shape, "colour": obj.colour, "size": obj.size, "position": obj.position,
-              "background": scene.background, "shape" + JOINT + "colour": f"{obj.shape}{JOINT}{obj.colour}"}
+              "background": scene.background}
+    for name, _ in HEADS[len(SINGLE_HEADS):]:
+        values[name] = JOINT.join(values[part] for part in name.split(JOINT))
     return [labels.index(values[name]) for name, labels in HEADS]
 
 
 def with_joint_labels(labels: torch.Tensor) -> torch.Tensor:
-    """A cache written before the joint head (its five columns) gets the joint column: shape·|colours| + colour,
-    the order of HEADS' joint values."""
-    if labels.shape[1] == len(HEADS):
-        return labels
-    joint = labels[:, 0] * len(COLOURS) + labels[:, 1]
-    return torch.cat([labels, joint[:, None]], dim=1)
+    """A cache written before a joint head (fewer columns) gets the missing joint columns, each first·|second's
+    values| + second: the order of joint_head's values."""
+    sizes = {name: len(values) for name, values in SINGLE_HEADS}
+    column = {name: i for i, (name, _) in enumerate(SINGLE_HEADS)}
+    extra = []
+    for name, _ in HEADS[labels.shape[1]:]:
+        first, second = name.split(JOINT)
+        extra.append(labels[:, column[first]] * sizes[second] + labels[:, column[second]])
+    return torch.cat([labels, *(e[:, None] for e in extra)], dim=1) if extra else labels
 
 
 @torch.no_grad()
@@ -147,13 +167,14 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int = 100) -> floa
 
 
 def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, scenes: int, held_out: int,
-          export: Path | None, minutes: float | None = None, init: Path | None = None, log=print) -> dict:
+          export: Path | None, minutes: float | None = None, init: Path | None = None,
+          joint: tuple[str, ...] | None = None, log=print) -> dict:
     """Train (or resume from `out`'s checkpoint); `init`: start a fresh run from an exported classifier file's
     weights (net and EMA both; a new optimiser and the learning-rate schedule from its warm-up, a warm restart)."""
     alphas_cumprod = model.schedule.alphas_cumprod
     latents, labels = cached(model, scenes, TRAIN_SEED, out, log)
     test_latents, test_labels = cached(model, held_out, HELD_OUT_SEED, out, log)
-    config = ClassifierConfig(heads=trained_heads(clean), in_channels=latents.shape[1],
+    config = ClassifierConfig(heads=trained_heads(clean, joint), in_channels=latents.shape[1],
                               latent_size=latents.shape[-1], clean=clean,
                               scaling_factor=model.config.vae.scaling_factor, trained_for=model.config.name)
     torch.manual_seed(0)
@@ -244,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this exported classifier's weights (a fresh optimiser; warm restart)")
+    parser.add_argument("--joint-heads", default=None, metavar="HEAD,...",
+                        help="the joint heads to train, e.g. colour+position (default: the shipped recipe's; "
+                             "'' for none)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model("default", torch.device("cpu"), torch.float32)
@@ -251,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     export.parent.mkdir(parents=True, exist_ok=True)
     train(model, args.out, clean=args.clean, steps=args.steps, batch=args.batch, lr=args.lr, scenes=args.scenes,
           held_out=args.held_out, export=export, minutes=args.minutes, init=args.init,
+          joint=None if args.joint_heads is None else tuple(h for h in args.joint_heads.split(",") if h),
           log=lambda s: print(s, flush=True))
     return 0
 

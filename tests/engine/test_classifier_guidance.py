@@ -85,6 +85,15 @@ def test_a_joint_head_replaces_the_heads_it_covers_when_both_are_asked():
         label_indices(JOINT_CONFIG, {"size": "small"})
 
 
+def test_a_colour_and_position_joint_head_leaves_the_shape_to_its_own_head():
+    heads = HEADS + (("colour+position", tuple(f"{c}+{p}" for c in HEADS[1][1] for p in HEADS[2][1])),)
+    config = ClassifierConfig(heads=heads, widths=(8, 16, 16), embed_dim=16, hidden=32)
+    # green = 1, right = 1: "green+right" is 1·2 + 1 = 3
+    assert head_indices(config, {"shape": "star", "colour": "green", "position": "right"}) == {
+        "colour+position": 3, "shape": 2}
+    assert head_indices(config, {"shape": "star", "colour": "green"}) == {"shape": 2, "colour": 1}
+
+
 def test_the_app_lists_no_joint_head(tmp_path, monkeypatch):
     path = tmp_path / "joint.safetensors"
     save_classifier(NoisyClassifier(JOINT_CONFIG), path)

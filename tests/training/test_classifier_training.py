@@ -26,10 +26,24 @@ def test_labels_describe_the_object_covering_most_pixels():
     labels = training.scene_labels(scene, alphas)
     names = dict(training.HEADS)
     assert [names[g][i] for (g, _), i in zip(training.HEADS, labels)] == [
-        "square", "green", "large", "bottom right", "blue", "square+green"]
-    # a cache written before the joint head gets the same joint column
-    old_cache = torch.tensor([labels[:5]])
-    assert training.with_joint_labels(old_cache).tolist() == [labels]
+        "square", "green", "large", "bottom right", "blue", "square+green", "green+bottom right"]
+    # a cache written before the joint heads (or before the second) gets the same joint columns
+    for columns in (5, 6):
+        assert training.with_joint_labels(torch.tensor([labels[:columns]])).tolist() == [labels]
+
+
+def test_the_joint_heads_a_run_trains(tmp_path):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = LatentDiffusion(tiny_model_config())
+    training.train(model, tmp_path, clean=False, steps=1, batch=8, lr=1e-3, scenes=32, held_out=16,
+                   export=tmp_path / "c.safetensors", joint=("colour+position",), log=lambda s: None)
+    heads = dict(load_classifier(tmp_path / "c.safetensors").config.heads)
+    assert "colour+position" in heads and "shape+colour" not in heads
+    assert len(heads["colour+position"]) == len(heads["colour"]) * len(heads["position"])
+    assert heads["colour+position"][1] == f"{heads['colour'][0]}+{heads['position'][1]}"
+    with pytest.raises(ValueError, match="no joint head size"):
+        training.trained_heads(False, ("size+shape",))
 
 
 @pytest.mark.parametrize("clean", [False, True])
@@ -63,13 +77,13 @@ def test_a_run_can_start_from_an_exported_classifier(tmp_path):
     for (name, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     # a file without the joint head starts a run with it: the shared weights load, the joint head is fresh
-    older = dataclasses.replace(first.config, heads=training.HEADS[:-1], clean=True)
+    older = dataclasses.replace(first.config, heads=training.SINGLE_HEADS, clean=True)
     torch.manual_seed(1)
     save_classifier(NoisyClassifier(older), tmp_path / "older.safetensors")
     training.train(model, tmp_path / "e", clean=True, steps=0, export=tmp_path / "e.safetensors",
                    init=tmp_path / "older.safetensors", **kwargs)
     grown, before = load_classifier(tmp_path / "e.safetensors"), load_classifier(tmp_path / "older.safetensors")
-    assert grown.config.heads == training.HEADS
+    assert grown.config.heads == training.trained_heads(True)
     assert torch.equal(grown.stem.weight, before.stem.weight) and "shape+colour" in grown.heads
     # a clean classifier cannot start a noise-aware run
     training.train(model, tmp_path / "c", clean=True, steps=1, export=tmp_path / "c.safetensors", **kwargs)

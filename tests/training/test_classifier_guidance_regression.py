@@ -26,7 +26,7 @@ def engine():
 
 def test_the_ddim_row_hits_the_asked_shape_colour_and_position(engine):
     cases = cge.targets(CASES, REGRESSION_SEED)
-    guided = cge.row_scores(engine, cases, sampler="ddim", strength=cge.DDIM_STRENGTH,
+    guided = cge.row_scores(engine, cases, sampler="ddim", strength=cge.DDIM_RECURRENCE_STRENGTH,
                             recurrence=cge.NOISY_RECURRENCE)
     unguided = cge.row_scores(engine, cases, mode=None)
     assert guided["colour"] >= 4 / 6 and guided["position"] >= 4 / 6 and guided["shape"] >= 3 / 6, guided

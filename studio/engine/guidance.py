@@ -78,8 +78,9 @@ LAYOUT_POOL = 8  # "layout": compare 8×8-pixel block means (structure, not deta
 #   gradient reaches z_t through ∂ẑ0/∂z_t, which for an ideal denoiser is proportional to Cov[x0 | z_t] (Tweedie's
 #   formula differentiated once), and a prompt at CFG 3 that names a colour leaves no spread there to move.
 # classifier (issue #15): s = 10 in noisy mode, the best of s ∈ {1, 3, 10, 30, 100} for DDIM (Algorithm 2) and DDPM
-# (Algorithm 1) on 16 tuning seeds (docs/guidance_scale_sweep.md); in the universal modes s = 3 was measured
-# with the shipped clean classifier (resources/guides/MODEL_CARD.md), so give :3 there.
+# (Algorithm 1) on 16 tuning seeds (docs/guidance_scale_sweep.md); with self-recurrence k = 3 give :20 (better than
+# 10 for DDIM on 64 tuning cases, for DDPM on 16); in the universal modes s = 3 was measured with the shipped
+# clean classifier (resources/guides/MODEL_CARD.md), so give :3 there.
 # clip (issue #15): s = 10 in noisy mode (the score is the CLIP's logit exp(τ)·f·g, on the classifier's
 # log-probability scale): the best of s ∈ {5, 10, 20} for DDIM with recurrence k = 3 on 32 tuning seeds with the
 # first LiT CLIP; with the shipped one s = 10 ties s = 30 in the plain DDIM sweep of 8 (docs/guidance_scale_sweep.md).

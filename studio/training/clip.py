@@ -21,8 +21,8 @@ locked pre-trained image model, a text model trained to read its embeddings). Th
 and the temperature train, and for the noise-aware CLIP also the 256-wide layer above the convolutions
 (UNLOCKED_LAYERS). The classifier was trained on twice the scenes for its one job and reads colour and shape at high
 noise better than a contrastive run on one core gets to. CLIP guidance with DDIM and recurrence k = 3 put all three
-asked attributes right in 67.5 % of the report seeds with it, against 47.5 % with the previous recipe's CLIP
-(`--unlock-image`: the whole image tower trained from the older classifier's trunk, 5,000 steps);
+asked attributes right in 62.5–67.5 % of the report seeds with it (two trunks), against 47.5 % with the previous
+recipe's CLIP (`--unlock-image`: the whole image tower trained from the older classifier's trunk, 5,000 steps);
 resources/guides/MODEL_CARD.md.
 
 `studio train --stage clip [--clean]`, or `python -m studio.training.clip`; resumable from its checkpoint; exports

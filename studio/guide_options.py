@@ -12,8 +12,10 @@ settings around it, turned into GenerationRequest fields.
                                                   caption (GLIDE's CLIP guidance with --guide-mode noisy, the
                                                   clean CLIP's score on ẑ0 otherwise)
 
-A branch keeps its parent's guides unless --guide replaces them or --no-guides drops them; --guide-strength gives
-every guide (given or inherited) one strength. Building the options imports no torch.
+Without :STRENGTH a guide takes its kind's measured best (engine.suggested_strength: a classifier's depends on the
+guide mode and the recurrence). A branch keeps its parent's guides unless --guide replaces them or --no-guides
+drops them; --guide-strength gives every guide (given or inherited) one strength. Building the options imports no
+torch.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
                    help="universal guidance, repeatable: colour:HINT.png (RGBA, hint where alpha > 0), "
                         "reference:REF.png (add :palette for colours instead of layout), keep:MASK.png (with --init), "
                         "classifier:shape=star,colour=red (labels as captions name them), "
-                        "clip:\"a red star at the top\" (a caption); strength defaults per kind")
+                        "clip:\"a red star at the top\" (a caption); strength defaults per kind (a classifier's "
+                        "also per --guide-mode and --recurrence: noisy 10, noisy with K > 1 20, else 3)")
     p.add_argument("--guide-mode", metavar="MODE",
                    help=f"{' | '.join(GUIDE_MODES)}: through the model (forward) or on its prediction (backward); "
                         "noisy: classifier or CLIP guidance on the noisy latent (Algorithm 1 or 2 by sampler)")
@@ -59,15 +62,16 @@ def _number(args: argparse.Namespace, option: str, kind: type):
         raise UserError(f"--{option.replace('_', '-')} must be {what}, got {text!r}") from None
 
 
-def parse_guide(spec: str):
-    """KIND:PICTURE[:STRENGTH][:VARIANT] → Guide with its picture loaded; a path may itself hold colons."""
-    from .engine import DEFAULT_STRENGTH, Guide, load_mask, load_rgb, load_rgba
+def parse_guide(spec: str, mode: str = "noisy", recurrence: int = 1):
+    """KIND:PICTURE[:STRENGTH][:VARIANT] → Guide with its picture loaded; a path may itself hold colons. A classifier
+    or CLIP guide without a strength takes the one measured best for the run's guide mode and recurrence k."""
+    from .engine import DEFAULT_STRENGTH, Guide, load_mask, load_rgb, load_rgba, suggested_strength
 
     kind, sep, rest = spec.partition(":")
     if kind == "classifier":
-        return parse_classifier_guide(spec, rest)
+        return parse_classifier_guide(spec, rest, suggested_strength(kind, mode, recurrence))
     if kind == "clip":
-        return parse_clip_guide(spec, rest)
+        return parse_clip_guide(spec, rest, suggested_strength(kind, mode, recurrence))
     if kind not in GUIDE_KINDS:
         raise UserError(f"unknown guide kind {kind!r} in --guide {spec}; choose one of "
                         f"{', '.join(GUIDE_KINDS)}, classifier, clip")
@@ -88,12 +92,11 @@ def parse_guide(spec: str):
     return Guide(kind, strength, loader(rest), variant)
 
 
-def parse_classifier_guide(spec: str, rest: str):
-    """classifier:GROUP=VALUE[,GROUP=VALUE…][:STRENGTH] → Guide("classifier", labels=…); the values are checked
-    against the classifier's own labels when the run starts."""
-    from .engine import DEFAULT_STRENGTH, Guide
+def parse_classifier_guide(spec: str, rest: str, strength: float):
+    """classifier:GROUP=VALUE[,GROUP=VALUE…][:STRENGTH] → Guide("classifier", labels=…), `strength` when none is
+    given; the values are checked against the classifier's own labels when the run starts."""
+    from .engine import Guide
 
-    strength = DEFAULT_STRENGTH["classifier"]
     head, _, last = rest.rpartition(":")
     if head and "=" not in last:
         strength, rest = _strength(last, spec), head
@@ -111,12 +114,12 @@ def parse_classifier_guide(spec: str, rest: str):
     return Guide("classifier", strength, labels=labels)
 
 
-def parse_clip_guide(spec: str, rest: str):
+def parse_clip_guide(spec: str, rest: str, strength: float):
     """clip:CAPTION[:STRENGTH] → Guide("clip", text=CAPTION); quotes around the caption (kept by a shell that was
-    given them inside other quotes) are dropped. A last ':' field that reads as a number is the strength."""
-    from .engine import DEFAULT_STRENGTH, Guide
+    given them inside other quotes) are dropped. A last ':' field that reads as a number is the strength (else
+    `strength`)."""
+    from .engine import Guide
 
-    strength = DEFAULT_STRENGTH["clip"]
     head, _, last = rest.rpartition(":")
     if head and _is_number(last):
         strength, rest = _strength(last, spec), head
@@ -170,7 +173,8 @@ def guidance_changes(args: argparse.Namespace, base) -> dict[str, Any]:
     if args.no_guides:
         guides = ()
     elif args.guide:
-        guides = tuple(parse_guide(spec) for spec in args.guide)
+        mode, recurrence = changes.get("guide_mode", base.guide_mode), changes.get("recurrence", base.recurrence)
+        guides = tuple(parse_guide(spec, mode, recurrence) for spec in args.guide)
     if strength is not None:
         if not math.isfinite(strength) or strength < 0:
             raise UserError(f"--guide-strength must be a number ≥ 0, got {args.guide_strength}")

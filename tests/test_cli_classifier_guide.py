@@ -55,3 +55,21 @@ def test_an_unknown_label_is_one_line(tmp_path, capsys):
     assert main([*BASE, "--guide", "classifier:shape=hexagon", "--guide-mode", "noisy",
                  "--out", str(tmp_path / "x.png")]) == 1
     assert "knows no shape 'hexagon'" in capsys.readouterr().err
+
+
+def test_a_classifier_guide_without_strength_takes_the_one_measured_for_its_mode():
+    from studio.cli import build_parser
+    from studio.engine import GenerationRequest
+    from studio.guide_options import guidance_changes
+
+    def strength(*options):
+        args = build_parser().parse_args(["generate", "--out", "x.png", "--guide", "classifier:shape=star", *options])
+        (guide,) = guidance_changes(args, GenerationRequest())["guides"]
+        return guide.strength
+
+    assert strength() == 3.0  # the default mode, backward: universal guidance with the clean classifier
+    assert strength("--guide-mode", "noisy") == DEFAULT_STRENGTH["classifier"] == 10.0
+    assert strength("--guide-mode", "noisy", "--recurrence", "3") == 20.0
+    args = build_parser().parse_args(["generate", "--out", "x.png", "--guide", "classifier:shape=star:4",
+                                      "--guide-mode", "noisy"])
+    assert guidance_changes(args, GenerationRequest())["guides"][0].strength == 4.0

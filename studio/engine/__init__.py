@@ -59,6 +59,7 @@ from .images import (
     save_png,
 )
 from .guidance import DEFAULT_STRENGTH, GUIDE_KINDS, GUIDE_MODES, REFERENCE_VARIANTS, Guide, guidance_cost
+from .guidance import suggested_strength
 from .guidance import ALL_GUIDE_KINDS, BACKWARD_MODES, TRAINED_GUIDE_KINDS, UNIVERSAL_MODES
 from .classifier_guidance import classifier_labels
 from .masks import feather_inward, grow_mask
@@ -96,6 +97,7 @@ __all__ = [
     "parse_parameters", "read_parameters", "save_png", "GenerationRequest", "RequestError", "SAMPLER_TABLE",
     "SamplerSpec", "grow_mask", "feather_inward", "Guide", "GUIDE_KINDS", "GUIDE_MODES", "REFERENCE_VARIANTS",
     "DEFAULT_STRENGTH", "guidance_cost", "ALL_GUIDE_KINDS", "TRAINED_GUIDE_KINDS", "UNIVERSAL_MODES", "BACKWARD_MODES",
+    "suggested_strength",
     "classifier_labels", "shipped_cold_models", *_LAZY,
 ]
 

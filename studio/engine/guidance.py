@@ -86,6 +86,22 @@ LAYOUT_POOL = 8  # "layout": compare 8×8-pixel block means (structure, not deta
 # first LiT CLIP; with the shipped one s = 10 ties s = 30 in the plain DDIM sweep of 8 (docs/guidance_scale_sweep.md).
 DEFAULT_STRENGTH: dict[str, float] = {"colour": 1.0, "reference": 10.0, "keep": 1.0, "classifier": 10.0,
                                       "clip": 10.0}
+RECURRENT_CLASSIFIER_STRENGTH = 20.0  # noisy mode with self-recurrence (docs/guidance_scale_sweep.md, sixth session)
+UNIVERSAL_CLASSIFIER_STRENGTH = 3.0  # the clean classifier on ẑ0 (resources/guides/MODEL_CARD.md)
+
+
+def suggested_strength(kind: str, mode: GuideMode = "noisy", recurrence: int = 1) -> float:
+    """The strength measured best for a guide kind in a guide mode and with self-recurrence k: what the app and the
+    CLI give a classifier or CLIP guide whose strength the user has not set. The classifier's best s depends on both
+    (DEFAULT_STRENGTH's note: noisy 10, noisy with k = 3 20, on ẑ0 with the clean classifier 3); the other kinds'
+    were measured in one setting only, so they keep DEFAULT_STRENGTH's."""
+    if kind == "classifier":
+        if mode in UNIVERSAL_MODES:
+            return UNIVERSAL_CLASSIFIER_STRENGTH
+        # measured at k = 3 (DDIM on 64 tuning cases, DDPM on 16); any k > 1 takes it: k = 5 at s = 10 read less
+        return RECURRENT_CLASSIFIER_STRENGTH if recurrence > 1 else DEFAULT_STRENGTH["classifier"]
+    return DEFAULT_STRENGTH[kind]
+
 
 Objective = Callable[["torch.Tensor"], "torch.Tensor"]  # ẑ0 latent (1, C, h, w) → scalar loss
 

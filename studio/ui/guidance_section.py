@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 from .form_widgets import bound_check, bound_combo, bound_spin, dspin, form
 from .guides import cost_text
 from .images import accepts_drop, dropped, thumbnail
-from .settings_model import CLASSIFIER_LABELS, UI_LIMITS, GenerationSettings, bind
+from .settings_model import CLASSIFIER_LABELS, UI_LIMITS, GenerationSettings, bind, suggested_strength
 
 MODES = {"forward": "Forward", "backward": "Backward", "both": "Forward + backward",
          "noisy": "Noisy (classifier / CLIP guidance)"}
@@ -44,6 +44,7 @@ MODE_TIP = ("Forward: the loss's gradient through the model and decoder is added
             "2021: Algorithm 2 for DDIM-type samplers, Algorithm 1 for ancestral ones), and CLIP guidance with the\n"
             "noise-aware CLIP (GLIDE); the classifier and CLIP guides only.")
 THUMB = 44
+STRENGTH_NAMES = {"classifier": "classifier", "clip": "CLIP"}
 COST_SETTINGS = ("guide_mode", "backward_steps", "recurrence")
 
 
@@ -196,6 +197,12 @@ class GuidanceSection(QGroupBox):
         self.toggle.setText("Guidance · " + (", ".join(on) + f" · {s.guide_mode}" if on else "off"))
         self.cost_label.setText(cost_text(s.guide_mode, s.backward_steps, s.recurrence))
         self.backward_steps.setEnabled(s.guide_mode != "forward")
+        for kind, box in (("classifier", self.classifier_strength), ("clip", self.clip_strength)):
+            suggested = suggested_strength(kind, s.guide_mode, s.recurrence)
+            follows = s.guide_strength_follows[kind]
+            box.setToolTip(f"Strength s of the {STRENGTH_NAMES[kind]} guide; {suggested:g} was measured best with "
+                           f"mode {s.guide_mode}" + (f", recurrence {s.recurrence}" if s.recurrence > 1 else "")
+                           + (" (it follows the mode until you change it)" if follows else ""))
         for kind, widgets in (("colour", (self.colour_strength,)), ("keep", (self.keep_strength,)),
                               ("reference", (self.reference_strength, self.reference_variant)),
                               ("classifier", (self.classifier_strength, *self.classifier_labels.values())),

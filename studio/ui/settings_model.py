@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QPlainTextEdit, QSpinBox, QWidget
 
-from ..engine import GUIDE_KINDS, REFERENCE_VARIANTS, GenerationRequest, classifier_labels
+from ..engine import GUIDE_KINDS, REFERENCE_VARIANTS, GenerationRequest, classifier_labels, suggested_strength
 from .choices import BUILTIN_MODELS, SAMPLERS, default_eta, supports_karras
 
 MAX_SEED = 2**32 - 1  # A1111 and ComfyUI seeds fit; the engine takes up to 2^63 − 1
@@ -64,13 +64,13 @@ UI_DEFAULTS: dict[str, Any] = {"random_each": False, "recent_models": ()}
 
 
 def _default_strength(kind: str) -> float:
-    """The engine's tuned default strength of a guide kind (10 for a colour hint, 1 for the others until tuned)."""
-    from .. import engine
+    """The engine's tuned strength of a guide kind in the request's default guide mode and recurrence."""
+    return float(suggested_strength(kind, REQUEST_DEFAULTS["guide_mode"], REQUEST_DEFAULTS["recurrence"]))
 
-    try:
-        return float(engine.DEFAULT_STRENGTH[kind])
-    except (AttributeError, KeyError):
-        return 10.0 if kind == "colour" else 1.0
+
+# guides whose measured best strength depends on the guide mode and the recurrence (engine.suggested_strength)
+MODE_DEPENDENT_GUIDES = ("classifier", "clip")
+_GUIDE_STRENGTH_KINDS = {f"guide_{kind}_strength": kind for kind in MODE_DEPENDENT_GUIDES}
 
 
 # Each guide of universal guidance: on or off and its strength (a reference also its variant). Not request fields:
@@ -176,6 +176,10 @@ class GenerationSettings(QObject):
         # once the user sets one, it stays theirs
         self.strength_follows_task = True
         self._following_task_strength = False
+        # per guide kind: True while its strength is the suggestion for the guide mode and recurrence (it follows
+        # them); once the user, a restored run or a branch sets one, it stays theirs
+        self.guide_strength_follows = dict.fromkeys(MODE_DEPENDENT_GUIDES, True)
+        self._following_guide_strength = False
 
     def get(self, name: str) -> Any:
         return self._values[name]
@@ -192,6 +196,8 @@ class GenerationSettings(QObject):
             self.cfg_follows_model = False
         if name == "strength" and not self._following_task_strength:
             self.strength_follows_task = False
+        if name in _GUIDE_STRENGTH_KINDS and not self._following_guide_strength:
+            self.guide_strength_follows[_GUIDE_STRENGTH_KINDS[name]] = False
         self.changed.emit(name, value)
         self._follow(name, value)
 
@@ -201,6 +207,8 @@ class GenerationSettings(QObject):
             self.set("eta", default_eta(value))
             if not supports_karras(value):
                 self.set("karras", False)
+        elif name in ("guide_mode", "recurrence"):
+            self._follow_guide_strengths()
         elif name in ("model", "recent_models"):
             self._list_current_model()
             if name == "model":
@@ -271,6 +279,17 @@ class GenerationSettings(QObject):
         values = {name: self._values[name] for name in REQUEST_DEFAULTS}
         values.update(overrides)
         return GenerationRequest(**values)
+
+    def _follow_guide_strengths(self) -> None:
+        """The classifier and CLIP guides' suggested strengths for the new mode or recurrence, unless chosen."""
+        self._following_guide_strength = True
+        try:
+            for kind, follows in self.guide_strength_follows.items():
+                if follows:
+                    self.set(f"guide_{kind}_strength",
+                             suggested_strength(kind, self._values["guide_mode"], self._values["recurrence"]))
+        finally:
+            self._following_guide_strength = False
 
     def follow_model_cfg(self, cfg: float) -> None:
         """The loaded model's recommended guidance scale, unless the user has chosen one."""

@@ -35,8 +35,8 @@ def test_picked_labels_guide_a_noisy_run_and_the_timeline_shows_it(window, qtbot
     pick(window, "classifierShapeCombo", "star")
     pick(window, "classifierColourCombo", "red")
     pick(window, "classifierPositionCombo", "top left")
-    window.findChild(QDoubleSpinBox, "classifierGuideStrength").setValue(3.0)
     panel.guide_mode.setCurrentIndex(panel.guide_mode.findData("noisy"))
+    window.findChild(QDoubleSpinBox, "classifierGuideStrength").setValue(3.0)
     assert "classifier 3" in panel.guidance_section.toggle.text()
     with qtbot.waitSignal(window.controller.finished, timeout=GENERATION_TIMEOUT_MS):
         QTest.mouseClick(window.findChild(QPushButton, "generateButton"), Qt.MouseButton.LeftButton)

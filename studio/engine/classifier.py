@@ -139,16 +139,33 @@ class NoisyClassifier(nn.Module):
         h = F.silu(self.hidden(h) + self.hidden_embed(emb))
         return {name: head(h) for name, head in self.heads.items()}
 
-    def log_prob(self, z_t: torch.Tensor, alpha_cumprod: torch.Tensor | float, labels: dict[str, str]) -> torch.Tensor:
+    def log_prob(self, z_t: torch.Tensor, alpha_cumprod: torch.Tensor | float, labels: dict[str, str],
+                 exclusive_background: bool = False) -> torch.Tensor:
         """log p_φ(y | z_t, t) for the asked labels, (B,): a sum over independent heads, with a joint head (module
-        docstring) in place of the groups it covers when all of them are asked."""
+        docstring) in place of the groups it covers when all of them are asked; `exclusive_background` adds
+        log p_φ(background ≠ the asked colour) (`_log_background_is_not`)."""
         if not isinstance(alpha_cumprod, torch.Tensor):
             alpha_cumprod = torch.tensor([float(alpha_cumprod)])
         logits = self(z_t, alpha_cumprod)
         total = torch.zeros(z_t.shape[0], device=z_t.device)
         for group, value in head_indices(self.config, labels).items():
             total = total + F.log_softmax(logits[group].float(), dim=1)[:, value]
+        if exclusive_background:
+            total = total + self._log_background_is_not(logits, labels)
         return total
+
+    def _log_background_is_not(self, logits: dict[str, torch.Tensor], labels: dict[str, str]) -> torch.Tensor:
+        """log p_φ(background ≠ c) for an asked object colour c when the background is not asked: in the scene world
+        no object has its background's colour (scenes.py), so there the event "the object is c" is "the object is c
+        and the background is not", which the independent heads give as p(colour = c)·p(background ≠ c). Without it
+        universal guidance on ẑ0 often satisfied a colour by painting the background (docs/guidance_scale_sweep.md,
+        the seventh session)."""
+        heads = dict(self.config.heads)
+        colour = labels.get("colour")
+        if colour is None or "background" in labels or colour not in heads.get("background", ()):
+            return torch.zeros(())
+        log_p = F.log_softmax(logits["background"].float(), dim=1)[:, heads["background"].index(colour)]
+        return torch.log1p(-log_p.exp().clamp(max=1.0 - 1e-6))
 
 
 def head_indices(config: ClassifierConfig, labels: dict[str, str]) -> dict[str, int]:

@@ -94,6 +94,23 @@ def test_a_colour_and_position_joint_head_leaves_the_shape_to_its_own_head():
     assert head_indices(config, {"shape": "star", "colour": "green"}) == {"shape": 2, "colour": 1}
 
 
+def test_the_exclusive_background_term_is_log_of_one_minus_p_background():
+    heads = HEADS + (("background", ("red", "green", "blue")),)
+    net = NoisyClassifier(ClassifierConfig(heads=heads, widths=(8, 16, 16), embed_dim=16, hidden=32))
+    torch.manual_seed(3)
+    z = torch.randn(2, 4, 16, 16)
+    logits = net(z, torch.tensor([1.0]))
+    asked = {"shape": "star", "colour": "green"}
+    p_green_background = torch.softmax(logits["background"], 1)[:, 1]
+    torch.testing.assert_close(net.log_prob(z, 1.0, asked, exclusive_background=True),
+                               net.log_prob(z, 1.0, asked) + torch.log(1 - p_green_background))
+    for labels in ({"shape": "star"}, {"colour": "green", "background": "red"}):  # no colour, or the background asked
+        torch.testing.assert_close(net.log_prob(z, 1.0, labels, exclusive_background=True), net.log_prob(z, 1.0, labels))
+    no_background_head = NoisyClassifier(CONFIG)
+    torch.testing.assert_close(no_background_head.log_prob(z, 1.0, asked, exclusive_background=True),
+                               no_background_head.log_prob(z, 1.0, asked))
+
+
 def test_the_app_lists_no_joint_head(tmp_path, monkeypatch):
     path = tmp_path / "joint.safetensors"
     save_classifier(NoisyClassifier(JOINT_CONFIG), path)

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..engine import UNIVERSAL_MODES
 from .form_widgets import bound_check, bound_combo, bound_spin, dspin, form
 from .guides import cost_text
 from .images import accepts_drop, dropped, thumbnail
@@ -46,6 +47,8 @@ MODE_TIP = ("Forward: the loss's gradient through the model and decoder is added
 THUMB = 44
 STRENGTH_NAMES = {"classifier": "classifier", "clip": "CLIP"}
 COST_SETTINGS = ("guide_mode", "backward_steps", "recurrence")
+# the classifier on ẑ0 read best with DDPM (resources/guides/MODEL_CARD.md, issue #15's seventh session)
+UNIVERSAL_CLASSIFIER_TIP = "Tip: the classifier on the predicted image works best with the DDPM sampler"
 
 
 class GuidanceSection(QGroupBox):
@@ -131,6 +134,10 @@ class GuidanceSection(QGroupBox):
         self.cost_label.setObjectName("guideCostLabel")
         self.cost_label.setWordWrap(True)
         self.cost_label.setEnabled(False)  # a note, greyed
+        self.tip_label = QLabel(UNIVERSAL_CLASSIFIER_TIP)
+        self.tip_label.setObjectName("guideTipLabel")
+        self.tip_label.setWordWrap(True)
+        self.tip_label.setEnabled(False)
         self.guide_steps = bound_spin(settings, "guide_steps", "guideStepsSpin", 0.05, tooltip=(
             "Guide this fraction of the steps, the first ones (0.7: the first 70 %); the last steps only add detail"))
         self.backward_steps = bound_spin(settings, "backward_steps", "backwardStepsSpin", 1, tooltip=(
@@ -166,6 +173,7 @@ class GuidanceSection(QGroupBox):
         rows.addRow(self.clip_text)
         rows.addRow("Mode", self.guide_mode)
         rows.addRow("", self.cost_label)
+        rows.addRow("", self.tip_label)
         rows.addRow("Guided steps", self.guide_steps)
         rows.addRow("Backward steps", self.backward_steps)
         rows.addRow("Recurrence", self.recurrence)
@@ -185,7 +193,7 @@ class GuidanceSection(QGroupBox):
         self.body.setVisible(expanded)
 
     def _on_setting_changed(self, name: str, value: Any) -> None:
-        if name.startswith("guide_") or name in COST_SETTINGS:
+        if name.startswith("guide_") or name in COST_SETTINGS or name == "sampler":
             self._show_state()
             if name.endswith("_on") and value:
                 self.set_expanded(True)  # a guide just came on (a first hint stroke, a restore): show its options
@@ -197,6 +205,8 @@ class GuidanceSection(QGroupBox):
         self.toggle.setText("Guidance · " + (", ".join(on) + f" · {s.guide_mode}" if on else "off"))
         self.cost_label.setText(cost_text(s.guide_mode, s.backward_steps, s.recurrence))
         self.backward_steps.setEnabled(s.guide_mode != "forward")
+        self.tip_label.setVisible(bool(s.guide_classifier_on) and s.guide_mode in UNIVERSAL_MODES
+                                  and s.sampler != "ddpm")
         for kind, box in (("classifier", self.classifier_strength), ("clip", self.clip_strength)):
             suggested = suggested_strength(kind, s.guide_mode, s.recurrence)
             follows = s.guide_strength_follows[kind]

@@ -57,3 +57,20 @@ def test_a_restored_session_keeps_a_chosen_strength(qapp):
     fresh = GenerationSettings()
     fresh.apply({"guide_mode": "noisy", "recurrence": 3})
     assert fresh.guide_classifier_strength == 20.0
+
+
+def test_a_tip_suggests_ddpm_for_the_classifier_on_the_predicted_image(window):
+    from PySide6.QtWidgets import QCheckBox, QLabel
+
+    window.prompt_panel.guidance_section.toggle.click()
+    tip = window.findChild(QLabel, "guideTipLabel")
+    assert not tip.isVisible()
+    window.findChild(QCheckBox, "classifierGuideCheck").click()
+    choose_mode(window, "both")
+    assert tip.isVisible() and "DDPM" in tip.text()
+    sampler = window.findChild(QComboBox, "samplerCombo")
+    sampler.setCurrentIndex(sampler.findData("ddpm"))
+    assert not tip.isVisible()
+    sampler.setCurrentIndex(sampler.findData("ddim"))
+    choose_mode(window, "noisy")
+    assert not tip.isVisible()

@@ -98,7 +98,7 @@ def suggested_strength(kind: str, mode: GuideMode = "noisy", recurrence: int = 1
     if kind == "classifier":
         if mode in UNIVERSAL_MODES:
             return UNIVERSAL_CLASSIFIER_STRENGTH
-        # measured at k = 3 (DDIM on 64 tuning cases, DDPM on 16); any k > 1 takes it: k = 5 at s = 10 read less
+        # measured at k = 3 (DDIM on 64 tuning cases, DDPM on 16); other k > 1 take it too (k = 5 ran at s = 10 only)
         return RECURRENT_CLASSIFIER_STRENGTH if recurrence > 1 else DEFAULT_STRENGTH["classifier"]
     return DEFAULT_STRENGTH[kind]
 

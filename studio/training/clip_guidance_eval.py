@@ -7,8 +7,8 @@ targets and seeds: REPORT_SEED reports, TUNE_SEED chose the strength), here as o
 the most asked attributes has all three.
 
 Rows: unguided; the noise-aware CLIP with DDIM (GLIDE's objective in Dhariwal & Nichol's Algorithm 2) and with DDPM
-(GLIDE eq. 3, Algorithm 1), each also with self-recurrence (DDIM k = 4, DDPM k = 3); the clean CLIP's score on ẑ0 through universal
-guidance (forward + backward, k = 3). `sweep` runs one row over strengths on the tuning seeds.
+(GLIDE eq. 3, Algorithm 1), each also with self-recurrence (DDIM k = 4, DDPM k = 3); the clean CLIP's score on ẑ0
+through universal guidance (forward + backward, k = 3). `sweep` runs one row over strengths on the tuning seeds.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..engine import UNIVERSAL_MODES
+from ..engine import UNIVERSAL_MODES, suggested_strength
 from .form_widgets import bound_check, bound_combo, bound_spin, dspin, form
 from .guides import cost_text
 from .images import accepts_drop, dropped, thumbnail
-from .settings_model import CLASSIFIER_LABELS, UI_LIMITS, GenerationSettings, bind, suggested_strength
+from .settings_model import CLASSIFIER_LABELS, UI_LIMITS, GenerationSettings, bind
 
 MODES = {"forward": "Forward", "backward": "Backward", "both": "Forward + backward",
          "noisy": "Noisy (classifier / CLIP guidance)"}

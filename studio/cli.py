@@ -76,6 +76,8 @@ def _add_request_options(p: argparse.ArgumentParser) -> None:
     # Every default is None: a plain run takes GenerationRequest's defaults, a branch takes its parent's settings.
     p.add_argument("--prompt", help="what to draw")
     p.add_argument("--negative", help="negative prompt (empty: unconditional)")
+    p.add_argument("--literal-prompt", action="store_const", const=True,
+                   help="the text encoder reads the prompt as typed (the built-in model's prompt reader is off)")
     p.add_argument("--model", help="default (shipped), tiny-random, or a checkpoint file / diffusers folder")
     p.add_argument("--sampler", help=", ".join(SAMPLER_TABLE))
     p.add_argument("--karras", action="store_const", const=True, help="Karras noise levels (e.g. DPM++ 2M Karras)")
@@ -136,6 +138,8 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     for field in ("prompt", "negative_prompt"):
         if field in given:
             given[field] = argv_text(given[field])
+    if getattr(args, "literal_prompt", None):
+        given["read_prompt"] = False
     return given
 
 
@@ -293,6 +297,8 @@ def _generate_one(engine, request, args: argparse.Namespace, out: Path, parent=N
         previews + [run.image], args.timeline, size=(run.image.shape[1], run.image.shape[0]))),
         (args.save_run, "run file", lambda: run.save(args.save_run))])
     if not args.quiet:
+        if run.read_as is not None:
+            print(f"read as: {one_line(run.read_as)}", file=sys.stderr)
         extras = [f"timeline {args.timeline}"] * (args.timeline is not None) + [f"run {args.save_run}"] * (args.save_run is not None)
         print(f"wrote {out}" + "".join(f", {extra}" for extra in extras), file=sys.stderr)
 

@@ -191,3 +191,19 @@ def test_a_bug_is_an_internal_error_with_the_log_path(tmp_path, monkeypatch, cap
     assert code == 1 and len(err.splitlines()) == 1
     assert "internal error" in err and str(tmp_path / "diffusion-studio" / "studio.log") in err
     assert "KeyError: 'a bug'" in (tmp_path / "diffusion-studio" / "studio.log").read_text()
+
+
+def test_the_built_in_model_says_how_it_read_the_prompt(tmp_path, capsys):
+    prompt = "Draw a tiny scarlet disc in the upper-left corner, backdrop: grey"
+    common = ["generate", "--steps", "2", "--prompt", prompt]
+    assert main([*common, "--out", str(tmp_path / "read.png")]) == 0
+    assert "read as: a small red circle at the top left on a gray background" in capsys.readouterr().err
+    assert main([*common, "--literal-prompt", "--out", str(tmp_path / "literal.png")]) == 0
+    assert "read as" not in capsys.readouterr().err
+    read, literal = (np.asarray(Image.open(tmp_path / n)) for n in ("read.png", "literal.png"))
+    assert not np.array_equal(read, literal)  # the text encoder read different texts
+    settings = parse_parameters(read_parameters(tmp_path / "read.png"))
+    assert settings["prompt"].startswith("Draw a tiny") and settings["read_prompt"] is True
+    text = read_parameters(tmp_path / "read.png")
+    assert 'Read as: "a small red circle at the top left on a gray background"' in text
+    assert parse_parameters(read_parameters(tmp_path / "literal.png"))["read_prompt"] is False  # "Read prompt: off"

@@ -89,6 +89,7 @@ class RunInfo:
     lineage: tuple[tuple[GenerationRequest, int], ...] = ()
     model_hash: str | None = None  # the model file's short hash (ModelInfo.file_hash) when the run was made
     cheap_decode: bool = False  # the engine decodes x̂0 at every step (StepInfo.decoded); DecodeStep is cheap too
+    read_as: str | None = None  # the caption the text encoder read instead of the prompt (the prompt reader's)
 
 
 class EventKind(Enum):

@@ -148,13 +148,15 @@ def model_name(spec: str) -> str:
 
 def format_run_parameters(run: "RunInfo") -> str:
     """A finished run's `parameters`: its settings, its model's short hash and, for a branch, its lineage."""
-    return format_parameters(run.request, model_hash=run.model_hash, lineage=run.lineage)
+    return format_parameters(run.request, model_hash=run.model_hash, lineage=run.lineage, read_as=run.read_as)
 
 
 def format_parameters(request: GenerationRequest, model_label: str | None = None, *, model_hash: str | None = None,
-                      lineage: Sequence[tuple[GenerationRequest, int]] = ()) -> str:
+                      lineage: Sequence[tuple[GenerationRequest, int]] = (), read_as: str | None = None) -> str:
     """The AUTOMATIC1111 `parameters` text, so other tools read our PNGs. `lineage` (a branch's ancestors, nearest
-    first, each with the step its child branched from) goes into one extra field that A1111 ignores."""
+    first, each with the step its child branched from) goes into one extra field that A1111 ignores, and so do
+    `read_as`, the caption the model's prompt reader gave its text encoder (RunInfo.read_as), and "Read prompt: off"
+    when the request turned the reader off."""
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
@@ -179,6 +181,10 @@ def format_parameters(request: GenerationRequest, model_label: str | None = None
     if request.mask is not None:
         fields.append(("Mask blur", _num(request.feather)))
     fields += guidance_fields(request)
+    if read_as:
+        fields.append(("Read as", json.dumps(read_as)))
+    if not request.read_prompt:
+        fields.append(("Read prompt", "off"))
     if lineage:
         fields.append(("Branched from", json.dumps(_lineage_text(lineage))))  # quoted as A1111 quotes its values
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))
@@ -344,6 +350,12 @@ def parse_parameters(text: str) -> dict[str, Any]:
                 pass
     if "Branched from" in fields:
         settings["lineage"] = _parse_lineage(fields["Branched from"])
+    # "Read as": the model's prompt reader rewrote the prompt; "Read prompt: off": the user turned it off. Neither (a
+    # model without a reader, a prompt it left alone, another tool's PNG): the setting is not in the file
+    if "Read as" in fields:
+        settings["read_prompt"] = True
+    elif fields.get("Read prompt") == "off":
+        settings["read_prompt"] = False
     settings.update(parse_guidance_fields(fields))
     if "Size" in fields and re.fullmatch(r"\d+x\d+", fields["Size"]):
         w, h = fields["Size"].split("x")

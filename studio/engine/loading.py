@@ -8,6 +8,7 @@ left behind on failure.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -24,10 +25,29 @@ from .model import LatentDiffusion, Prediction, build_tiny_random
 
 CONFIG_METADATA_KEY = "studio_config"
 SHIPPED_MODEL = "model/studio-shapes.safetensors"
+log = logging.getLogger(__name__)
 
 
 def shipped_model_path() -> Path:
     return resources_dir() / SHIPPED_MODEL
+
+
+SHIPPED_READER = "model/prompt-reader.safetensors"
+
+
+def shipped_prompt_reader():
+    """The built-in model's prompt reader (prompt_reader.py), or None when the file is missing or damaged: the model
+    then reads prompts as typed, as before the reader existed (a damaged file is logged, never fatal)."""
+    from .prompt_reader import load_reader
+
+    path = resources_dir() / SHIPPED_READER
+    if not path.exists():
+        return None
+    try:
+        return load_reader(path)
+    except ModelLoadError as error:
+        log.warning("prompt reader not used: %s", error)
+        return None
 
 
 def load_model(
@@ -44,6 +64,7 @@ def load_model(
         if not path.exists():
             raise ModelLoadError(f"the shipped model is missing ({path}); reinstall Diffusion Studio or pass --model")
         model = load_studio_file(path, device, dtype)
+        model.attach_prompt_reader(shipped_prompt_reader())
     else:
         path = Path(spec).expanduser()
         if not path.exists():  # a dangling symlink too

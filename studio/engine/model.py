@@ -89,6 +89,10 @@ class _TextHolder(nn.Module):
 
 
 class LatentDiffusion(nn.Module):
+    # the built-in model's prompt reader (prompt_reader.py), attached by loading.load_model; a plain attribute, not a
+    # submodule: it is not part of the checkpoint and stays on the CPU
+    prompt_reader = None
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -166,6 +170,16 @@ class LatentDiffusion(nn.Module):
         length = self.config.text.max_length
         chunks = [chunk_prompt(self.tokenizer, p, pad_id=self.config.pad_id, context_length=length) for p in prompts]
         return encode_chunks(self.text_encoder, chunks, pad_id=self.config.pad_id, skip_layers=max(0, clip_skip - 1))
+
+    def read_prompt(self, prompt: str, mask=None) -> str:
+        """What the text encoder reads for `prompt` (with an inpainting `mask`, HxW, 1 = repaint): the prompt reader's
+        rewrite into the model's caption language when the model has one and the reading is complete
+        (prompt_reader.py), else the prompt as typed."""
+        return prompt if self.prompt_reader is None else self.prompt_reader.rewrite(prompt, mask)
+
+    def attach_prompt_reader(self, reader) -> "LatentDiffusion":
+        object.__setattr__(self, "prompt_reader", reader)  # not registered as a submodule (class attribute's note)
+        return self
 
     def encode_prompts(self, prompt: str, negative_prompt: str = "", clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) contexts, each (1, 77·k, D) with the same k, ready for classifier-free guidance."""

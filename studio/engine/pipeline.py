@@ -146,6 +146,12 @@ def decodes_cheaply(model: LatentDiffusion, width: int, height: int) -> bool:
     return decoder * width * height <= CHEAP_DECODE_BUDGET
 
 
+def prompt_for(model: LatentDiffusion, request: GenerationRequest) -> str:
+    """The text the model's encoder reads for this request: its prompt reader's caption when the request lets it
+    (GenerationRequest.read_prompt; issue #20), else the prompt as typed."""
+    return model.read_prompt(request.prompt, request.mask) if request.read_prompt else request.prompt
+
+
 class Engine:
     def __init__(self, loader: ModelLoader = load_model, *, decode_steps: bool = False):
         """`decode_steps`: decode every step's x̂0 exactly when the model's decoder is cheap (an app showing the
@@ -253,7 +259,8 @@ class Engine:
         # a guided run differentiates through the UNet and the decoder: no inference tensors anywhere in it, even when
         # a script calls it inside its own torch.inference_mode()
         with guided_context() if request.guides else torch.inference_mode():
-            cond, uncond = model.encode_prompts(request.prompt, request.negative_prompt, request.clip_skip)
+            prompt = prompt_for(model, request)
+            cond, uncond = model.encode_prompts(prompt, request.negative_prompt, request.clip_skip)
             plan, generator = make_plan(model, request, cond, uncond)
             if parent is not None:
                 run, x, history = self._branch_start(request, parent, from_step, plan, generator)
@@ -335,7 +342,7 @@ class Engine:
         check_size(model, request.width, request.height)
         check_for_model(model, request)
         with torch.inference_mode():
-            cond, uncond = model.encode_prompts(request.prompt, request.negative_prompt, request.clip_skip)
+            cond, uncond = model.encode_prompts(prompt_for(model, request), request.negative_prompt, request.clip_skip)
             # the plain text-to-image plan gives the denoiser (9-channel conditioning included) and DDIM's grid
             plan, _ = make_plan(model, request.replace(init_image=None, mask=None), cond, uncond)
             denoiser, grid = plan.denoiser, plan.grid
@@ -370,6 +377,8 @@ class Engine:
         run.model_hash = file_hash(run.request.model)
         h, w = latent.shape[-2:]
         run.cheap_decode = decodes_cheaply(model, w * model.downsample_factor, h * model.downsample_factor)
+        read = prompt_for(model, run.request)
+        run.read_as = read if read != run.request.prompt else None
 
     def _x0_decoder(self, model: LatentDiffusion, run: Run) -> Callable[[torch.Tensor], np.ndarray] | None:
         if not (self.decode_steps and run.cheap_decode):

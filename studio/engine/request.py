@@ -28,6 +28,9 @@ class RequestError(UserError):
 class GenerationRequest:
     prompt: str = ""
     negative_prompt: str = ""  # empty: the unconditional embedding of ""
+    # let a model with a prompt reader (the built-in one: prompt_reader.py) rewrite the prompt into its own caption
+    # language; False: the text encoder reads the prompt as typed (a run file from before the reader: run.Run.load)
+    read_prompt: bool = True
     model: str = "default"  # "default" (shipped), "tiny-random", or a path to a checkpoint
     sampler: SamplerName = "ddim"
     steps: int = 25

@@ -41,6 +41,7 @@ class Run:
     cheap_decode: bool = False  # the engine decodes x̂0 at every step (pipeline.decodes_cheaply)
     decoded: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # own steps' x̂0 decodes, read-only
     model_hash: str | None = None  # the model file's short hash (model_info.file_hash)
+    read_as: str | None = None  # what the text encoder read instead of the prompt (the prompt reader's caption)
     saved_lineage: tuple[tuple[GenerationRequest, int], ...] = ()  # read from a run file whose parent is absent
 
     def step_image(self, index: int, view: View) -> np.ndarray:
@@ -56,7 +57,7 @@ class Run:
             id=self.id, request=self.request, kind=self.kind, status=self.status, steps=self.steps,
             recorded=len(self.timeline), sigmas=tuple(level.sigma for level in self.grid),
             parent_id=self.parent_id, from_step=self.from_step, image=frozen_array(self.image),
-            lineage=self.lineage, model_hash=self.model_hash, cheap_decode=self.cheap_decode,
+            lineage=self.lineage, model_hash=self.model_hash, cheap_decode=self.cheap_decode, read_as=self.read_as,
         )
 
     def step_info(self, index: int) -> StepInfo:
@@ -135,6 +136,8 @@ class Run:
         }
         if self.model_hash:
             meta["model_hash"] = self.model_hash
+        if self.read_as:
+            meta["read_as"] = self.read_as
         if self.preview is not None:
             meta["preview"] = self.preview.to_json()  # the model's own latent → RGB map, for restored sessions
         # never leave a half-written run behind, nor share a temporary name with another writer (files.py)
@@ -156,6 +159,8 @@ class Run:
             images["mask"] = tensors["mask"].numpy()
         pictures = tuple(tensors[f"guide_image.{i}"].numpy() if f"guide_image.{i}" in tensors else None
                          for i in range(len(settings.get("guides") or ())))
+        # a run saved before the prompt reader (issue #20) was made from its prompt as typed; its branches must be too
+        settings = {"read_prompt": False, **settings}
         request = GenerationRequest.from_settings(settings, guide_images=pictures, **images)
         timeline = Timeline()
         index = 0
@@ -180,6 +185,7 @@ class Run:
             preview=_preview(meta.get("preview")),
             cheap_decode=bool(meta.get("cheap_decode")),
             model_hash=meta.get("model_hash") or None,
+            read_as=meta.get("read_as") or None,
             saved_lineage=_lineage(meta.get("lineage")),
         )
 

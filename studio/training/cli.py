@@ -27,8 +27,11 @@ TRAIN_OVERRIDES = ("batch_size", "lr", "warmup_steps", "total_steps", "dataset_s
 
 def add_training_commands(sub) -> None:
     train = sub.add_parser("train", help="train the built-in model (stage vae, then stage unet) or its guides")
-    train.add_argument("--stage", choices=["vae", "unet", "text", "classifier", "clip", "cold"], required=True,
+    train.add_argument("--stage", choices=["vae", "unet", "text", "reader", "classifier", "clip", "cold"],
+                       required=True,
                        help="text: distil the text encoder through the frozen UNet (training/text_distill.py); "
+                            "reader: the built-in model's prompt reader (training/reader.py; --total-steps, "
+                            "--batch-size, --lr, --export); "
                             "classifier: the scene classifier for classifier guidance (training/classifier.py); "
                             "clip: the scene CLIP for CLIP guidance (training/clip.py); "
                             "cold: a cold-diffusion restoration net (training/cold.py)")
@@ -140,6 +143,10 @@ def run_train(args: argparse.Namespace) -> int:
         from .text_distill import run_cli as run_text
 
         return run_text(args)
+    if args.stage == "reader":  # the prompt reader: its own small loop (training/reader.py)
+        from .reader import run_cli as run_reader
+
+        return run_reader(args)
     if args.stage == "cold":  # cold diffusion's restoration nets: their own loop (training/cold.py)
         from .cold import run_cli
 

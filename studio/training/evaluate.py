@@ -64,9 +64,11 @@ def engine_for(model: LatentDiffusion) -> Engine:
 
 
 def generate(engine: Engine, prompt: str, seed: int, *, cfg: float, steps: int, sampler: str = "ddim",
-             image: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+             image: np.ndarray | None = None, mask: np.ndarray | None = None, read_prompt: bool = True) -> np.ndarray:
+    """One 64 px picture as the app would make it (read_prompt: the model's prompt reader, when it has one)."""
     request = GenerationRequest(
-        prompt=prompt, model="under-test", seed=seed, width=CANVAS, height=CANVAS, steps=steps, cfg=cfg,
+        prompt=prompt, read_prompt=read_prompt, model="under-test", seed=seed, width=CANVAS, height=CANVAS, steps=steps,
+        cfg=cfg,
         sampler=sampler, device="cpu", dtype="fp32", init_image=image, mask=mask, feather=0.0, grow=0,
         strength=1.0,  # inpaint the hole from pure noise: the model card's numbers were measured so
         inpaint_mode="model" if mask is not None else "auto",

@@ -451,6 +451,7 @@ class MainWindow(FileActions, SessionPersistence, GuidanceActions, QMainWindow):
     # -- runs, results and the canvas -----------------------------------------------------------------------------
     def _show_run(self, run: Any) -> None:
         self.timeline.set_run(run)
+        self.prompt_panel.prompt_section.show_reading(getattr(run, "read_as", None))
         if run is not None and run.image is not None:
             self.show_result(run.image, f"Result #{self.history.number(run)}")
         if run is not None and not self.controller.running:  # the selected run's own status, not the last job's

@@ -100,7 +100,7 @@ class PromptPanel(QWidget):
         """The controls under the names they have always had here (tests and scripts reach them so)."""
         prompt, model, sampling = self.prompt_section, self.model_section, self.sampling_section
         size, inpaint, run = self.size_section, self.inpaint_section, self.run_buttons
-        self.prompt, self.negative = prompt.prompt, prompt.negative
+        self.prompt, self.negative, self.read_prompt = prompt.prompt, prompt.negative, prompt.read_prompt
         self.model, self.device, self.dtype = model.model, model.device, model.dtype
         self.sampler, self.karras, self.steps = sampling.sampler, sampling.karras, sampling.steps
         self.eta, self.eta_label, self.cfg = sampling.eta, sampling.eta_label, sampling.cfg

@@ -49,12 +49,33 @@ class PromptSection(QGroupBox):
         self.negative.setMaximumHeight(80)
         bind(settings, "prompt", self.prompt)
         bind(settings, "negative_prompt", self.negative)
+        self.read_prompt = bound_check(
+            settings, "read_prompt", "readPromptCheck", "Read",
+            "The built-in model reads your prompt and rewrites it into the sentences it was trained on before its\n"
+            "text encoder sees it (its prompt reader). Off: the text encoder reads the prompt exactly as typed.\n"
+            "Other models always read the prompt as typed.")
+        # what the last shown run's text encoder read instead of the prompt (RunInfo.read_as); empty when it was the
+        # prompt itself
+        self.read_as = QLabel()
+        self.read_as.setObjectName("readAsLabel")
+        self.read_as.setEnabled(False)  # greyed: a note, not a control
+        self.read_as.setWordWrap(True)
+        self.read_as.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout = QVBoxLayout(self)
         layout.addWidget(self.prompt, 2)
+        reading = QHBoxLayout()
+        reading.addWidget(self.read_prompt, 0)
+        reading.addWidget(self.read_as, 1)
+        layout.addLayout(reading)
         negative_label = QLabel("Negative prompt")
         negative_label.setBuddy(self.negative)
         layout.addWidget(negative_label)
         layout.addWidget(self.negative, 1)
+
+    def show_reading(self, read_as: str | None) -> None:
+        """The caption the model read for the shown run, or nothing when it read the prompt as typed."""
+        self.read_as.setText(f"read as: {read_as}" if read_as else "")
+        self.read_as.setToolTip("What the built-in model's text encoder read for this run's prompt" if read_as else "")
 
 
 class ModelSection(QGroupBox):

@@ -60,6 +60,11 @@ class RunRecord:
         return self.info.request
 
     @property
+    def read_as(self) -> str | None:
+        """What the model's text encoder read instead of the prompt (its prompt reader's caption), if anything."""
+        return self.info.read_as
+
+    @property
     def kind(self) -> str:
         return self.info.kind
 

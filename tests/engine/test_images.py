@@ -94,3 +94,12 @@ def test_only_the_modes_with_backward_steps_write_them_into_the_parameters():
         fields = dict(guidance_fields(GenerationRequest(guides=guides, guide_mode=mode, backward_steps=3)))
         assert fields["Guidance mode"] == mode
         assert ("Backward steps" in fields) is has_m and fields.get("Backward steps", 3) == 3
+
+
+def test_the_prompt_readers_part_survives_a_png():
+    request = GenerationRequest(prompt="star, red, top; blue around")
+    read = parse_parameters(format_parameters(request, read_as="a red star at the top on a blue background"))
+    assert read["read_prompt"] is True and read["prompt"] == request.prompt
+    literal = parse_parameters(format_parameters(request.replace(read_prompt=False)))
+    assert literal["read_prompt"] is False
+    assert "read_prompt" not in parse_parameters(format_parameters(request))  # nothing rewritten: nothing to say

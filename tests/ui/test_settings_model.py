@@ -28,6 +28,7 @@ MAX_FUNCTION_LINES = 60
 CONTROLS = {
     "prompt": ("prompt", "a red circle on grey"),
     "negative_prompt": ("negative", "blurry"),
+    "read_prompt": ("read_prompt", False),
     "sampler": ("sampler", "dpmpp_2m"),
     "karras": ("karras", True),
     "steps": ("steps", 42),

@@ -266,7 +266,7 @@ class Engine:
                 run, x, history = self._branch_start(request, parent, from_step, plan, generator)
             else:
                 run, x, history = Run(request, plan.grid, Timeline(), kind=plan.kind), plan.x, ()
-            self._describe(run, model, x)
+            self._describe(run, model, x, prompt)
             spec = SAMPLER_TABLE[request.sampler]
             denoiser, trace, repeats, spec = _guidance(model, request, plan, run.grid, spec)
             if trace is not None and parent is not None and spec.history_steps:  # the history the guided run saw
@@ -342,7 +342,8 @@ class Engine:
         check_size(model, request.width, request.height)
         check_for_model(model, request)
         with torch.inference_mode():
-            cond, uncond = model.encode_prompts(prompt_for(model, request), request.negative_prompt, request.clip_skip)
+            prompt = prompt_for(model, request)
+            cond, uncond = model.encode_prompts(prompt, request.negative_prompt, request.clip_skip)
             # the plain text-to-image plan gives the denoiser (9-channel conditioning included) and DDIM's grid
             plan, _ = make_plan(model, request.replace(init_image=None, mask=None), cond, uncond)
             denoiser, grid = plan.denoiser, plan.grid
@@ -358,7 +359,7 @@ class Engine:
                     yield RunEvent(EventKind.CANCELLED, job_id, done, total, time.perf_counter() - began)
                     return
             run = Run(request, grid, Timeline(), kind="invert")
-            self._describe(run, model, x)
+            self._describe(run, model, x, prompt)
             steps = SAMPLER_TABLE["ddim"].sample(denoiser, x, grid, eta=0.0, generator=None)
             x = yield from self._sample(run, steps, x, job_id, cancel, began, None, done_before=request.steps,
                                         total=total, decode=self._x0_decoder(model, run))
@@ -370,15 +371,14 @@ class Engine:
             yield RunEvent(EventKind.FINISHED, job_id, total, total, time.perf_counter() - began, run=run)
 
     @staticmethod
-    def _describe(run: Run, model: LatentDiffusion, latent: torch.Tensor) -> None:
+    def _describe(run: Run, model: LatentDiffusion, latent: torch.Tensor, prompt: str) -> None:
         """What a run keeps of its model: the preview map, the file's short hash, whether x̂0 decodes are cheap
         (judged at the size the sampler works at: an only-masked crop, not the whole picture)."""
         run.preview = model.preview
         run.model_hash = file_hash(run.request.model)
         h, w = latent.shape[-2:]
         run.cheap_decode = decodes_cheaply(model, w * model.downsample_factor, h * model.downsample_factor)
-        read = prompt_for(model, run.request)
-        run.read_as = read if read != run.request.prompt else None
+        run.read_as = prompt if prompt != run.request.prompt else None  # `prompt`: what the text encoder read
 
     def _x0_decoder(self, model: LatentDiffusion, run: Run) -> Callable[[torch.Tensor], np.ndarray] | None:
         if not (self.decode_steps and run.cheap_decode):

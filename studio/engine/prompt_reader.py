@@ -100,6 +100,7 @@ class PromptReader(nn.Module):
         super().__init__()
         self.config = c = config
         self.index = {w: i for i, w in enumerate(c.words)}
+        self.lexicon = {kind: frozenset(words) for kind, words in c.lexicon.items()}
         self.embed = nn.Embedding(len(c.words), c.width)
         self.place = nn.Parameter(torch.randn(c.max_words, c.width) * 0.1)  # word order carries the binding
         self.recurrent = nn.GRU(c.width, c.width // 2, batch_first=True, bidirectional=True) if c.recurrent else None
@@ -153,7 +154,7 @@ class PromptReader(nn.Module):
         present = [i for i in range(len(c.positions)) if float(out["exists"][i, 1]) > 0.5]
         if not present:
             return None
-        counts = {kind: sum(w in set(words) for w in said) for kind, words in c.lexicon.items()}
+        counts = {kind: sum(w in words for w in said) for kind, words in self.lexicon.items()}
         # a shape, colour and place word for each object read, and a colour word more (the background's)
         if counts["shape"] < len(present) or counts["colour"] < len(present) + 1 or counts["position"] < len(present):
             return None

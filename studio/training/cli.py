@@ -30,8 +30,8 @@ def add_training_commands(sub) -> None:
     train.add_argument("--stage", choices=["vae", "unet", "text", "reader", "classifier", "clip", "cold"],
                        required=True,
                        help="text: distil the text encoder through the frozen UNet (training/text_distill.py); "
-                            "reader: the built-in model's prompt reader (training/reader.py; --total-steps, "
-                            "--batch-size, --lr, --export); "
+                            "reader: the built-in model's prompt reader (training/reader.py; --init, --total-steps, "
+                            "--batch-size, --lr, --data-seed, --export); "
                             "classifier: the scene classifier for classifier guidance (training/classifier.py); "
                             "clip: the scene CLIP for CLIP guidance (training/clip.py); "
                             "cold: a cold-diffusion restoration net (training/cold.py)")
@@ -45,7 +45,8 @@ def add_training_commands(sub) -> None:
                             "guidance (clip: its image trunk is the clean classifier's)")
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder (keep it outside git)")
     train.add_argument("--init", help="fresh UNet stage: vae.pt / a training checkpoint / a model file / default; "
-                       "stage classifier: an exported classifier file to continue from (a warm restart)")
+                       "stage classifier: an exported classifier file to continue from (a warm restart); "
+                       "stage reader: a prompt reader file to fine-tune")
     train.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint saved)")
     train.add_argument("--steps", type=int, help="stop at this global step")
     train.add_argument("--export", type=Path, metavar="FILE", help="write the EMA weights here at every checkpoint")
@@ -99,6 +100,9 @@ def add_training_commands(sub) -> None:
     ev.add_argument("--extra-cfg", type=float, default=5.0, help="second guidance scale for the held-out grammar")
     ev.add_argument("--binding", type=int, default=100, help="two-object attribute-binding prompts")
     ev.add_argument("--busy-inpaint", type=int, default=60, help="inpaintings into scenes of one or two objects")
+    ev.add_argument("--fresh-grammar", type=int, default=0, metavar="N",
+                    help="N one-object prompts and N busy inpaintings worded by the fresh held-out grammar "
+                         "(grammar.compose_fresh), a check on the first held-out grammar")
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model card's)")
     ev.add_argument("--sampler", default="ddim")

@@ -176,11 +176,17 @@ def _scene_with(rng: np.random.Generator, count: int, max_objects: int = 2) -> S
             return scene
 
 
-def grammar_cases(n: int, seed: int = EVAL_SEED + 4) -> list[Case]:
+def _held_out_caption(fresh: bool):
+    """The held-out grammar's composer, or the fresh one (grammar.compose_fresh: written after the reader was
+    shaped on the first one's failures; it chose nothing)."""
+    return grammar.compose_fresh if fresh else (lambda scene, rng: grammar.compose(scene, rng, held_out=True))
+
+
+def grammar_cases(n: int, seed: int = EVAL_SEED + 4, fresh: bool = False) -> list[Case]:
     """One-object scenes captioned by the held-out grammar (grammar.compose(held_out=True)), every fact stated."""
     rng = np.random.default_rng(seed)
-    return [Case(scene, grammar.compose(scene, rng, held_out=True), seed + i)
-            for i, scene in enumerate(_scene_with(rng, 1) for _ in range(n))]
+    compose = _held_out_caption(fresh)
+    return [Case(scene, compose(scene, rng), seed + i) for i, scene in enumerate(_scene_with(rng, 1) for _ in range(n))]
 
 
 def grammar_scores(model: LatentDiffusion, cases: list[Case], *, cfg: float, steps: int = 25,
@@ -225,10 +231,12 @@ def binding_scores(model: LatentDiffusion, cases: list[Case], *, cfg: float, ste
     return {"both_right": both / n} | {k: v / n for k, v in per.items()} | {"empty": empty, "n": n}, images
 
 
-def busy_inpaint_cases(n: int, seed: int = EVAL_SEED + 6) -> list[InpaintCase]:
+def busy_inpaint_cases(n: int, seed: int = EVAL_SEED + 6, fresh: bool = False) -> list[InpaintCase]:
     """Scenes of one (even cases) or two (odd) objects; the hole (as inpaint_cases) over a free cell, one beside an
-    object where there is one; the prompt, from the held-out grammar, names the old objects and the new one."""
+    object where there is one; the prompt, from the held-out grammar (fresh: the fresh one), names the old objects
+    and the new one."""
     rng = np.random.default_rng(seed)
+    compose = _held_out_caption(fresh)
     cases: list[InpaintCase] = []
     while len(cases) < n:
         scene = _scene_with(rng, 1 + len(cases) % 2)
@@ -244,8 +252,7 @@ def busy_inpaint_cases(n: int, seed: int = EVAL_SEED + 6) -> list[InpaintCase]:
         new = SceneObject(SHAPES[rng.integers(len(SHAPES))], colours[rng.integers(len(colours))],
                           INPAINT_SIZES[rng.integers(len(INPAINT_SIZES))], (beside or free)[rng.integers(len(beside or free))])
         target = Scene(scene.background, scene.objects + (new,))
-        cases.append(InpaintCase(image, _hole(new.position), target, new, grammar.compose(target, rng, held_out=True),
-                                 seed + len(cases)))
+        cases.append(InpaintCase(image, _hole(new.position), target, new, compose(target, rng), seed + len(cases)))
     return cases
 
 
@@ -313,7 +320,7 @@ def load_for_evaluation(spec: str) -> LatentDiffusion:
 def evaluate(model: LatentDiffusion, *, prompts: int = 120, inpaint: int = 40, reconstructions: int = 200,
              train_prompts: int = 0, cfg: float | None = None, steps: int = 25, sampler: str = "ddim",
              seed: int = EVAL_SEED, samples: Path | None = None, grammar_prompts: int = 0, binding: int = 0,
-             busy_inpaint: int = 0, extra_cfg: float | None = GRAMMAR_EXTRA_CFG) -> dict:
+             busy_inpaint: int = 0, extra_cfg: float | None = GRAMMAR_EXTRA_CFG, fresh: int = 0) -> dict:
     cfg = model.config.default_cfg if cfg is None else cfg  # the guidance the model is meant to be used at
     report: dict = {"model": model.config.name, "cfg": cfg, "steps": steps, "sampler": sampler}
     began = time.perf_counter()
@@ -353,6 +360,13 @@ def evaluate(model: LatentDiffusion, *, prompts: int = 120, inpaint: int = 40, r
         report["busy_inpaint"], images = busy_inpaint_scores(model, busy_inpaint_cases(busy_inpaint, seed + 6),
                                                              cfg=cfg, steps=steps, sampler=sampler)
         sheet += images
+    if fresh:  # the fresh held-out grammar (grammar.compose_fresh), its own seeds; no target of its own
+        report["grammar_fresh"], images = grammar_scores(model, grammar_cases(fresh, seed + 7, fresh=True), cfg=cfg,
+                                                         steps=steps, sampler=sampler)
+        sheet += images
+        report["busy_inpaint_fresh"], images = busy_inpaint_scores(
+            model, busy_inpaint_cases(fresh, seed + 8, fresh=True), cfg=cfg, steps=steps, sampler=sampler)
+        sheet += images
     report["seconds"] = round(time.perf_counter() - began, 1)
     if samples is not None and sheet:
         contact_sheet(sheet).save(samples)
@@ -367,7 +381,7 @@ def evaluate_spec(args: argparse.Namespace) -> dict:
         cfg=args.cfg, steps=args.steps, sampler=args.sampler,
         seed=EVAL_SEED if args.seed is None else args.seed, samples=args.samples,
         grammar_prompts=args.grammar_prompts, binding=args.binding, busy_inpaint=args.busy_inpaint,
-        extra_cfg=args.extra_cfg,
+        extra_cfg=args.extra_cfg, fresh=args.fresh_grammar,
     )
 
 
@@ -383,7 +397,7 @@ def format_table(report: dict) -> str:
     lines = [f"model {report['model']}: {report['sampler']}, {report['steps']} steps, CFG {report['cfg']}",
              f"{'metric':34} {'value':>9} {'target':>9}"]
     for group in ("txt2img", "txt2img_train_templates", "inpaint", "ae", "grammar", "grammar_cfg5", "binding",
-                  "busy_inpaint"):
+                  "busy_inpaint", "grammar_fresh", "busy_inpaint_fresh"):
         for key, value in report.get(group, {}).items():
             if key in ("n", "cfg", "empty"):
                 continue

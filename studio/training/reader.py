@@ -9,13 +9,17 @@ vocabulary is built from training captions only, and a test checks that no held-
 Two robustness tricks: word dropout (a share of the words that name no attribute become the unknown word, so the
 reader learns to read around words it does not know) and filler (one or two unknown words inserted anywhere, as the
 UNet's training captions carry filler, scenes.FILLER_CHANCE). The decoder has one query per grid place, and a
-scene never puts two objects in one place, so each query's target is plain: the object there, or none.
+scene never puts two objects in one place, so each query's target is plain: the object there, or none. The scenes
+are facts, not pictures, so they may take any layout (free_scene; the renderer's spacing rule had taught the first
+reader that no object stands at the centre beside another).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +28,32 @@ import torch.nn.functional as F
 
 from ..engine.prompt_reader import PAD, UNKNOWN, UNSTATED, PromptReader, ReaderConfig, save_reader, words_of
 from . import grammar
-from .scenes import COLOURS, POSITION_WORDS, POSITIONS, SHAPES, SIZES, Scene, caption, grid_cell, sample_scene
+from .scenes import (COLOURS, POSITION_WORDS, POSITIONS, SHAPES, SIZES, Scene, SceneObject, caption, grid_cell,
+                     sample_scene)
 
 TEMPLATE_SHARE = 0.35  # of one- and two-object scenes: the training templates instead of the grammar
 DROP_SIZE = 0.15  # one-object grammar captions without a size, so the reader learns "unstated"
-FILLER_SHARE = 0.3
-WORD_DROPOUT = 0.12
+
+
+@dataclass(frozen=True)
+class Augment:
+    """How training hides words from the reader so that it reads around words it never saw (module docstring).
+    The defaults are the first shipped reader's; resources/model/MODEL_CARD.md says which the shipped one used."""
+    filler_share: float = 0.3  # captions with unknown words inserted
+    filler_words: int = 2  # at most this many (uniform from 1), each at a random word boundary
+    word_dropout: float = 0.12
+    unknown_joins: float = 0.0  # multi-object captions whose clause joins all become 1-3 unknown words
+    later_place_first: float = 0.0  # grammar.compose: a later clause leads with its place
+    free_layouts: bool = False  # scenes with any distinct places (free_scene), not only those the renderer draws
+
+
+FIRST_READER = Augment()  # session 18's reader: 6,000 steps from scratch
+# session 19 (MODEL_CARD.md): fine-tuned from the first reader for 3,000 steps at lr 5e-4 with free layouts
+SHIPPED_RECIPE = Augment(free_layouts=True)
+# measured and not shipped (MODEL_CARD.md): hiding more words, joins and later place-first clauses
+ROBUST_READER = Augment(filler_share=0.4, filler_words=3, word_dropout=0.18, unknown_joins=0.25,
+                        later_place_first=0.2)
+_JOIN = re.compile(r",? and |,? plus | with |, |; |\. ", re.IGNORECASE)
 SIZE_WORDS = frozenset(w for names in grammar.SIZE_SYNONYMS.values() for name in names for w in words_of(name)
                        if w != "-")
 HELD_OUT_SEED = 7_700_000  # evaluate_reader's scenes; training draws from seed + step
@@ -55,10 +79,26 @@ def frames() -> dict:
             "cells": {p: list(grid_cell(p)) for p in POSITIONS}}
 
 
-def training_caption(scene: Scene, rng: np.random.Generator) -> str:
+def free_scene(rng: np.random.Generator, max_objects: int = 3) -> Scene:
+    """A scene's facts with any layout: one to max_objects objects at distinct places drawn uniformly.
+
+    scenes.sample_scene keeps objects apart so that they render apart; its multi-object scenes then use 16 of the
+    36 place pairs and never the centre, and a reader trained on them learned that prior (it read no centre object
+    beside another, even in training wording). A user may ask for any layout, and inpainting puts a new object
+    beside the old ones, so the reader, which reads text and draws nothing, learns from every layout."""
+    names = list(COLOURS)
+    background = names[rng.integers(len(names))]
+    others = [c for c in names if c != background]
+    places = rng.choice(len(POSITIONS), size=int(rng.integers(1, max_objects + 1)), replace=False)
+    return Scene(background, tuple(SceneObject(SHAPES[rng.integers(len(SHAPES))], others[rng.integers(len(others))],
+                                               SIZES[rng.integers(len(SIZES))], POSITIONS[p]) for p in places))
+
+
+def training_caption(scene: Scene, rng: np.random.Generator, later_place_first: float = 0.0) -> str:
     if len(scene.objects) <= 2 and rng.random() < TEMPLATE_SHARE:
         return caption(scene, rng)
-    return grammar.compose(scene, rng, drop_size=DROP_SIZE if len(scene.objects) == 1 else 0.0)
+    return grammar.compose(scene, rng, drop_size=DROP_SIZE if len(scene.objects) == 1 else 0.0,
+                           later_place_first=later_place_first)
 
 
 def size_labels(scene: Scene, text: str) -> list[str | None]:
@@ -88,23 +128,29 @@ def new_reader(words: tuple[str, ...] | None = None, recurrent: bool = True) -> 
 
 
 def batch(reader: PromptReader, rng: np.random.Generator, n: int, generator: torch.Generator,
-          train: bool = True, held_out: bool = False, scenes: list[Scene] | None = None):
+          train: bool = True, held_out: bool = False, scenes: list[Scene] | None = None,
+          augment: Augment = FIRST_READER):
     """(ids, targets, texts, scenes) for n scenes; targets: "exists" (B, places) 0/1, per object field (B, places)
     (−1: no object there / not scored), "background" (B,)."""
     c = reader.config
-    scenes = scenes or [sample_scene(rng, max_objects=3) for _ in range(n)]
+    draw = free_scene if train and augment.free_layouts else sample_scene
+    scenes = scenes or [draw(rng, max_objects=3) for _ in range(n)]
     texts = []
     for scene in scenes:
         if held_out:
             texts.append(grammar.compose(scene, rng, held_out=True))
         else:
-            texts.append(training_caption(scene, rng))
+            texts.append(training_caption(scene, rng, augment.later_place_first if train else 0.0))
     if train:
-        texts = [_with_filler(t, rng) if rng.random() < FILLER_SHARE else t for t in texts]
+        if augment.unknown_joins:
+            texts = [_unknown_joins(t, rng) if len(s.objects) > 1 and rng.random() < augment.unknown_joins else t
+                     for t, s in zip(texts, scenes)]
+        texts = [_with_filler(t, rng, augment.filler_words) if rng.random() < augment.filler_share else t
+                 for t in texts]
     ids = reader.ids(texts)
     if train:
         keep = torch.tensor([[w in _ATTRIBUTE_WORDS for w in _padded_words(t, ids.shape[1])] for t in texts])
-        drop = (torch.rand(ids.shape, generator=generator) < WORD_DROPOUT) & (ids != PAD) & ~keep
+        drop = (torch.rand(ids.shape, generator=generator) < augment.word_dropout) & (ids != PAD) & ~keep
         ids = torch.where(drop, torch.full_like(ids, UNKNOWN), ids)
     places = len(c.positions)
     targets = {k: torch.full((len(scenes), places), -1, dtype=torch.long) for k in ("shape", "colour", "size")}
@@ -132,11 +178,25 @@ def _padded_words(text: str, length: int) -> list[str]:
     return said + [""] * (length - len(said))
 
 
-def _with_filler(text: str, rng: np.random.Generator) -> str:
+_NO_WORD = "qzxv"  # a word no vocabulary holds: the unknown id
+
+
+def _with_filler(text: str, rng: np.random.Generator, most: int = 2) -> str:
     said = text.split(" ")
-    for _ in range(1 + int(rng.random() < 1 / 3)):
-        said.insert(int(rng.integers(len(said) + 1)), "qzxv")  # a word no vocabulary holds: the unknown id
+    # two at most: one, or two a third of the time (the first reader's draw); more: uniform from one
+    count = 1 + int(rng.random() < 1 / 3) if most == 2 else int(rng.integers(1, most + 1))
+    for _ in range(count):
+        said.insert(int(rng.integers(len(said) + 1)), _NO_WORD)
     return " ".join(said)
+
+
+def _unknown_joins(text: str, rng: np.random.Generator) -> str:
+    """Every clause join (" and ", ", ", "; ", …) as one to three unknown words, the comma kept half the time: a
+    connective the reader has not met ("alongside", "together with") still separates two objects."""
+    def join(match: re.Match) -> str:
+        words = " ".join([_NO_WORD] * int(rng.integers(1, 4)))
+        return f"{',' if rng.random() < 0.5 else ''} {words} "
+    return _JOIN.sub(join, text)
 
 
 def reader_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -151,10 +211,13 @@ def reader_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) 
 
 
 def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, threads: int = 1,
-          log=print, words: tuple[str, ...] | None = None, recurrent: bool = True) -> PromptReader:
+          log=print, words: tuple[str, ...] | None = None, recurrent: bool = True, augment: Augment = SHIPPED_RECIPE,
+          init: PromptReader | None = None) -> PromptReader:
+    """A reader trained from scratch, or fine-tuned from `init` (its vocabulary and architecture kept)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    reader = new_reader(words, recurrent)
+    reader = new_reader(words, recurrent) if init is None else init
+    reader.requires_grad_(True)
     optimizer = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     began = time.monotonic()
@@ -164,7 +227,7 @@ def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, 
         for group in optimizer.param_groups:
             group["lr"] = rate
         rng = np.random.default_rng(seed * 1_000_003 + step)
-        ids, targets, _, _ = batch(reader, rng, batch_size, generator)
+        ids, targets, _, _ = batch(reader, rng, batch_size, generator, augment=augment)
         loss = reader_loss(reader(ids), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -191,12 +254,14 @@ def exact(reader: PromptReader, text: str, scene: Scene) -> bool:
 
 def evaluate_reader(reader: PromptReader, n: int = 400, seed: int = HELD_OUT_SEED) -> dict:
     """Exact readings of one- and two-object scenes: training grammar (fresh scenes), held-out grammar, held-out
-    templates; of three-object training-grammar captions; and how often such a caption, with no hole to narrow it
-    to fewer objects, is (rightly) passed to the text encoder as typed."""
+    templates, the fresh grammar; of three-object training-grammar captions; how often such a caption, with no hole
+    to narrow it to fewer objects, is (rightly) passed to the text encoder as typed; and of two objects in any
+    layout (free_scene), in the training and held-out grammars."""
     out = {}
     for name, maker in (("training grammar", lambda s, r: training_caption(s, r)),
                         ("held-out grammar", lambda s, r: grammar.compose(s, r, held_out=True)),
-                        ("held-out templates", lambda s, r: caption(s, r, held_out=True))):
+                        ("held-out templates", lambda s, r: caption(s, r, held_out=True)),
+                        ("fresh grammar", grammar.compose_fresh)):
         rng = np.random.default_rng(seed)
         for count in (1, 2):
             hits = 0
@@ -211,20 +276,29 @@ def evaluate_reader(reader: PromptReader, n: int = 400, seed: int = HELD_OUT_SEE
     texts = [grammar.compose(s, rng) for s in three]
     out["training grammar, 3 objects"] = float(np.mean([exact(reader, t, s) for t, s in zip(texts, three)]))
     out["3 objects, no hole: passed through as typed"] = float(np.mean([reader.rewrite(t) == t for t in texts]))
+    rng = np.random.default_rng(seed + 2)  # layouts the renderer never draws (free_scene): a centre object beside
+    for name, maker in (("training grammar", training_caption),  # another, neighbouring cells
+                        ("held-out grammar", lambda s, r: grammar.compose(s, r, held_out=True))):
+        free = [s for s in (free_scene(rng, 2) for _ in range(4 * n)) if len(s.objects) == 2][:n]
+        out[f"{name}, 2 objects, any layout"] = float(np.mean([exact(reader, maker(s, rng), s) for s in free]))
     return out
 
 
 def run_cli(args) -> int:
-    """`studio train --stage reader --out DIR [--total-steps N] [--batch-size B] [--lr LR] [--export FILE]`: trains
-    from scratch (a few minutes on one CPU thread), writes DIR/prompt-reader.safetensors (and --export) and prints
+    """`studio train --stage reader --out DIR [--init FILE] [--total-steps N] [--batch-size B] [--lr LR]
+    [--data-seed S] [--export FILE]`: trains from scratch, or fine-tunes the reader file --init (the shipped one was made so:
+    MODEL_CARD.md), on one CPU thread; writes DIR/prompt-reader.safetensors (and --export) and prints
     evaluate_reader's numbers."""
     import json
     import shutil
 
+    from ..engine.prompt_reader import load_reader
+
     out = Path(args.out) / "prompt-reader.safetensors"
-    options = {k: v for k, v in (("steps", args.total_steps), ("batch_size", args.batch_size), ("lr", args.lr))
-               if v is not None}
-    reader = train(out, threads=args.threads, **options)
+    options = {k: v for k, v in (("steps", args.total_steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                 ("seed", args.data_seed)) if v is not None}
+    init = load_reader(args.init) if args.init else None
+    reader = train(out, threads=args.threads, init=init, **options)
     print(json.dumps(evaluate_reader(reader), indent=1))
     if args.export is not None:
         shutil.copyfile(out, args.export)

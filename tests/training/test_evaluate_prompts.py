@@ -41,3 +41,14 @@ def test_busy_inpaint_holes_are_empty_cells_beside_the_objects():
         beside += any(max(abs(r - grid_cell(o.position)[0]), abs(c - grid_cell(o.position)[1])) == 1 for o in old)
         assert grammar.HELD_OUT_WORDS & set(re.findall(r"[a-z]+", case.prompt.lower()))
     assert beside >= 0.4 * len(cases)  # a 26-px hole next to an object's cell often touches the object
+
+
+def test_fresh_cases_are_worded_by_the_fresh_grammar_only():
+    fresh = grammar_cases(20, 11, fresh=True)
+    for case in fresh:  # its background clause is always its own ("… fills the background")
+        said = set(re.findall(r"[a-z]+", case.prompt.lower()))
+        assert said & grammar.FRESH_WORDS and not said & grammar.HELD_OUT_WORDS, case.prompt
+    assert [c.prompt for c in fresh] == [c.prompt for c in grammar_cases(20, 11, fresh=True)]  # deterministic
+    busy = busy_inpaint_cases(10, 12, fresh=True)
+    assert all(len(c.target.objects) >= 2 and set(re.findall(r"[a-z]+", c.prompt.lower())) & grammar.FRESH_WORDS
+               for c in busy)

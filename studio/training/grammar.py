@@ -237,7 +237,8 @@ FRESH_JOINS = (" and also ", ", then ", " beside it ", " while ")
 FRESH_NOUN_ORDERS = ("{c} {h} of {s} size", "{s} {h} whose colour is {c}")
 FRESH_POSITION_FRAMES = ("in the {p} part", "at the {p} of the picture", "over at the {p}")
 FRESH_CLAUSES = ("{n} {p}", "{p} there should be {n}", "{n}, located {p}", "put {n} {p}")
-FRESH_BACKGROUND_AFTER = ("with {bg} filling the remainder", "and the whole background {bg}", "{bg} fills the background")
+FRESH_BACKGROUND_AFTER = ("with {bg} filling the remainder", "and the whole background {bg}",
+                          "{bg} fills the background")
 FRESH_BACKGROUND_BEFORE = ("{bg} fills the whole picture, and", "the whole background {bg}:")
 FRESH_WORDS = frozenset({"create", "sketch", "need", "give", "also", "then", "beside", "while", "size", "whose",
                          "colour", "part", "picture", "should", "be", "located", "put", "filling", "whole", "fills",

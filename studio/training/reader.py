@@ -286,9 +286,9 @@ def evaluate_reader(reader: PromptReader, n: int = 400, seed: int = HELD_OUT_SEE
 
 def run_cli(args) -> int:
     """`studio train --stage reader --out DIR [--init FILE] [--total-steps N] [--batch-size B] [--lr LR]
-    [--data-seed S] [--export FILE]`: trains from scratch, or fine-tunes the reader file --init (the shipped one was made so:
-    MODEL_CARD.md), on one CPU thread; writes DIR/prompt-reader.safetensors (and --export) and prints
-    evaluate_reader's numbers."""
+    [--data-seed S] [--export FILE]`: trains from scratch, or fine-tunes the reader file --init (so the shipped
+    one was made: MODEL_CARD.md), on one CPU thread; writes DIR/prompt-reader.safetensors (and --export) and
+    prints evaluate_reader's numbers."""
     import json
     import shutil
 

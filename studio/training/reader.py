@@ -191,8 +191,8 @@ def _with_filler(text: str, rng: np.random.Generator, most: int = 2) -> str:
 
 
 def _unknown_joins(text: str, rng: np.random.Generator) -> str:
-    """Every clause join (" and ", ", ", "; ", …) as one to three unknown words, the comma kept half the time: a
-    connective the reader has not met ("alongside", "together with") still separates two objects."""
+    """Every clause join (" and ", ", ", "; ", …) as one to three unknown words, the comma kept half the time, so
+    that a connective the reader has never met still separates two objects (measured: it did not help)."""
     def join(match: re.Match) -> str:
         words = " ".join([_NO_WORD] * int(rng.integers(1, 4)))
         return f"{',' if rng.random() < 0.5 else ''} {words} "

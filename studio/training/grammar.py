@@ -133,13 +133,11 @@ def noun_phrase(obj: SceneObject, rng: np.random.Generator, held_out: bool = Fal
 
 
 def object_clause(obj: SceneObject, rng: np.random.Generator, held_out: bool = False, drop_size: float = 0.0,
-                  first: bool = True, later_place_first: float = 0.0) -> str:
+                  first: bool = True) -> str:
     """Noun and position in either order; held out: new position frames, noun orders and the "sits" inversion.
 
-    A sentence's first clause leads with its position a quarter of the time; a later clause only at
-    `later_place_first` (0 for the UNet's captions: after "a red star at the top," a leading "in the middle, a blue
-    circle" could read as a second place for the star, though every object states exactly one place, which is
-    what the prompt reader learns from it)."""
+    Only a sentence's first clause may lead with its position: after "a red star at the top," a leading
+    "in the middle, a blue circle" would read as a second place for the star."""
     noun = noun_phrase(obj, rng, held_out and rng.random() < 0.5, drop_size)
     if held_out and rng.random() < 0.5:
         place = held_out_position_phrase(obj.position, rng)
@@ -147,16 +145,14 @@ def object_clause(obj: SceneObject, rng: np.random.Generator, held_out: bool = F
         place = position_phrase(obj.position, rng)
     if held_out and rng.random() < 0.25:
         return f"{place}{HELD_OUT_POSITION_LEAD}{noun}"
-    # no draw for a later clause at later_place_first 0: the captions of every existing seed stay as they were
-    if not held_out and (first or later_place_first) and rng.random() < (0.25 if first else later_place_first):
+    if not held_out and first and rng.random() < 0.25:
         return f"{place}{_pick(rng, POSITION_LEAD_JOINS)}{noun}"
     return f"{noun} {place}"
 
 
 def objects_text(objects: list[SceneObject], rng: np.random.Generator, held_out: bool = False,
-                 drop_size: float = 0.0, later_place_first: float = 0.0) -> str:
-    clauses = [object_clause(o, rng, held_out, drop_size, first=i == 0, later_place_first=later_place_first)
-               for i, o in enumerate(objects)]
+                 drop_size: float = 0.0) -> str:
+    clauses = [object_clause(o, rng, held_out, drop_size, first=i == 0) for i, o in enumerate(objects)]
     if len(clauses) == 1:
         return clauses[0]
     joins = HELD_OUT_JOINS if held_out and rng.random() < 0.5 else JOINS
@@ -169,14 +165,12 @@ def objects_text(objects: list[SceneObject], rng: np.random.Generator, held_out:
     return text
 
 
-def compose(scene: Scene, rng: np.random.Generator, held_out: bool = False, drop_size: float = 0.0,
-            later_place_first: float = 0.0) -> str:
-    """A caption stating every fact of `scene` (drop_size: chance, per object, to leave its size unsaid;
-    later_place_first: chance that a clause after the first leads with its place, object_clause).
+def compose(scene: Scene, rng: np.random.Generator, held_out: bool = False, drop_size: float = 0.0) -> str:
+    """A caption stating every fact of `scene` (drop_size: chance, per object, to leave its size unsaid).
 
     held_out: the background clause always comes from the held-out grammar, and each other part half the time."""
     objects = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
-    body = objects_text(objects, rng, held_out, drop_size, later_place_first)
+    body = objects_text(objects, rng, held_out, drop_size)
     bg = _pick(rng, COLOUR_SYNONYMS[scene.background])
     before = rng.random() < 0.4
     if held_out:

@@ -188,27 +188,6 @@ def test_held_out_position_frames_keep_the_position_words(position):
         assert (position if position != "center" else "middle") in phrase
 
 
-def test_later_clauses_may_lead_with_their_place_and_still_state_one_place_each():
-    rng = np.random.default_rng(11)
-    led = 0
-    for _ in range(200):
-        scene = sample_scene(rng, 3)
-        while len(scene.objects) < 2:
-            scene = sample_scene(rng, 3)
-        text = grammar.compose(scene, rng, later_place_first=1.0).lower()
-        assert not _words(text) & grammar.HELD_OUT_WORDS, text
-        for obj in scene.objects:
-            assert _mentions(text, grammar.SHAPE_SYNONYMS[obj.shape]), text
-        # a later clause opens with a place: "…, and at the top right: a red star"
-        led += bool(re.search(r"(, |; |\. | and | plus | with )(in the |at the |on the |along the |near the )?"
-                              r"(top|bottom|upper|lower|left|right|center|centre|middle|centered)\b", text))
-    assert led > 150
-    # the default leaves every earlier seed's caption as it was (no extra draw)
-    a, b = np.random.default_rng(3), np.random.default_rng(3)
-    scene_a, scene_b = sample_scene(a, 3), sample_scene(b, 3)
-    assert grammar.compose(scene_a, a) == grammar.compose(scene_b, b, later_place_first=0.0)
-
-
 @settings(max_examples=300, deadline=None)
 @given(seeds)
 def test_the_fresh_grammar_states_every_fact_and_training_never_uses_it(seed):
@@ -223,6 +202,6 @@ def test_the_fresh_grammar_states_every_fact_and_training_never_uses_it(seed):
     assert not _words(text) & grammar.HELD_OUT_WORDS, text  # nor does it borrow the first held-out grammar's
     # its words are its own: neither training captions nor the first held-out grammar have them
     assert not grammar.FRESH_WORDS & (grammar.grammar_words() | _words(grammar.compose(scene, rng, held_out=True)))
-    for text in (grammar.compose(scene, rng, drop_size=0.1, later_place_first=0.2),
+    for text in (grammar.compose(scene, rng, drop_size=0.1),
                  Captioner.text(_CAPTIONER, scene, rng)):
         assert not _words(text) & grammar.FRESH_WORDS, text

@@ -19,12 +19,23 @@ the hole's grid cells, as the model was trained to read an inpainting caption, s
 Anything else (an empty prompt, emphasis syntax, "a cat", a background left unsaid) goes to the text encoder as
 typed. The file carries its vocabulary, labels and sentence frames, so nothing here names the scene world; torch
 and numpy only, no Qt.
+
+A prompt naming two or three objects is then read **clause by clause** (PromptReader._by_clauses): the words are
+cut between consecutive shape words at a join (a punctuation mark, "and", "plus", "with", or a word the reader does
+not know), each stretch is read alone as a one-object prompt, and of all such cuts the one whose stretches read
+most surely (the sum of each stretch's log confidence) gives the objects. Read whole, the reader bound a place that
+leads a later clause ("a violet star in the centre and toward the top right sits a gray star") to the noun before
+it, a construction its training sentences never have; read alone, each clause has one noun and one place, and one
+object is what it reads best (MODEL_CARD.md: two objects in unseen wording 78 → 92 % exactly, busy inpainting
+readings 170 → 192 of 200).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +49,9 @@ UNSTATED = "unstated"  # the size label of an object whose size the prompt does 
 HOLE_SHARE = 0.25  # a grid cell is "in the hole" when it holds this share of the painted pixels
 _WORD = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
 _EMPHASIS = re.compile(r"[()\[\]]|<lora:")  # A1111 emphasis or extra networks: the user speaks to the encoder
+# where one clause may end and the next begin (besides a word the reader does not know: "alongside", "as well as")
+CLAUSE_JOINS = frozenset({",", ";", ".", ":", "!", "and", "plus", "with"})
+MOST_CLAUSES = 3  # a prompt naming more objects than this is read whole
 
 
 def words_of(text: str) -> list[str]:
@@ -170,8 +184,65 @@ class PromptReader(nn.Module):
                     confidence.append(float(p))
             objects.append(ObjectReading(**fields, confidence=min(confidence)))
         # more shape words than objects read: one it missed would vanish from a caption of the whole scene
-        return Reading(tuple(objects), c.colours[background], float(out["background"][background]),
-                       every_object=counts["shape"] == len(present))
+        whole = Reading(tuple(objects), c.colours[background], float(out["background"][background]),
+                        every_object=counts["shape"] == len(present))
+        return self._by_clauses(said, whole)
+
+    def _by_clauses(self, said: list[str], whole: Reading) -> Reading:
+        """The objects of a prompt naming two or three, each read from its own clause (module docstring); `whole`
+        gives the background and any size a clause leaves unsaid. `whole` itself when the words cannot be cut so
+        that every stretch reads as one object at a place of its own."""
+        shapes = [k for k, w in enumerate(said) if w in self.lexicon["shape"]]
+        if not 2 <= len(shapes) <= MOST_CLAUSES:
+            return whole
+        gaps = [[k for k in range(a + 1, b) if said[k] in CLAUSE_JOINS or said[k] not in self.index]
+                for a, b in zip(shapes, shapes[1:])]
+        if not all(gaps):
+            return whole
+        # a stretch (cut, end) is said[cut + 1 : end]: the join word itself belongs to neither clause
+        cuts_list = list(itertools.product(*gaps))
+        spans = sorted({span for cuts in cuts_list for span in zip((-1, *cuts), (*cuts, len(said)))})
+        read = dict(zip(spans, self._one_object_each([said[a + 1: b] for a, b in spans], whole.background)))
+        best = None
+        for cuts in cuts_list:
+            found = [read[span] for span in zip((-1, *cuts), (*cuts, len(said)))]
+            if any(f is None for f in found) or len({o.position for _, o in found}) < len(found):
+                continue
+            total = sum(log_confidence for log_confidence, _ in found)
+            if best is None or total > best[0]:
+                best = (total, [o for _, o in found])
+        if best is None:
+            return whole
+        sizes = {o.position: o.size for o in whole.objects}
+        objects = tuple(dataclasses.replace(o, size=sizes[o.position]) if o.size == UNSTATED and o.position in sizes
+                        else o for o in best[1])
+        return dataclasses.replace(whole, objects=objects, every_object=True)
+
+    def _one_object_each(self, stretches: list[list[str]], background: str) -> list[tuple[float, ObjectReading] | None]:
+        """Each stretch of words read as a one-object prompt: (log confidence, the object), or None where it reads
+        as more than one. A stretch with fewer than two colour words gets the background clause of the model's
+        own language, as every one-object sentence the reader learned from has one."""
+        c = self.config
+        texts = [" ".join(words) + ("" if sum(w in self.lexicon["colour"] for w in words) >= 2
+                                    else f" on a {background} background") for words in stretches]
+        out = {k: v.float().softmax(-1) for k, v in self(self.ids(texts).to(self.embed.weight.device)).items()}
+        b = c.colours.index(background)
+        found = []
+        for row in range(len(texts)):
+            there = out["exists"][row, :, 1]
+            place = int(there.argmax())
+            if float(torch.cat([there[:place], there[place + 1:]]).max()) > 0.5:
+                found.append(None)
+                continue
+            colour = out["colour"][row, place].clone()
+            colour[b] = 0  # no object has the background's colour (_colours)
+            colour_p, colour_k = colour.max(-1)
+            shape_p, shape_k = out["shape"][row, place].max(-1)
+            size_k = int(out["size"][row, place].argmax())
+            confidence = min(float(there[place]), float(colour_p), float(shape_p))
+            found.append((math.log(max(confidence, 1e-12)), ObjectReading(
+                c.shapes[int(shape_k)], c.colours[int(colour_k)], c.sizes[size_k], c.positions[place], confidence)))
+        return found
 
     @staticmethod
     def _colours(background: torch.Tensor, objects: torch.Tensor) -> tuple[int, list[int]]:

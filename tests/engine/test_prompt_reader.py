@@ -231,3 +231,74 @@ def test_a_saved_run_keeps_what_was_read(tmp_path):
                                                     height=64))
     run.save(tmp_path / "run.safetensors")
     assert Run.load(tmp_path / "run.safetensors").read_as == "a large red star at the top on a blue background"
+
+
+def _binding_net(reader, place_binds_back: bool):
+    """A stand-in network that reads each row's words by rule: an object wherever a place word is bound to a shape
+    word, its colour the colour word just before that shape word; the background the last colour word. A place binds
+    to the nearest shape word before it (`place_binds_back`, the whole reader's mistake on a place that leads a later
+    clause) else to the nearest one after it; a shape word no place names gets none. Sizes are never stated."""
+    c = reader.config
+
+    def forward(ids):
+        rows = [[c.words[i] for i in row if i != 0] for row in ids.tolist()]
+        b, places = ids.shape[0], len(c.positions)
+        out = {"exists": torch.zeros(b, places, 2), "shape": torch.zeros(b, places, len(c.shapes)),
+               "colour": torch.zeros(b, places, len(c.colours)), "size": torch.zeros(b, places, len(c.sizes)),
+               "background": torch.zeros(b, len(c.colours))}
+        out["exists"][..., 0] = 20
+        out["size"][..., -1] = 20  # UNSTATED
+        for r, words in enumerate(rows):
+            shapes = [k for k, w in enumerate(words) if w in c.shapes]
+            for k, w in enumerate(words):
+                if w not in c.positions or not shapes:
+                    continue
+                before, after = [s for s in shapes if s < k], [s for s in shapes if s > k]
+                s = before[-1] if before and (place_binds_back or not after) else after[0]
+                p = c.positions.index(w)
+                out["exists"][r, p] = torch.tensor([0.0, 20.0])
+                out["shape"][r, p, c.shapes.index(words[s])] = 20
+                colour = [w for w in words[:s] if w in c.colours][-1]
+                out["colour"][r, p, c.colours.index(colour)] = 20
+            out["background"][r, c.colours.index([w for w in words if w in c.colours][-1])] = 20
+        return out
+    return forward
+
+
+def test_a_later_clause_that_leads_with_its_place_is_read_on_its_own(monkeypatch):
+    """Read whole, the stand-in binds "left" back to the star (two places, one star); cut at "and", each clause reads
+    as one object at its own place, and the background comes from the whole reading."""
+    reader = tiny_reader()
+    monkeypatch.setattr(reader, "forward", _binding_net(reader, place_binds_back=True))
+    reading = reader.read("a red star top and left a blue ring , orange")
+    assert [(o.shape, o.colour, o.position) for o in reading.objects] == [("star", "red", "top"),
+                                                                         ("ring", "blue", "left")]
+    assert reading.background == "orange" and reading.every_object
+    assert reading.confidence > 0.99
+
+
+def test_words_that_cannot_be_cut_into_clauses_are_read_whole(monkeypatch):
+    reader = tiny_reader()
+    monkeypatch.setattr(reader, "forward", _binding_net(reader, place_binds_back=False))
+    # no join between the shape words: the whole reading (here right, as the stand-in binds forward)
+    reading = reader.read("top a red star left a blue ring orange")
+    assert sorted((o.shape, o.position) for o in reading.objects) == [("ring", "left"), ("star", "top")]
+    # a cut whose stretches both read an object at the same place is no cut: the whole reading stands
+    monkeypatch.setattr(reader, "forward", _binding_net(reader, place_binds_back=True))
+    same_place = reader.read("a red star top and top a blue ring , orange")
+    assert [(o.shape, o.position) for o in same_place.objects] == [("star", "top")]
+
+
+def test_a_clause_without_a_size_takes_the_whole_readings(monkeypatch):
+    reader = tiny_reader()
+    net = _binding_net(reader, place_binds_back=False)
+
+    def sized(ids):  # the whole prompt (the longest row) reads every object as small
+        out = net(ids)
+        if ids.shape[0] == 1:
+            out["size"][..., :] = 0
+            out["size"][..., 0] = 20
+        return out
+    monkeypatch.setattr(reader, "forward", sized)
+    reading = reader.read("a red star top and left a blue ring , orange")
+    assert {o.size for o in reading.objects} == {"small"}

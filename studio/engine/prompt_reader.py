@@ -54,6 +54,10 @@ CLAUSE_JOINS = frozenset({",", ";", ".", ":", "!", "and", "plus", "with"})
 MOST_CLAUSES = 3  # a prompt naming more objects than this is read whole
 
 
+def _with_articles(text: str) -> str:
+    return re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text)
+
+
 def words_of(text: str) -> list[str]:
     """Lower-cased words and punctuation marks, in order ("Top-left: a RED star." → top, -, left, :, a, red, …)."""
     return _WORD.findall(text.lower())
@@ -223,8 +227,9 @@ class PromptReader(nn.Module):
         as more than one. A stretch with fewer than two colour words gets the background clause of the model's
         own language, as every one-object sentence the reader learned from has one."""
         c = self.config
-        texts = [" ".join(words) + ("" if sum(w in self.lexicon["colour"] for w in words) >= 2
-                                    else f" on a {background} background") for words in stretches]
+        clause = _with_articles(c.frames["one"].split("{p}", 1)[1].format(bg=background))  # " on a … background"
+        texts = [" ".join(words) + ("" if sum(w in self.lexicon["colour"] for w in words) >= 2 else clause)
+                 for words in stretches]
         out = {k: v.float().softmax(-1) for k, v in self(self.ids(texts).to(self.embed.weight.device)).items()}
         b = c.colours.index(background)
         found = []
@@ -271,7 +276,7 @@ class PromptReader(nn.Module):
             text = f["one"].format(o=nouns[0], p=places[0], bg=reading.background)
         else:
             text = f["two"].format(o1=nouns[0], p1=places[0], o2=nouns[1], p2=places[1], bg=reading.background)
-        return re.sub(r"\b([aA]) (?=[aeiou])", r"\1n ", text)
+        return _with_articles(text)
 
     def in_hole(self, reading: Reading, mask: np.ndarray) -> Reading | None:
         """Inpainting: only the objects in the grid cells that hold at least HOLE_SHARE of the painted pixels, and

@@ -31,7 +31,7 @@ def add_training_commands(sub) -> None:
                        required=True,
                        help="text: distil the text encoder through the frozen UNet (training/text_distill.py); "
                             "reader: the built-in model's prompt reader (training/reader.py; --init, --total-steps, "
-                            "--batch-size, --lr, --data-seed, --export); "
+                            "--batch-size, --lr, --data-seed, --reader-width, --export); "
                             "classifier: the scene classifier for classifier guidance (training/classifier.py); "
                             "clip: the scene CLIP for CLIP guidance (training/clip.py); "
                             "cold: a cold-diffusion restoration net (training/cold.py)")
@@ -47,6 +47,8 @@ def add_training_commands(sub) -> None:
     train.add_argument("--init", help="fresh UNet stage: vae.pt / a training checkpoint / a model file / default; "
                        "stage classifier: an exported classifier file to continue from (a warm restart); "
                        "stage reader: a prompt reader file to fine-tune")
+    train.add_argument("--reader-width", type=int, metavar="W",
+                       help="stage reader, from scratch: the reader's vector size (64 by default; the shipped one 96)")
     train.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint saved)")
     train.add_argument("--steps", type=int, help="stop at this global step")
     train.add_argument("--export", type=Path, metavar="FILE", help="write the EMA weights here at every checkpoint")

@@ -100,10 +100,10 @@ def vocabulary(samples: int = 40_000, seed: int = 5) -> tuple[str, ...]:
     return ("<pad>", "<unknown>", *sorted(seen))
 
 
-def new_reader(words: tuple[str, ...] | None = None, recurrent: bool = True) -> PromptReader:
+def new_reader(words: tuple[str, ...] | None = None, recurrent: bool = True, width: int = 64) -> PromptReader:
     config = ReaderConfig(words=words or vocabulary(), shapes=SHAPES, colours=tuple(COLOURS),
                           sizes=(*SIZES, UNSTATED), positions=POSITIONS, lexicon=lexicon(), frames=frames(),
-                          recurrent=recurrent)
+                          recurrent=recurrent, width=width)
     return PromptReader(config)
 
 
@@ -174,13 +174,13 @@ def reader_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) 
 
 def train(out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, threads: int = 1,
           log=print, words: tuple[str, ...] | None = None, recurrent: bool = True, free_layouts: bool = True,
-          init: PromptReader | None = None) -> PromptReader:
-    """A reader trained from scratch, or fine-tuned from `init` (its vocabulary and architecture kept). The shipped
-    one: session 18's (6,000 steps, free_layouts off) fine-tuned for 3,000 steps at lr 5e-4, seed 19, with free
-    layouts (MODEL_CARD.md)."""
+          init: PromptReader | None = None, width: int = 64) -> PromptReader:
+    """A reader trained from scratch (`width`: its vector size), or fine-tuned from `init` (its vocabulary and
+    architecture kept). The shipped one: width 96 from scratch, 9,000 steps at lr 1e-3, seed 23, free layouts
+    (session 20, MODEL_CARD.md)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    reader = new_reader(words, recurrent) if init is None else init
+    reader = new_reader(words, recurrent, width) if init is None else init
     reader.requires_grad_(True)
     optimizer = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
@@ -249,10 +249,10 @@ def evaluate_reader(reader: PromptReader, n: int = 400, seed: int = HELD_OUT_SEE
 
 
 def run_cli(args) -> int:
-    """`studio train --stage reader --out DIR [--init FILE] [--total-steps N] [--batch-size B] [--lr LR]
-    [--data-seed S] [--export FILE]`: trains from scratch, or fine-tunes the reader file --init (so the shipped
-    one was made: MODEL_CARD.md), on one CPU thread; writes DIR/prompt-reader.safetensors (and --export) and
-    prints evaluate_reader's numbers."""
+    """`studio train --stage reader --out DIR [--init FILE | --reader-width W] [--total-steps N] [--batch-size B]
+    [--lr LR] [--data-seed S] [--export FILE]`: trains from scratch, or fine-tunes the reader file --init, on one
+    CPU thread (the shipped one: --reader-width 96 --total-steps 9000 --data-seed 23, MODEL_CARD.md); writes
+    DIR/prompt-reader.safetensors (and --export) and prints evaluate_reader's numbers."""
     import json
     import shutil
 
@@ -260,7 +260,9 @@ def run_cli(args) -> int:
 
     out = Path(args.out) / "prompt-reader.safetensors"
     options = {k: v for k, v in (("steps", args.total_steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                 ("seed", args.data_seed)) if v is not None}
+                                 ("seed", args.data_seed), ("width", args.reader_width)) if v is not None}
+    if args.init and args.reader_width is not None:
+        raise SystemExit("--reader-width is for a reader trained from scratch; --init keeps its file's width")
     init = load_reader(args.init) if args.init else None
     reader = train(out, threads=args.threads, init=init, **options)
     print(json.dumps(evaluate_reader(reader), indent=1))

@@ -43,7 +43,7 @@ INPAINT_BAR = 0.87
 # 30, 37, 2 empty. With the prompt reader (session 18, MODEL_CARD.md): 40 of 40 on every attribute, 0 empty; the
 # first 20 binding prompts 20 of 20 both right; the first 12 busy inpaintings 7 of 12 (its target is far above).
 # Session 19's reader (free layouts): 40 of 40, 20 of 20, busy 10 of 12; read clause by clause (session 20): busy
-# 12 of 12, the rest unchanged.
+# 12 of 12, the rest unchanged; session 20's reader (width 96, clause by clause): 40 of 40, 20 of 20, busy 12 of 12.
 # Bar = measured minus 3 of 40 (rounded down a hair); empty: measured plus 3; binding and busy: minus 2.
 GRAMMAR_PROMPTS = 40
 GRAMMAR_BARS = {"background": 0.92, "colour": 0.92, "shape": 0.92, "size": 0.92, "position": 0.92}

@@ -26,8 +26,8 @@ not know), each stretch is read alone as a one-object prompt, and of all such cu
 most surely (the sum of each stretch's log confidence) gives the objects. Read whole, the reader bound a place that
 leads a later clause ("a violet star in the centre and toward the top right sits a gray star") to the noun before
 it, a construction its training sentences never have; read alone, each clause has one noun and one place, and one
-object is what it reads best (MODEL_CARD.md: two objects in unseen wording 78 → 92 % exactly, busy inpainting
-readings 170 → 192 of 200).
+object is what it reads best (MODEL_CARD.md, with session 19's file: two objects in unseen wording 78 → 92 %
+exactly, busy inpainting readings 170 → 192 of 200).
 """
 
 from __future__ import annotations

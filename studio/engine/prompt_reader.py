@@ -52,6 +52,7 @@ _EMPHASIS = re.compile(r"[()\[\]]|<lora:")  # A1111 emphasis or extra networks: 
 # where one clause may end and the next begin (besides a word the reader does not know: "alongside", "as well as")
 CLAUSE_JOINS = frozenset({",", ";", ".", ":", "!", "and", "plus", "with"})
 MOST_CLAUSES = 3  # a prompt naming more objects than this is read whole
+MOST_CUTS = 256  # more ways to cut than this (a long prompt full of unknown words) and the prompt is read whole
 
 
 def _with_articles(text: str) -> str:
@@ -201,15 +202,15 @@ class PromptReader(nn.Module):
             return whole
         gaps = [[k for k in range(a + 1, b) if said[k] in CLAUSE_JOINS or said[k] not in self.index]
                 for a, b in zip(shapes, shapes[1:])]
-        if not all(gaps):
+        if not all(gaps) or math.prod(map(len, gaps)) > MOST_CUTS:
             return whole
         # a stretch (cut, end) is said[cut + 1 : end]: the join word itself belongs to neither clause
-        cuts_list = list(itertools.product(*gaps))
-        spans = sorted({span for cuts in cuts_list for span in zip((-1, *cuts), (*cuts, len(said)))})
+        cuts_list = [tuple(zip((-1, *cuts), (*cuts, len(said)))) for cuts in itertools.product(*gaps)]
+        spans = sorted(set(itertools.chain.from_iterable(cuts_list)))
         read = dict(zip(spans, self._one_object_each([said[a + 1: b] for a, b in spans], whole.background)))
         best = None
-        for cuts in cuts_list:
-            found = [read[span] for span in zip((-1, *cuts), (*cuts, len(said)))]
+        for cut in cuts_list:
+            found = [read[span] for span in cut]
             if any(f is None for f in found) or len({o.position for _, o in found}) < len(found):
                 continue
             total = sum(log_confidence for log_confidence, _ in found)

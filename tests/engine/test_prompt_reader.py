@@ -302,3 +302,20 @@ def test_a_clause_without_a_size_takes_the_whole_readings(monkeypatch):
     monkeypatch.setattr(reader, "forward", sized)
     reading = reader.read("a red star top and left a blue ring , orange")
     assert {o.size for o in reading.objects} == {"small"}
+
+
+def test_a_prompt_with_too_many_ways_to_cut_is_read_whole(monkeypatch):
+    """Unknown words are possible joins: a long prompt full of them would be read in thousands of stretches, so past
+    MOST_CUTS ways to cut (here lowered to 2) the prompt is read whole."""
+    from studio.engine import prompt_reader
+
+    reader = tiny_reader()
+    monkeypatch.setattr(reader, "forward", _binding_net(reader, place_binds_back=True))
+    monkeypatch.setattr(prompt_reader, "MOST_CUTS", 2)
+    asked = []
+    original = reader._one_object_each
+    monkeypatch.setattr(reader, "_one_object_each", lambda *a: asked.append(a) or original(*a))
+    three_ways = reader.read("red star top mmm mmm and left blue ring , orange")  # cut at mmm, mmm or and
+    assert asked == [] and [(o.shape, o.position) for o in three_ways.objects] == [("star", "top"), ("star", "left")]
+    two_ways = reader.read("red star top mmm and left blue ring , orange")
+    assert len(asked) == 1 and [(o.shape, o.position) for o in two_ways.objects] == [("star", "top"), ("ring", "left")]

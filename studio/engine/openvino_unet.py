@@ -8,9 +8,11 @@ timeline, branching, inversion and guidance stay as they are. What needs gradien
 universal guidance) runs the torch UNet, which is kept.
 
 The UNet is traced once per checkpoint, precision and OpenVINO version into OpenVINO's IR, kept in the cache
-directory (`cache_dir()`, keyed by the file's signature), and OpenVINO caches its compiled form beside it: the second
-start reads both instead of converting. Inputs keep dynamic batch and size, so CFG batches and any resolution run
-through one compiled model.
+directory (`cache_dir()`, keyed by the file's signature): the second start reads it instead of converting. It is
+compiled at every start, for the picture's shape when Engine.prepare names it (dynamic batch and size otherwise).
+OpenVINO's compiled-model cache is not used: for SD1.5 at 256 px it made the compile slower (5.0 against 3.3 s, the
+whole graph's weights hashed to find the entry) and held a second copy of the weights (9.8 against 6.6 GiB resident;
+docs/numerics.md, "OpenVINO (device "openvino")").
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import torch
 
 from .errors import UserError
@@ -86,15 +89,14 @@ def _stock_copy(unet):
 
 
 def _core_and_graph(model, dtype: torch.dtype):
-    """An OpenVINO Core (its compiled-model cache pointed at the model's cache folder) and the UNet's graph, read
-    from the cached IR or converted now and saved for the next start. A graph read from the IR maps its weights
-    from the file rather than holding a copy in memory, so a fresh conversion is read back too."""
+    """An OpenVINO Core and the UNet's graph, read from the cached IR or converted now and saved for the next
+    start. A graph read from the IR maps its weights from the file rather than holding a copy in memory, so a fresh
+    conversion is read back too."""
     ov = _openvino()
     core = ov.Core()
     if not getattr(model, "source_files", ()):
         return core, _convert(model.unet)  # a model built in code has no file to key a cache entry on
     folder = cache_dir() / "openvino" / cache_key(model, dtype)
-    core.set_property({"CACHE_DIR": str(folder / "compiled")})
     ir = folder / "unet.xml"
     if not ir.exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -137,9 +139,8 @@ def compile_unet(model, dtype: torch.dtype, threads: int | None = None, shape: t
 class _Compiled:
     """The UNet's compiled forms: one per input shape it was specialised for (Engine.prepare asks for the
     picture's), and a dynamic one, compiled on first need, for every other shape. A static shape lets OpenVINO
-    choose kernels and memory for it once (as optimum-intel's pipelines do with `reshape`); both kinds are kept in
-    OpenVINO's compiled-model cache, so a second start reads rather than compiles them. The graph is converted (or
-    read) once, here: a model that cannot be converted fails at load, not mid-run."""
+    choose kernels and memory for it once (as optimum-intel's pipelines do with `reshape`). The graph is converted
+    (or read) once, here: a model that cannot be converted fails at load, not mid-run."""
 
     def __init__(self, model, dtype: torch.dtype):
         self.core, self.graph = _core_and_graph(model, dtype)
@@ -153,10 +154,13 @@ class _Compiled:
 
     def specialise(self, batch: int, height: int, width: int, tokens: int = 77) -> None:
         """Compile for `batch` latents of `height`×`width` with `tokens` context tokens (CLIP's 77 for a prompt of
-        one chunk)."""
+        one chunk), and run it once on zeros: OpenVINO's CPU plugin lays out weights and memory in a network's first
+        inference (SD1.5 at 256 px, bf16: 1.19 s against 0.97 s for the calls after it), work that belongs to
+        loading, as our own packing pass does for torch's CPU path (Engine.prepare)."""
         shape = (batch, height, width, tokens)
         if shape not in self.static:
-            self.static[shape] = self._compiled(shape)
+            network, request = self.static[shape] = self._compiled(shape)
+            request.infer([np.zeros(tuple(port.get_shape()), np.float32) for port in network.inputs])
 
     def for_shape(self, shape: tuple[int, ...]) -> tuple:
         if shape in self.static:

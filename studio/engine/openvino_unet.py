@@ -21,6 +21,7 @@ import copy
 import hashlib
 import importlib.util
 import json
+import shutil
 import sys
 import types
 
@@ -97,6 +98,8 @@ def _core_and_graph(model, dtype: torch.dtype):
     if not getattr(model, "source_files", ()):
         return core, _convert(model.unet)  # a model built in code has no file to key a cache entry on
     folder = cache_dir() / "openvino" / cache_key(model, dtype)
+    # compiled blobs that earlier versions cached there (a copy of the weights each, gigabytes for SD): unused now
+    shutil.rmtree(folder / "compiled", ignore_errors=True)
     ir = folder / "unet.xml"
     if not ir.exists():
         folder.mkdir(parents=True, exist_ok=True)

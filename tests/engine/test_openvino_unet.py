@@ -119,6 +119,15 @@ def test_the_second_start_reads_the_converted_unet_from_the_cache(accelerated, c
     assert hasattr(model.unet, "openvino")
 
 
+def test_compiled_blobs_an_earlier_version_cached_are_removed(accelerated, cache):
+    (folder,) = (cache / "openvino").iterdir()
+    stale = folder / "compiled" / "1234.blob"
+    stale.parent.mkdir()
+    stale.write_bytes(b"\0" * 1024)
+    Engine().model("default", "openvino", "fp32")
+    assert not (folder / "compiled").exists() and (folder / "unet.xml").is_file()
+
+
 def test_the_cache_key_follows_the_files_precision_and_architecture(accelerated):
     key = openvino_unet.cache_key(accelerated, torch.float32)
     assert key == openvino_unet.cache_key(accelerated, torch.float32)

@@ -61,6 +61,9 @@ def add_training_commands(sub) -> None:
     train.add_argument("--threads", type=int, default=1,
                        help="CPU threads for torch (1: on a shared 2-core machine 2 threads ran 6x slower)")
     train.add_argument("--tiny", action="store_true", help="a tiny architecture (smoke runs)")
+    train.add_argument("--bf16", action="store_true",
+                       help="stage cold: run the forward pass in bf16 (CPU autocast), ~1.6× faster on CPUs with "
+                            "AVX512-BF16 or AMX; weights and the optimizer stay fp32")
     train.add_argument("--teacher", metavar="FILE",
                        help="stage text, fresh run: the frozen teacher is this model file's text encoder (the one "
                             "its UNet was trained with) instead of the --init model's own")

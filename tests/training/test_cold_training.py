@@ -53,6 +53,34 @@ def test_train_resume_and_export_through_the_cli(tmp_path):
     assert len(net.config.gmm_weights) == cold.GMM_COMPONENTS
 
 
+def _cpu_autocast_dtype():
+    try:
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    except TypeError:  # torch < 2.4 names these per device
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
+def test_bf16_runs_the_forward_under_cpu_autocast_and_keeps_fp32_weights(tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_training_commands(parser.add_subparsers())
+    seen = []
+    real_loss = cold.cold_loss
+
+    def recording_loss(net, *args, **kwargs):
+        loss = real_loss(net, *args, **kwargs)
+        seen.append((_cpu_autocast_dtype(), loss.dtype))
+        return loss
+
+    monkeypatch.setattr(cold, "cold_loss", recording_loss)
+    args = parser.parse_args(["train", "--stage", "cold", "--degradation", "mask", "--out", str(tmp_path), "--tiny",
+                              "--batch-size", "2", "--steps", "2", "--bf16"])
+    assert args.handler(args) == 0
+    assert seen == [(torch.bfloat16, torch.float32)] * 2  # the forward in bf16, the ℓ1 in fp32
+    state = torch.load(tmp_path / "cold-mask.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 def test_cold_stage_needs_a_degradation(tmp_path):
     from studio.engine import UserError
 

@@ -62,8 +62,8 @@ def add_training_commands(sub) -> None:
                        help="CPU threads for torch (1: on a shared 2-core machine 2 threads ran 6x slower)")
     train.add_argument("--tiny", action="store_true", help="a tiny architecture (smoke runs)")
     train.add_argument("--bf16", action="store_true",
-                       help="stage cold: run the forward pass in bf16 (CPU autocast), ~1.6× faster on CPUs with "
-                            "AVX512-BF16 or AMX; weights and the optimizer stay fp32")
+                       help="stage cold / clip: run the forward pass in bf16 (CPU autocast), faster on CPUs with "
+                            "AVX512-BF16 or AMX (cold-mask: 1.6×); weights and the optimizer stay fp32")
     train.add_argument("--teacher", metavar="FILE",
                        help="stage text, fresh run: the frozen teacher is this model file's text encoder (the one "
                             "its UNet was trained with) instead of the --init model's own")
@@ -317,7 +317,7 @@ def _train_clip(args: argparse.Namespace) -> int:
     train(model, args.out, clean=args.clean, steps=args.steps or (CLEAN_STEPS if args.clean else NOISY_STEPS),
           batch=args.batch_size or 128, lr=args.lr or LR, scenes=args.dataset_size or 16000, held_out=1000,
           export=export, minutes=args.minutes, image_init=classifier_path(args.clean), lock_image=True,
-          unlocked=UNLOCKED_LAYERS[args.clean], log=lambda line: print(line, flush=True))
+          unlocked=UNLOCKED_LAYERS[args.clean], bf16=args.bf16, log=lambda line: print(line, flush=True))
     return 0
 
 

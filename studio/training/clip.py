@@ -238,11 +238,14 @@ def draw_timesteps(n: int, levels: int, rng: np.random.Generator, high_share: fl
 def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, scenes: int, held_out: int,
           export: Path | None, minutes: float | None = None, image_init: Path | None = None,
           high_t_share: float = HIGH_T_SHARE, restart_at: int = 0, lock_image: bool = False,
-          position_negatives: float = POSITION_NEGATIVES, unlocked: tuple[str, ...] = (), log=print) -> dict:
+          position_negatives: float = POSITION_NEGATIVES, unlocked: tuple[str, ...] = (), bf16: bool = False,
+          log=print) -> dict:
     """`restart_at`: a resumed run's warm restart, the learning rate's warm-up and cosine run from that step.
     `lock_image`: train the text tower, the image projection and the temperature only, the image trunk as
     `image_init` left it (LiT, Zhai et al. 2022, "locked image, unlocked text", their §3), but for the image tower's
-    layers named in `unlocked` (e.g. "hidden", "hidden_embed": the 256-wide layer over the locked convolutions)."""
+    layers named in `unlocked` (e.g. "hidden", "hidden_embed": the 256-wide layer over the locked convolutions).
+    `bf16`: both towers' forward passes under CPU autocast to bf16 (weights, optimizer, loss in fp32), for CPUs with
+    AVX512-BF16 or AMX."""
     alphas_cumprod = model.schedule.alphas_cumprod
     latents, train_scenes = cached(model, scenes, TRAIN_SEED, out, log)
     test_latents, test_scenes = cached(model, held_out, HELD_OUT_SEED, out, log)
@@ -304,8 +307,10 @@ def train(model, out: Path, *, clean: bool, steps: int, batch: int, lr: float, s
         ids = torch.tensor(tokenizer(texts, context_length=config.context_length), dtype=torch.long)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step - restart_at, steps - restart_at, lr)
-        image = torch.nn.functional.normalize(net.image(z, a), dim=-1)
-        text = torch.nn.functional.normalize(net.text(ids), dim=-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            image, text = net.image(z, a), net.text(ids)
+        image = torch.nn.functional.normalize(image.float(), dim=-1)
+        text = torch.nn.functional.normalize(text.float(), dim=-1)
         loss = contrastive_loss(image, text[:batch], net.temperature_scale(), negatives=text[batch:])
         descend(loss, net, optimizer, ema, 0.995)
         step += 1
@@ -364,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-init", type=Path, default=None,
                         help="a fresh run's image tower trunk (default: the shipped scene classifier, the noise-aware "
                              "one, or with --clean the clean one)")
+    parser.add_argument("--bf16", action="store_true", help="forward passes in bf16 (CPU autocast)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model("default", torch.device("cpu"), torch.float32)
@@ -376,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
           high_t_share=args.high_t_share, restart_at=args.restart_at, lock_image=not args.unlock_image,
           position_negatives=args.position_negatives,
           unlocked=UNLOCKED_LAYERS[args.clean] if args.unlock_layers is None else
-          tuple(n for n in args.unlock_layers.split(",") if n), log=lambda s: print(s, flush=True))
+          tuple(n for n in args.unlock_layers.split(",") if n), bf16=args.bf16, log=lambda s: print(s, flush=True))
     return 0
 
 

@@ -129,6 +129,35 @@ def test_a_few_steps_export_a_loadable_clip_and_resume(tmp_path, clean):
     assert resumed["steps"] == 3
 
 
+def test_bf16_trains_under_cpu_autocast_and_keeps_fp32_weights(tmp_path, monkeypatch):
+    from studio.engine.clip_guide import ImageTower
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = LatentDiffusion(tiny_model_config())
+    towers, losses = [], []
+    real_forward, real_loss = ImageTower.forward, training.contrastive_loss
+
+    def recording_forward(self, *args):
+        out = real_forward(self, *args)
+        if self.training:  # the training step, not the zero-shot check after it
+            towers.append(out.dtype)
+        return out
+
+    def recording_loss(image, text, *args, **kwargs):
+        losses.append((image.dtype, text.dtype))
+        return real_loss(image, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageTower, "forward", recording_forward)
+    monkeypatch.setattr(training, "contrastive_loss", recording_loss)
+    training.train(model, tmp_path, clean=False, steps=2, batch=8, lr=1e-3, scenes=32, held_out=24, export=None,
+                   bf16=True, log=lambda s: None)
+    assert towers == [torch.bfloat16] * 2  # the image tower ran in bf16 ...
+    assert losses == [(torch.float32, torch.float32)] * 2  # ... and the loss read fp32 embeddings
+    state = torch.load(tmp_path / "clip-noisy.pt", weights_only=True)["net"]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
 
 @pytest.mark.parametrize("unlocked", [(), ("hidden",)])
 def test_a_locked_image_tower_keeps_its_trunk_and_trains_the_rest(tmp_path, unlocked):

@@ -73,7 +73,8 @@ def test_bf16_runs_the_forward_under_cpu_autocast_and_keeps_fp32_weights(tmp_pat
 
     monkeypatch.setattr(cold, "cold_loss", recording_loss)
     args = parser.parse_args(["train", "--stage", "cold", "--degradation", "mask", "--out", str(tmp_path), "--tiny",
-                              "--batch-size", "2", "--steps", "2", "--bf16"])
+                              "--batch-size", "2", "--steps", "2", "--bf16",
+                              "--export", str(tmp_path / "cold-mask.safetensors")])
     assert args.handler(args) == 0
     assert seen == [(torch.bfloat16, torch.float32)] * 2  # the forward in bf16, the ℓ1 in fp32
     state = torch.load(tmp_path / "cold-mask.pt", weights_only=True)

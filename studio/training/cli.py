@@ -308,14 +308,16 @@ def _train_clip(args: argparse.Namespace) -> int:
     from ..engine import load_model
     from ..engine.classifier_guidance import classifier_path
     from ..resources import resources_dir
-    from .clip import CLEAN_NAME, CLEAN_STEPS, LR, NOISY_NAME, NOISY_STEPS, UNLOCKED_LAYERS, train
+    from .clip import (CLEAN_NAME, CLEAN_SCENES, CLEAN_STEPS, LR, NOISY_NAME, NOISY_SCENES, NOISY_STEPS,
+                       UNLOCKED_LAYERS, train)
 
     model = load_model("default", torch.device("cpu"), torch.float32)
     export = args.export or resources_dir() / "guides" / (CLEAN_NAME if args.clean else NOISY_NAME)
     export.parent.mkdir(parents=True, exist_ok=True)
     # the shipped recipe: the image trunk locked at the matching scene classifier's (LiT; training/clip.py)
     train(model, args.out, clean=args.clean, steps=args.steps or (CLEAN_STEPS if args.clean else NOISY_STEPS),
-          batch=args.batch_size or 128, lr=args.lr or LR, scenes=args.dataset_size or 16000, held_out=1000,
+          batch=args.batch_size or 128, lr=args.lr or LR,
+          scenes=args.dataset_size or (CLEAN_SCENES if args.clean else NOISY_SCENES), held_out=1000,
           export=export, minutes=args.minutes, image_init=classifier_path(args.clean), lock_image=True,
           unlocked=UNLOCKED_LAYERS[args.clean], bf16=args.bf16, log=lambda line: print(line, flush=True))
     return 0

@@ -36,7 +36,7 @@ def test_the_ddim_row_draws_what_the_caption_asks(engine):
         unguided["colour"] + GAIN_BAR, (guided, unguided)
 
 
-# held out (40 report seeds, MODEL_CARD.md): k = 4 shape 75 %, colour 70 %, position 87.5 %, all three 52.5 %
-# (k = 3: 82.5 / 80 / 90 %, 62.5 %); the sum of the three 2.1 against 0.75 unguided. On 6 cases the bars leave room
+# held out (120 report seeds, MODEL_CARD.md, the ninth session's CLIP): k = 4 shape 88.3 %, colour 90.8 %, position
+# 93.3 %, all three 77.5 %; the sum of the three 2.7 against 0.75 unguided (40 seeds). On 6 cases the bars leave room
 # for about two cases' luck each
-POSITION_BAR, SHAPE_BAR, ALL_BAR, GAIN_BAR = 3 / 6, 3 / 6, 2 / 6, 1.0
+POSITION_BAR, SHAPE_BAR, ALL_BAR, GAIN_BAR = 4 / 6, 4 / 6, 3 / 6, 1.2

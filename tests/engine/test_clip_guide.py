@@ -279,3 +279,20 @@ def test_a_script_may_call_a_clip_guided_run_under_inference_mode(engine):
     with torch.inference_mode():
         inside = engine.run(request).final_latent
     assert torch.equal(inside, engine.run(request).final_latent)
+
+
+def test_a_branch_swaps_the_classifier_guide_for_a_clip_guide_at_step_k(engine):
+    """Issue #15: a branch can swap one guide for another at step k. The steps before k are the parent's
+    (classifier-guided); from k on the CLIP guides, so the result is neither the parent's nor a CLIP run's from 0."""
+    classifier = EMPTY.replace(sampler="ddim", guide_mode="noisy",
+                               guides=(Guide("classifier", 10.0, labels={"shape": "star"}),))
+    clip = classifier.replace(guides=(Guide("clip", 200.0, text="a red star at the top"),))
+    parent = engine.run(classifier)
+    child = engine.run(clip, parent=parent, from_step=2)
+    assert child.from_step == 2 and [g.kind for g in child.request.guides] == ["clip"]
+    for i in range(3):  # x_2 is the branch point itself: where the parent's classifier-guided steps led
+        assert torch.equal(child.timeline[i].x_t, parent.timeline[i].x_t), i
+    assert all(child.timeline[i].loss is not None for i in range(2, 5))  # the CLIP's score, recorded per step
+    assert child.timeline[2].loss != parent.timeline[2].loss  # the same x_2, another objective
+    assert not torch.equal(child.final_latent, parent.final_latent)
+    assert not torch.equal(child.final_latent, engine.run(clip).final_latent)

@@ -124,6 +124,7 @@ class _PackedWeight:
     _released = False  # the plain weight's storage is given back; the pack holds its values
     _release_after_pack = False  # set by prepack_for_cpu(release_dense=True)
     _pack_layout = None  # the `_layout_key` of the input the pack was made for
+    _pack_source = None  # the mapped file a pack read from disk lies in (pack_cache.py), kept open while it is used
 
     def _make_pack(self, weight: torch.Tensor, example: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -142,13 +143,14 @@ class _PackedWeight:
                 with torch.inference_mode(False), torch.no_grad():
                     self._pack = (self._pack[0], self._make_pack(self._plain_values(), example))
                 self._pack_layout = layout
+                self._pack_source = None  # a pack read from disk (pack_cache.py) is no longer used
             return self._pack[1]
         weight = self._raw_weight()
         key = _key(weight)
         if self._pack is None or self._pack[0] != key or layout != self._pack_layout:
             with torch.inference_mode(False), torch.no_grad():
                 self._pack = (key, self._make_pack(weight.detach(), example))
-            self._pack_layout = layout
+            self._pack_layout, self._pack_source = layout, None
             if self._release_after_pack and not self.training and not weight.requires_grad:
                 self._release()
         return self._pack[1]
@@ -194,7 +196,7 @@ class _PackedWeight:
 
     def _apply(self, fn, *args, **kwargs):
         self.unpack()
-        self._pack = None
+        self._pack = self._pack_source = None
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True):
@@ -217,6 +219,7 @@ class _PackedWeight:
         self.unpack()
         state = self.__dict__.copy()
         state.pop("_pack", None)  # oneDNN's opaque tensors neither copy nor pickle; the copy packs afresh
+        state.pop("_pack_source", None)  # nor does a mapped file (pack_cache.py)
         return state
 
 

@@ -21,6 +21,7 @@ from .events import EventKind, RunEvent
 from .images import image_to_tensor, tensor_to_image
 from .limits import check_branch, check_for_model, validate_limits
 from .cpu_kernels import is_packed, packing_pass, parameter_count
+from . import pack_cache
 from .loading import load_model, source_changed
 from .model import LatentDiffusion
 from .model_info import file_hash
@@ -193,6 +194,9 @@ class Engine:
         specialise = getattr(model.unet, "specialise", None)  # device "openvino": compile for this size now
         if not packed and specialise is None:
             return False
+        # a second start reads the packs an earlier one wrote for this model and size (pack_cache.py); the pass
+        # below then finds every layer it reaches packed
+        restored = pack_cache.restore(model, (2, h, w)) if packed else 0
         with torch.inference_mode(), packing_pass() if packed else nullcontext():
             context = model.encode_text(["", ""])  # cond and uncond, as encode_prompts batches them
             if specialise is not None:  # (on OpenVINO a UNet call computes: nothing to pack there)
@@ -203,6 +207,8 @@ class Engine:
             z = torch.zeros(1, model.latent_channels, h, w, dtype=model.vae_dtype, device=model.device)
             if packed and not should_tile(decode_bytes(model.vae, z.shape, model.vae_dtype), model.device):
                 model.vae.decode(z)  # a tiled decode packs for its tiles when it runs
+        if packed and not restored:
+            pack_cache.store(model, (2, h, w))  # written in the background
         return True
 
     # -- generation -------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Where the engine keeps what it derives from a user's model files, so that the next start need not derive it
-again: OpenVINO's converted UNets (openvino_unet.py) and the files' hashes (model_info.py)."""
+again: OpenVINO's converted UNets (openvino_unet.py), the files' hashes (model_info.py) and the CPU's packed
+weights (pack_cache.py)."""
 
 from __future__ import annotations
 

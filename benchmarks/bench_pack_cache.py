@@ -1,11 +1,12 @@
 """A second start with the packed-weight cache (engine/pack_cache.py) against packing again, in interleaved rounds.
 
-Each measurement is a fresh process (a start): load the model, `Engine.prepare` it for the size (pack, or read
-the packs written by an earlier start), then a 20-step DDIM generation with CFG. Rounds alternate "packs again"
+Each measurement is a fresh process (a start): `Engine.prepare` for the size, which loads the model and packs it
+(or, with an entry an earlier start wrote, reads the file without the packed layers' weights and maps their
+packs), then a 20-step DDIM generation with CFG. Rounds alternate "packs again"
 (STUDIO_NO_PACK_CACHE=1) and "reads the cache", so load on the machine hits both alike. Reported per variant:
-medians over the rounds of the load, the prepare, the generation's seconds per step and peak RSS; and whether the
+medians over the rounds of the start (load and prepare), the generation's seconds per step and peak RSS; and whether the
 pictures are the same bit for bit. The first start, which writes the entry, is measured once before the rounds:
-its prepare, its generation (the writer runs beside it at the lowest priority) and the wait for the writer at exit.
+its start, its generation (the writer runs beside it at the lowest priority) and the wait for the writer at exit.
 
     python benchmarks/bench_pack_cache.py --model /path/to/sd15.safetensors [--size 256] [--rounds 3] [--steps 20]
 
@@ -41,9 +42,7 @@ def child(model: str, size: int, steps: int, threads: int, out: str) -> None:
     torch.set_num_threads(threads)
     engine = Engine()
     began = time.perf_counter()
-    engine.model(model, "cpu", "fp32")
-    loaded = time.perf_counter()
-    engine.prepare(model, "cpu", "fp32", size, size)
+    engine.prepare(model, "cpu", "fp32", size, size)  # loads the model (for this size) and packs it, as `studio` does
     prepared = time.perf_counter()
     request = GenerationRequest(prompt="a photo of a lighthouse on a cliff at sunset", negative_prompt="blurry",
                                 model=model, steps=steps, width=size, height=size, cfg=7.5, seed=42, device="cpu",
@@ -53,7 +52,7 @@ def child(model: str, size: int, steps: int, threads: int, out: str) -> None:
     pack_cache.wait_for_writes()
     waited = time.perf_counter()
     np.save(out, image)
-    print(json.dumps({"load": loaded - began, "prepare": prepared - loaded, "per step": (generated - prepared) / steps,
+    print(json.dumps({"start": prepared - began, "per step": (generated - prepared) / steps,
                       "writer wait": waited - generated,
                       "peak RSS GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 
@@ -98,7 +97,7 @@ def main() -> int:
     print(f"\n{args.rounds} rounds, medians ({args.size} px, {args.steps} steps, {args.threads} threads):")
     for name, rows in results.items():
         print(f"  {name:16s}" + "  ".join(f"{key} {statistics.median(r[key] for r in rows):.2f}"
-                                          for key in ("load", "prepare", "per step", "peak RSS GiB")))
+                                          for key in ("start", "per step", "peak RSS GiB")))
     print("pictures identical to the first start's:", same)
     return 0
 

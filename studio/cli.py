@@ -259,7 +259,8 @@ def _model_defaults(engine, request, changes: dict[str, Any], fill_cfg: bool):
 
 
 def _model_config(engine, request):
-    return engine.model(request.model, request.device, request.dtype).config  # a UserError reaches main()
+    # loaded for its own size, which the request then takes (a second start reads its cached packs: pack_cache.py)
+    return engine.model(request.model, request.device, request.dtype, size=(0, 0)).config  # a UserError reaches main()
 
 
 def _read_prompts(path: Path) -> list[str]:

@@ -118,7 +118,8 @@ class LocalBackend:
                 if is_cold_model(job.spec):  # a cold-diffusion restorer, no latent diffusion model (cold_pipeline.py)
                     yield ModelProbed(job.job_id, cold_model_info(job.spec))
                 else:
-                    model = self.engine.model(job.spec, job.device, job.dtype)
+                    # loaded for the picture's size: a second start reads the packs cached for it (pack_cache.py)
+                    model = self.engine.model(job.spec, job.device, job.dtype, size=(job.width, job.height))
                     yield ModelProbed(job.job_id, model_info(model, job.spec))
                     # the UI has its answer; a Generate sent meanwhile waits for this, which it would pay anyway. Only a
                     # speed-up: skipped when the app is closing, and a failure leaves the packing to the first

@@ -295,6 +295,14 @@ def kernels_work(dtype: torch.dtype = torch.float32) -> bool:
         return False
 
 
+def packs(dtype: torch.dtype) -> bool:
+    """Whether CPU weights of `dtype` are packed: float32, or bfloat16 on a CPU that runs it natively, unless
+    STUDIO_NO_CPU_PREPACK is set."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_runs_bf16_natively())
+
+
 def prepack_for_cpu(model: nn.Module, *, release_dense: bool = False, headroom: float = 0.5) -> int:
     """Swap the model's Linear/Conv2d modules to the packed kind (each packs its weight on its first call); the
     number swapped (0 if it was not done: turned off, not all float32 (or all bfloat16 on a CPU that runs it
@@ -304,14 +312,12 @@ def prepack_for_cpu(model: nn.Module, *, release_dense: bool = False, headroom: 
     once, not twice (a model loaded for inference: `loading.load_model`); memory grows by one layer at most while
     the first call packs. Without it, both copies stay, and packing is skipped when they would take more than
     `headroom` of the free memory."""
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
-        return 0
     weights = [m.weight for m in model.modules() if type(m) in _SWAPS]
     dtypes = {w.dtype for w in weights}
     if not weights or any(w.device.type != "cpu" for w in weights) or len(dtypes) != 1:
         return 0
     (dtype,) = dtypes
-    if dtype not in PACKED_DTYPES or (dtype == torch.bfloat16 and not cpu_runs_bf16_natively()):
+    if not packs(dtype):
         return 0
     need = sum(w.numel() * w.element_size() for w in weights)
     free = available_memory(torch.device("cpu"))

@@ -18,7 +18,7 @@ from .archives import ModelLoadError, SafetensorsArchive, SafetensorsHeader, sni
 from .checkpoints import load_checkpoint
 from .config_checks import parse_config
 from .cpu_kernels import prepack_for_cpu
-from . import devices
+from . import devices, pack_cache
 from .files import FileProblem, file_signature
 from .materialize import materialize
 from .model import LatentDiffusion, Prediction, build_tiny_random
@@ -87,6 +87,13 @@ def load_model(
         # RAM once
         for part in (model.model, model.first_stage_model, model.cond_stage_model):
             prepack_for_cpu(part, release_dense=True)
+    shape = getattr(model, "unread_weights_for", None)
+    if shape is not None:  # read without the weights a cache entry holds packed (pack_cache.py): the packs now
+        del model.unread_weights_for
+        if not pack_cache.restore(model, shape):  # the entry did not fit after all: read the whole file
+            del model
+            with pack_cache.loading_for(None):
+                return load_model(spec, device, dtype, prediction=prediction)
     return model
 
 

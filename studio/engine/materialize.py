@@ -16,6 +16,7 @@ from typing import Mapping
 
 import torch
 
+from . import pack_cache
 from .archives import ModelLoadError, TensorArchive
 from .checkpoint_layout import TensorRef
 from .config_checks import check_parameter_count, validated
@@ -50,10 +51,16 @@ def materialize(
     refs = refs if refs is not None else {k: TensorRef(k) for k in archive.shapes}
     check_names_and_shapes(expected, refs, archive.shapes, source)
 
+    # on a second start, the weights of layers whose packs are cached for the size being loaded for are not read
+    # (pack_cache.py; loading.load_model restores the packs, or reads the file again if it cannot)
+    unread = pack_cache.weights_to_skip(model, getattr(archive, "files", ()), device, dtype)
     tensors: dict[str, torch.Tensor] = {}
     error: str | None = None
     try:
         for key in expected:
+            if key in unread:
+                tensors[key] = pack_cache.placeholder(expected[key], dtype)
+                continue
             ref = refs[key]
             tensor = ref.apply(archive.get(ref.source))
             if not tensor.is_floating_point():

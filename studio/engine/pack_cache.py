@@ -1,27 +1,30 @@
-"""Packed CPU weights kept on disk, so that a second start maps them instead of packing again (issue #19).
+"""Packed CPU weights kept on disk, so that a second start maps them instead of reading and packing again (#19).
 
 Engine.prepare packs every convolution and linear for the picture's size (cpu_kernels.py): for SD1.5 in fp32 that
-is 3.2 GiB of reordering, 2.9–3.3 s on two threads. The packs are oneDNN tensors, opaque to torch's public API,
-but their bytes and their memory descriptor can be read out (`torch.ops.mkldnn.data_ptr`, `_nbytes`,
-`_get_mkldnn_serialized_md`), and torch's own ahead-of-time runtime makes such a tensor from bytes and a
-descriptor without reordering (`aoti_torch_create_tensor_from_blob_v2`, the C entry point AOTInductor's compiled
-models use for their packed constants). That is what this module does: after the first packing pass for a model
-and a size it writes every pack to one file; the next start maps that file read-only and builds each pack over
-its mapped bytes, then gives back the plain weights, as packing would have. Measured on SD1.5's shape at 256 px,
-fp32, 2 threads: 0.3 s against 2.9–3.3 s, and the same pictures bit for bit (docs/numerics.md, "Packs on disk").
+is 3.2 GiB of reordering, 2.9–3.3 s on two threads, after reading 4.3 GB of weights. The packs are oneDNN tensors,
+opaque to torch's public API, but their bytes and their memory descriptor can be read out
+(`torch.ops.mkldnn.data_ptr`, `_nbytes`, `_get_mkldnn_serialized_md`), and torch's own ahead-of-time runtime makes
+such a tensor from bytes and a descriptor without reordering (`aoti_torch_create_tensor_from_blob_v2`, the C entry
+point AOTInductor's compiled models use for their packed constants). So: after the first packing pass for a model
+and a size, every pack goes into one file; the next start loading for that size does not read those layers'
+weights from the model file at all (materialize.py, `weights_to_skip`), maps the entry read-only and builds each
+pack over its mapped bytes. Measured on SD1.5's shape at 256 px, fp32, 2 threads: a start (load and prepare) of
+1.8 s against 8.5–14 s, the same pictures bit for bit (docs/numerics.md, "Packs on disk").
 
 What decides an entry (its folder name is a hash of these): the model's files (path, size, modification time),
 its architecture, the precision, the picture's latent size and CFG batch, torch's version and oneDNN's, and the
 CPU (oneDNN picks layouts for the instruction set it finds). An entry is checked as it is read (every pack's size
-against the file; three layers' values against the weights just loaded) and dropped if anything is off; the
-model then packs as before. The two most recently used entries are kept (an SD1.5 entry is 3.2 GiB in fp32).
-Models under MIN_BYTES of packed weights (the built-in model: milliseconds of packing) get no entry.
-STUDIO_NO_PACK_CACHE=1 turns the cache off. Where torch lacks the entry points (older versions) nothing is cached.
+against the file; three layers' values against the file's, which are read for that) and dropped if anything is
+off; the model file is then read whole and packed as before. The two most recently used entries are kept (an
+SD1.5 entry is 3.8 GB in fp32). Models under MIN_BYTES of packed weights (the built-in model: milliseconds of
+packing) get no entry. STUDIO_NO_PACK_CACHE=1 turns the cache off. Where torch lacks the entry points (older
+versions) nothing is cached.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import json
@@ -32,11 +35,14 @@ import platform
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import cpu_kernels
 from .cpu_kernels import _key, _PackedWeight
 from .user_cache import cache_dir
 
@@ -104,21 +110,82 @@ def _cpu_identity() -> str:
         return platform.processor() + platform.machine()
 
 
-def entry_key(model, shape: tuple[int, ...]) -> str | None:
-    """The entry's name for `model` prepared for `shape` (CFG batch, latent height, latent width), or None for a
-    model without files (built in code: nothing to key on)."""
-    files = [list(map(str, entry)) for entry in getattr(model, "source_files", ())]
+def entry_key(files, config, dtype: torch.dtype, shape: tuple[int, ...]) -> str | None:
+    """The entry's name for a model read from `files` ((path, signature) pairs) with `config`, packed in `dtype`
+    for `shape` (CFG batch, latent height, latent width); None for a model without files (built in code: nothing
+    to key on)."""
+    files = [list(map(str, entry)) for entry in files]
     if not files:
         return None
-    dtypes = sorted({str(m._raw_weight().dtype) for _, m in _packed_modules(model)})
-    text = json.dumps([FORMAT_VERSION, files, model.config.to_json(), dtypes, list(shape), torch.__version__,
+    # what the UNet's output is taken for (ε or v) is set after the weights are read and does not change them
+    config = dataclasses.replace(config, prediction="epsilon")
+    text = json.dumps([FORMAT_VERSION, files, config.to_json(), str(dtype), list(shape), torch.__version__,
                        torch.backends.mkldnn.is_available(), _cpu_identity()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def latent_shape(model, width: int, height: int) -> tuple[int, int, int]:
+    """What Engine.prepare packs for: a CFG batch of latents for `width`×`height` pictures (0: the model's own)."""
+    config, factor = model.config, model.downsample_factor
+    return 2, (height or config.default_size) // factor, (width or config.default_size) // factor
+
+
 def _entry(model, shape) -> Path | None:
-    key = entry_key(model, shape)
+    dtypes = {m._raw_weight().dtype for _, m in _packed_modules(model)}
+    if len(dtypes) != 1:
+        return None
+    key = entry_key(getattr(model, "source_files", ()), model.config, dtypes.pop(), shape)
     return None if key is None else cache_dir() / FOLDER / key
+
+
+def _checked(count: int) -> list[int]:
+    """The layers whose cached values are compared with the file's as an entry is read: first, middle, last."""
+    return sorted({0, count // 2, count - 1})
+
+
+# -- loading without the packed layers' weights -------------------------------------------------------------------
+
+_plan = threading.local()
+
+
+@contextmanager
+def loading_for(width: int | None, height: int = 0) -> Iterator[None]:
+    """Inside, a model file read for the CPU (materialize.py) with an entry for `width`×`height` does not read the
+    weights that entry holds packed: the packs stand for them (`weights_to_skip`). Engine.prepare loads this way,
+    so a second start reads 0.9 GB of an SD1.5 file instead of 4.3 GB. (A thread's own setting: the worker's.)
+    `loading_for(None)`: every weight is read (the retry after an entry that did not fit)."""
+    previous, _plan.size = getattr(_plan, "size", None), None if width is None else (width, height)
+    try:
+        yield
+    finally:
+        _plan.size = previous
+
+
+def weights_to_skip(model, files, device: torch.device, dtype: torch.dtype) -> frozenset[str]:
+    """The state-dict names of `model` (being built from `files`) not to read: those of the packed layers of the
+    entry for the size being loaded for, but for the three whose values `restore` compares. Empty when there is no
+    such entry (or no size, another device, a precision that is not packed, the cache off)."""
+    size = getattr(_plan, "size", None)
+    if size is None or device.type != "cpu" or not enabled() or not cpu_kernels.packs(dtype):
+        return frozenset()
+    key = entry_key(files, model.config, dtype, latent_shape(model, *size))
+    if key is None:
+        return frozenset()
+    try:
+        names = [entry["name"] for entry in
+                 json.loads((cache_dir() / FOLDER / key / INDEX).read_text(encoding="utf-8"))["packs"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return frozenset()  # no entry, or a damaged one: `restore` deletes the latter after a full read
+    checked = {names[i] for i in _checked(len(names))} if names else set()
+    model.unread_weights_for = latent_shape(model, *size)
+    return frozenset(f"{name}.weight" for name in names if name not in checked)
+
+
+def placeholder(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A weight that was not read: its shape and dtype, no memory (as cpu_kernels releases a packed weight)."""
+    empty = torch.empty(shape, dtype=dtype)
+    empty.untyped_storage().resize_(0)
+    return empty
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
@@ -151,12 +218,15 @@ def _restore(folder: Path, layers: dict[str, _PackedWeight]) -> int:
     if not entries or any(entry["name"] not in layers for entry in entries):
         raise ValueError("it was written for other layers")
     modules = [(entry["name"], layers[entry["name"]]) for entry in entries]
+    unread = [name for name, module in modules if module._raw_weight().untyped_storage().nbytes() == 0]
+    if any(name in unread for name in (modules[i][0] for i in _checked(len(modules)))):
+        raise ValueError("the layers compared with the file were not read")
     with open(folder / BLOB, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size != index["bytes"] or size == 0:
             raise ValueError(f"{BLOB} has {size} bytes, the index says {index['bytes']}")
         # read-only and never written to: entries are replaced by renaming new files in, never rewritten in place
-        mapping = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     base = _address(mapping)
     create, capsule, dtypes, cpu, layout_code = _shim()
     packs = []
@@ -184,20 +254,27 @@ def _restore(folder: Path, layers: dict[str, _PackedWeight]) -> int:
             raise ValueError(f"{name}: the pack's layout does not match its size")
         packs.append(pack)
     # the values: three layers (first, middle, last) against the weights just read from the model's files
-    for i in sorted({0, len(modules) // 2, len(modules) - 1}):
+    for i in _checked(len(modules)):
         name, module = modules[i]
         weight = module._raw_weight()
         if not torch.equal(packs[i].to_dense().reshape(weight.shape), weight.detach()):
             raise ValueError(f"{name}: the cached pack holds other values than the model's file")
+    if any(name in unread and not _releases(module) for name, module in modules):
+        raise ValueError("a layer whose weight was not read would keep it plain")
     for (name, module), entry, pack in zip(modules, entries, packs):
         module._pack_source = mapping  # the bytes under the pack: kept mapped while the module holds it
         module._pack = ((0, 0), pack)
         module._pack_layout = tuple(entry["layout"]) if entry["layout"] is not None else None
-        if module._release_after_pack and not module.training and not module._raw_weight().requires_grad:
+        if _releases(module):
             module._release()
         else:  # a weight that stays plain: the pack is keyed to it as a fresh pack would be
             module._pack = (_key(module._raw_weight()), pack)
     return len(modules)  # layers the packing pass does not reach (the VAE's encoder) pack on their first call
+
+
+def _releases(module: _PackedWeight) -> bool:
+    """Whether packing gives `module`'s plain weight back (a model loaded for inference), as cpu_kernels does."""
+    return module._release_after_pack and not module.training and not module._raw_weight().requires_grad
 
 
 def _address(mapping: mmap.mmap) -> int:

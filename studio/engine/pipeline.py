@@ -162,7 +162,10 @@ class Engine:
         self._loaded: tuple[tuple[str, str, str], LatentDiffusion] | None = None
 
     # -- models -----------------------------------------------------------------------------------------------------
-    def model(self, spec: str, device: str = "auto", dtype: str = "auto") -> LatentDiffusion:
+    def model(self, spec: str, device: str = "auto", dtype: str = "auto",
+              size: tuple[int, int] | None = None) -> LatentDiffusion:
+        """The model, loaded unless it is loaded already. `size` (width, height; Engine.prepare's) lets a second start
+        skip reading the weights whose packs are cached for that size (pack_cache.py)."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         on_openvino = device == "openvino"  # the CPU, with the UNet's calls on OpenVINO (openvino_unet.py)
@@ -171,7 +174,8 @@ class Engine:
         if self._loaded is None or self._loaded[0] != key or source_changed(self._loaded[1]):
             self._loaded = None  # drop the old model before loading the next: one model in memory at a time
             # normal tensors even inside a script's torch.inference_mode(): guided runs differentiate through them
-            with torch.inference_mode(False):
+            with torch.inference_mode(False), \
+                    pack_cache.loading_for(*size) if size is not None and not on_openvino else nullcontext():
                 model = self._loader(spec, torch_device, torch_dtype)
             if on_openvino:
                 from .openvino_unet import accelerate
@@ -187,9 +191,9 @@ class Engine:
         pass runs the text encoder, one CFG-batch UNet call and the decoder on zeros with no convolution or linear
         arithmetic (cpu_kernels.packing_pass). On device "openvino" the UNet is compiled for a CFG batch of this
         size (openvino_unet.py). Returns whether there was anything to pack or compile."""
-        model = self.model(spec, device, dtype)
-        config, factor = model.config, model.downsample_factor
-        h, w = (height or config.default_size) // factor, (width or config.default_size) // factor
+        model = self.model(spec, device, dtype, size=(width, height))
+        config = model.config
+        _, h, w = pack_cache.latent_shape(model, width, height)
         packed = is_packed(model)
         specialise = getattr(model.unet, "specialise", None)  # device "openvino": compile for this size now
         if not packed and specialise is None:

@@ -159,14 +159,61 @@ def test_no_entry_when_turned_off_too_small_or_not_possible(checkpoint, monkeypa
     assert Engine().prepare("tiny-random", "cpu", "fp32") is False  # a model built in code has nothing to key on
 
 
-def test_the_key_follows_the_file_and_the_size(checkpoint):
+def test_the_key_follows_the_file_the_precision_and_the_size(checkpoint):
     model = Engine().model(str(checkpoint), "cpu", "fp32")
-    key = pack_cache.entry_key(model, (2, 8, 8))
-    assert key == pack_cache.entry_key(model, (2, 8, 8))
-    assert key != pack_cache.entry_key(model, (2, 12, 12))
+
+    def key(files=model.source_files, dtype=torch.float32, shape=(2, 8, 8)):
+        return pack_cache.entry_key(files, model.config, dtype, shape)
+
+    assert key() == key() and key() is not None
+    assert key() != key(shape=(2, 12, 12)) and key() != key(dtype=torch.bfloat16)
     stat = checkpoint.stat()
     os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a newer file: its signature changes
-    assert key != pack_cache.entry_key(Engine().model(str(checkpoint), "cpu", "fp32"), (2, 8, 8))
+    assert key() != key(files=Engine().model(str(checkpoint), "cpu", "fp32").source_files)
+    assert key(files=()) is None  # a model built in code
+
+
+def test_a_second_start_does_not_read_the_weights_it_has_packs_for(checkpoint, monkeypatch):
+    """Engine.prepare loads for its size: with an entry, the packed layers' weights (but the three compared with the
+    cached values) are never read from the file, and the model is the same as one read whole."""
+    from studio.engine.archives import SafetensorsArchive
+
+    picture = first_start(checkpoint)
+    read = []
+    original = SafetensorsArchive.get
+    monkeypatch.setattr(SafetensorsArchive, "get", lambda self, name: read.append(name) or original(self, name))
+    engine = Engine()
+    assert engine.prepare(str(checkpoint), "cpu", "fp32", 64, 64)
+    model = engine.model(str(checkpoint), "cpu", "fp32")
+    index = json.loads((user_cache.cache_dir() / pack_cache.FOLDER / entries()[0] / pack_cache.INDEX).read_text())
+    packed = {entry["name"] for entry in index["packs"]}
+    unread = {f"{name}.weight" for name in packed} - set(read)
+    assert len(unread) == len(packed) - 3  # all but the first, middle and last layer's
+    reads = len(read)
+    whole = Engine().model(str(checkpoint), "cpu", "fp32").state_dict()
+    assert reads == len(whole) - len(unread)  # every other tensor, once
+    assert restored_layers(model) == len(packed)
+    restored = model.state_dict()  # the unread weights, from the packs
+    assert all(torch.equal(restored[k], whole[k]) for k in whole)
+    assert np.array_equal(engine.run(request(checkpoint)).image, picture)
+
+
+def test_an_entry_that_fails_after_a_partial_read_reads_the_whole_file(checkpoint, monkeypatch):
+    picture = first_start(checkpoint)
+    folder = user_cache.cache_dir() / pack_cache.FOLDER / entries()[0]
+    index = json.loads((folder / pack_cache.INDEX).read_text())
+    middle = index["packs"][len(index["packs"]) // 2]  # a layer read and compared: its cached values are wrong
+    data = bytearray((folder / pack_cache.BLOB).read_bytes())
+    data[middle["offset"] : middle["offset"] + 8] = b"\xff" * 8
+    (folder / pack_cache.BLOB).write_bytes(bytes(data))
+    engine = Engine()
+    assert engine.prepare(str(checkpoint), "cpu", "fp32", 64, 64)
+    pack_cache.wait_for_writes()
+    model = engine.model(str(checkpoint), "cpu", "fp32")
+    assert restored_layers(model) == 0
+    whole = Engine().model(str(checkpoint), "cpu", "fp32").state_dict()
+    assert all(torch.equal(model.state_dict()[k], whole[k]) for k in whole)
+    assert np.array_equal(engine.run(request(checkpoint)).image, picture)
 
 
 @pytest.mark.skipif(not devices.cpu_runs_bf16_natively(), reason="bf16 packs exist only on a CPU that runs bf16")

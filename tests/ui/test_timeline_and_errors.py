@@ -37,7 +37,7 @@ class ExplodingEngine:
         yield RunEvent(EventKind.STARTED, job_id, 0, 4)
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    def model(self, spec, device="auto", dtype="auto"):
+    def model(self, spec, device="auto", dtype="auto", size=None):
         raise RuntimeError("out of memory while loading")
 
 

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,8 +62,9 @@ INDEX, BLOB = "index.json", "packs.bin"
 def _shim():
     """torch's C entry points for making a oneDNN tensor from bytes, or None where this torch lacks them."""
     try:
-        ops = torch.ops.mkldnn
-        needed = (ops.data_ptr, ops._nbytes, ops._get_mkldnn_serialized_md, torch._C._aoti.alloc_tensor_by_stealing_from_void_ptr)
+        for name in ("data_ptr", "_nbytes", "_get_mkldnn_serialized_md"):  # reading a pack out (store)
+            getattr(torch.ops.mkldnn, name)
+        torch._C._aoti.alloc_tensor_by_stealing_from_void_ptr  # noqa: B018  (the handle to tensor step of restore)
         library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / _library_name()))
         create = library.aoti_torch_create_tensor_from_blob_v2
         codes = {}
@@ -73,7 +75,6 @@ def _shim():
             codes[name] = function()
     except (AttributeError, OSError, RuntimeError):
         return None
-    del needed
     create.restype = ctypes.c_int32
     create.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
@@ -278,8 +279,6 @@ def _releases(module: _PackedWeight) -> bool:
 
 
 def _address(mapping: mmap.mmap) -> int:
-    import numpy as np
-
     return int(np.frombuffer(mapping, dtype=np.uint8).ctypes.data)
 
 

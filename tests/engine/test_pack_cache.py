@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from sd_checkpoint_factory import random_model, sd1_config, sd1_state_dict
+from test_cpu_kernels import count_packs
 from studio.engine import Engine, GenerationRequest, cpu_kernels, devices, pack_cache, user_cache
-from studio.engine.cpu_kernels import PackedConv2d, PackedLinear
 
 pytestmark = [
     pytest.mark.skipif(not cpu_kernels.kernels_work(), reason="this torch build has no usable oneDNN ops"),
@@ -49,19 +49,6 @@ def first_start(path, size=64) -> np.ndarray:
 def entries() -> list:
     folder = user_cache.cache_dir() / pack_cache.FOLDER
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def count_packs(monkeypatch) -> list[str]:
-    made = []
-    for kind in (PackedConv2d, PackedLinear):
-        original = kind._make_pack
-
-        def counting(self, weight, example, original=original, name=kind.__name__):
-            made.append(name)
-            return original(self, weight, example)
-
-        monkeypatch.setattr(kind, "_make_pack", counting)
-    return made
 
 
 def restored_layers(model) -> int:

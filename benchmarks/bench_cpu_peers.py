@@ -16,6 +16,9 @@ steps at `--size` px. Reported per implementation and precision:
 `ours-cli-fp32` and `ours-cli-fast` are the real command line, `python -m studio generate ... --out X.png`, as a user
 types it (only the whole-process measures exist for them). A start of ours after the first for the same model file
 and size maps the packs the first one wrote (engine/pack_cache.py); the rounds after the first measure that.
+`ours-cli-fp32-first` and `ours-cli-fast-first` are the same command on a first start: each run gets an empty cache
+folder of its own (STUDIO_CACHE_DIR), so it hashes the model file, packs the weights and writes the packs (the
+process ends when they are written), as a user's very first generation with a model does.
 
 Rounds interleave the implementations (A B C D, A B C D, ...), so a shared, noisy machine slows all of them
 alike; medians of the rounds are reported, and ratios against OpenVINO's (or diffusers' when OpenVINO is absent).
@@ -61,7 +64,7 @@ from studio.process_env import runtime_defaults  # noqa: E402  (after the path: 
 
 PROMPT, NEGATIVE, GUIDANCE, SEED = "a photo of a lighthouse on a cliff at sunset", "blurry", 7.5, 42
 IMPLS = ("ours-fp32", "ours-fast", "ours+openvino-fp32", "ours+openvino-fast", "ours-cli-fp32", "ours-cli-fast",
-         "diffusers-fp32", "diffusers-bf16", "openvino-f32", "openvino")
+         "ours-cli-fp32-first", "ours-cli-fast-first", "diffusers-fp32", "diffusers-bf16", "openvino-f32", "openvino")
 OPTIMUM_IMPLS = ("openvino-f32", "openvino")  # run by --optimum-python
 
 
@@ -182,7 +185,7 @@ def cli_command(impl: str, args, png: Path) -> list[str]:
     return [sys.executable, "-m", "studio", "generate", "--model", str(path), "--prompt", PROMPT, "--negative",
             NEGATIVE, "--sampler", "ddim", "--steps", str(args.steps), "--eta", "0", "--cfg", str(GUIDANCE),
             "--seed", str(SEED), "--width", str(args.size), "--height", str(args.size), "--device", "cpu",
-            "--dtype", impl.removeprefix("ours-cli-"), "--out", str(png), "--quiet"]
+            "--dtype", impl.removeprefix("ours-cli-").removesuffix("-first"), "--out", str(png), "--quiet"]
 
 
 def run_child(impl: str, args, image: Path) -> dict:
@@ -201,7 +204,10 @@ def run_child(impl: str, args, image: Path) -> dict:
         runtime_defaults(env)  # what `studio` (app and CLI) sets for itself before torch loads
         if impl.startswith("ours-cli-"):  # (the CLI takes torch's default: a thread per core, unless told)
             env.setdefault("OMP_NUM_THREADS", str(args.threads))
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.TemporaryDirectory(dir=args.workdir, prefix="first-start-cache-") as empty_cache:
+        if impl.endswith("-first"):
+            env["STUDIO_CACHE_DIR"] = empty_cache
         began = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env, cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)

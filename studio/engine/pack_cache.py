@@ -335,7 +335,8 @@ def _write(folder: Path, packs: list) -> None:
                 offset = -(-offset // ALIGN) * ALIGN
                 nbytes = torch.ops.mkldnn._nbytes(pack)
                 out.seek(offset)
-                out.write(ctypes.string_at(torch.ops.mkldnn.data_ptr(pack), nbytes))
+                # straight from the pack's memory: a bytes copy first doubled the fresh memory the write touches
+                out.write((ctypes.c_char * nbytes).from_address(torch.ops.mkldnn.data_ptr(pack)))
                 entries.append({
                     "name": name, "offset": offset, "nbytes": nbytes, "shape": list(weight.shape),
                     "dtype": str(weight.dtype), "layout": list(layout) if layout is not None else None,

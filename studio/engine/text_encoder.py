@@ -56,13 +56,23 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
 class CLIPTextEmbeddings(nn.Module):
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
-        self.position_embedding = nn.Embedding(config.max_length, config.width)
+        self.token_embedding = _embedding(config.vocab_size, config.width)
+        self.position_embedding = _embedding(config.max_length, config.width)
         self.register_load_state_dict_pre_hook(_drop_position_ids)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         return self.token_embedding(input_ids) + self.position_embedding(positions)[None]
+
+
+def _embedding(count: int, width: int) -> nn.Embedding:
+    """nn.Embedding with its usual N(0, 1) start, except on the meta device, where a model file's weights are about
+    to replace it: torch has no meta kernel for `normal_`, and its Python fallback imports torch._dynamo, which
+    took 2.3 s of every model load from a file (docs/numerics.md, "Loading")."""
+    weight = torch.empty(count, width)
+    if weight.device.type != "meta":
+        nn.init.normal_(weight)
+    return nn.Embedding(count, width, _weight=weight)
 
 
 def _drop_position_ids(module, state_dict, prefix, *args) -> None:

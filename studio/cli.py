@@ -157,6 +157,20 @@ def argv_text(text: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine import pack_cache
+
+    # a first start's packed weights are written once the pictures are, not beside the generation, which they
+    # would slow down as much as the writing takes (pack_cache.writes_held)
+    with pack_cache.writes_held(None if args.quiet else _announce_packs):
+        return _generate(args)
+
+
+def _announce_packs(nbytes: int) -> None:
+    print(f"keeping the packed weights for the next start ({nbytes / 2**30:.1f} GiB, once per model and size)",
+          file=sys.stderr)
+
+
+def _generate(args: argparse.Namespace) -> int:
     from .engine import Engine, GenerationRequest, RequestError, Run, is_cold_model, load_mask, load_rgb, validate
 
     _check_generate_outputs(args)  # before any work: a finished picture is never lost to a bad path

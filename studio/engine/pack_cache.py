@@ -311,10 +311,35 @@ def store(model: nn.Module, shape: tuple[int, ...]) -> threading.Thread | None:
     if shutil.disk_usage(folder.parent).free < 2 * total + 2**30:
         log.info("packed-weight cache: not enough free disk for %.1f GiB", total / 2**30)
         return None
+    if _held is not None:  # a one-shot run writes it when its work is done (writes_held)
+        _held.append((folder, packs))
+        return None
     writer = threading.Thread(target=_write, args=(folder, packs), name="pack-cache-writer", daemon=False)
     writer.start()
     _writers.append(writer)
     return writer
+
+
+_held: list | None = None
+
+
+@contextmanager
+def writes_held(announce=None) -> Iterator[None]:
+    """Within the block, `store` keeps the entries it would write and the block's end writes them, in this thread:
+    for a one-shot run (the CLI), whose process waits for the writing in any case. Beside the generation, the
+    writer's slices on a busy core stall the whole OpenMP team each time: SD1.5's first fp32 start spent 55 s
+    generating beside a 15.5 s write, against 42 s alone (docs/numerics.md, "The first start"). `announce(bytes)`
+    is told before the writing starts. Nothing is written when the block fails or is interrupted."""
+    global _held
+    _held = held = []
+    try:
+        yield
+    finally:
+        _held = None
+    if held and announce is not None:
+        announce(sum(torch.ops.mkldnn._nbytes(pack) for _, packs in held for _, pack, *_ in packs))
+    for folder, packs in held:
+        _write(folder, packs, lowest_priority=False)
 
 
 def wait_for_writes() -> None:
@@ -323,9 +348,10 @@ def wait_for_writes() -> None:
         _writers.pop().join()
 
 
-def _write(folder: Path, packs: list) -> None:
+def _write(folder: Path, packs: list, lowest_priority: bool = True) -> None:
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}-{threading.get_ident()}")
-    _lowest_priority()
+    if lowest_priority:
+        _lowest_priority()
     try:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)

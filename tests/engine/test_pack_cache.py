@@ -13,6 +13,7 @@ import torch
 
 from sd_checkpoint_factory import random_model, sd1_config, sd1_state_dict
 from test_cpu_kernels import count_packs
+from studio import cli
 from studio.engine import Engine, GenerationRequest, cpu_kernels, devices, pack_cache, user_cache
 
 pytestmark = [
@@ -216,3 +217,37 @@ def test_bf16_packs_come_back_too(checkpoint):
     assert restored_layers(again.model(str(checkpoint), "cpu", "bf16")) > 100
     assert np.array_equal(again.run(bf16).image, picture)
     assert len(entries()) == 1
+
+
+def test_the_cli_writes_the_entry_after_its_picture_and_not_beside_it(checkpoint, tmp_path, monkeypatch, capsys):
+    writers_while_generating = []
+    generate = Engine.generate
+
+    def watched(self, *args, **kwargs):
+        for event in generate(self, *args, **kwargs):
+            writers_while_generating.append(len(pack_cache._writers) + len(entries()))
+            yield event
+
+    monkeypatch.setattr(Engine, "generate", watched)
+    out = tmp_path / "picture.png"
+    argv = ["generate", "--model", str(checkpoint), "--prompt", "a red circle", "--steps", "2", "--width", "64",
+            "--height", "64", "--device", "cpu", "--dtype", "fp32", "--seed", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert writers_while_generating and set(writers_while_generating) == {0}  # no writer thread, no entry yet
+    assert out.exists() and len(entries()) == 1  # written before the process could end
+    assert "keeping the packed weights for the next start" in capsys.readouterr().err
+    assert restored_layers(_started(checkpoint)) > 100  # and it is a whole entry a later start reads
+
+
+def test_a_run_that_fails_after_packing_writes_no_entry(checkpoint, tmp_path, monkeypatch):
+    def fails(self, *args, **kwargs):
+        raise KeyboardInterrupt  # the user's Ctrl+C after the packing, before the picture
+
+    generate = Engine.generate
+    monkeypatch.setattr(Engine, "generate", fails)
+    argv = ["generate", "--model", str(checkpoint), "--prompt", "a red circle", "--steps", "2", "--width", "64",
+            "--height", "64", "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "never.png")]
+    assert cli.main(argv) == 130
+    assert entries() == [] and pack_cache._held is None
+    monkeypatch.setattr(Engine, "generate", generate)
+    assert first_start(checkpoint) is not None and len(entries()) == 1  # the next start (not held) writes it

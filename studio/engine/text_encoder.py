@@ -68,7 +68,7 @@ class CLIPTextEmbeddings(nn.Module):
 def _embedding(count: int, width: int) -> nn.Embedding:
     """nn.Embedding with its usual N(0, 1) start, except on the meta device, where a model file's weights are about
     to replace it: torch has no meta kernel for `normal_`, and its Python fallback imports torch._dynamo, which
-    took 2.3 s of every model load from a file (docs/numerics.md, "Loading")."""
+    took 2.3 s of every model load from a file (docs/numerics.md, "The first start")."""
     weight = torch.empty(count, width)
     if weight.device.type != "meta":
         nn.init.normal_(weight)

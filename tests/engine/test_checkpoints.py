@@ -390,3 +390,31 @@ def test_nothing_half_loaded_stays_in_memory(sd1_file, monkeypatch):
         load(sd1_file)
     gc.collect()
     assert len(read) == 40 and all(ref() is None for ref in read)
+
+
+def test_loading_a_file_neither_imports_dynamo_nor_changes_built_models(tmp_path):
+    """The meta-device build skips nn.Embedding's N(0, 1) start (its Python fallback imported torch._dynamo, 2.3 s
+    of every load); a model built in code still gets it."""
+    import subprocess
+
+    path = tmp_path / "tiny-sd1.safetensors"
+    save_file(sd1_state_dict(random_model(sd1_config(), seed=3)), str(path))
+    probe = ("import sys, torch; from studio.engine.loading import load_model; "
+             f"m = load_model({str(path)!r}, torch.device('cpu'), torch.float32); "
+             "print(m.cond_stage_model.transformer.text_model.embeddings.token_embedding.weight.abs().sum().item() > 0, "
+             "'torch._dynamo' in sys.modules)")
+    env = dict(os.environ, STUDIO_NO_PACK_CACHE="1")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert loaded.stdout.split() == ["True", "False"]
+
+    from studio.engine.text_encoder import CLIPTextEmbeddings
+
+    config = sd1_config().text
+    torch.manual_seed(0)
+    built = CLIPTextEmbeddings(config)
+    torch.manual_seed(0)
+    token, position = torch.nn.Embedding(*built.token_embedding.weight.shape), torch.nn.Embedding(
+        *built.position_embedding.weight.shape)
+    assert torch.equal(built.token_embedding.weight, token.weight)  # the same draws as nn.Embedding's own
+    assert torch.equal(built.position_embedding.weight, position.weight)
+    assert built.token_embedding.weight.std().item() == pytest.approx(1.0, abs=0.05)

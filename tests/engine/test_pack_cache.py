@@ -219,6 +219,11 @@ def test_bf16_packs_come_back_too(checkpoint):
     assert len(entries()) == 1
 
 
+def cli_argv(checkpoint, out) -> list[str]:
+    return ["generate", "--model", str(checkpoint), "--prompt", "a red circle", "--steps", "2", "--width", "64",
+            "--height", "64", "--device", "cpu", "--dtype", "fp32", "--seed", "2", "--out", str(out)]
+
+
 def test_the_cli_writes_the_entry_after_its_picture_and_not_beside_it(checkpoint, tmp_path, monkeypatch, capsys):
     writers_while_generating = []
     generate = Engine.generate
@@ -230,9 +235,7 @@ def test_the_cli_writes_the_entry_after_its_picture_and_not_beside_it(checkpoint
 
     monkeypatch.setattr(Engine, "generate", watched)
     out = tmp_path / "picture.png"
-    argv = ["generate", "--model", str(checkpoint), "--prompt", "a red circle", "--steps", "2", "--width", "64",
-            "--height", "64", "--device", "cpu", "--dtype", "fp32", "--seed", "2", "--out", str(out)]
-    assert cli.main(argv) == 0
+    assert cli.main(cli_argv(checkpoint, out)) == 0
     assert writers_while_generating and set(writers_while_generating) == {0}  # no writer thread, no entry yet
     assert out.exists() and len(entries()) == 1  # written before the process could end
     assert "keeping the packed weights for the next start" in capsys.readouterr().err
@@ -245,9 +248,7 @@ def test_a_run_that_fails_after_packing_writes_no_entry(checkpoint, tmp_path, mo
 
     generate = Engine.generate
     monkeypatch.setattr(Engine, "generate", fails)
-    argv = ["generate", "--model", str(checkpoint), "--prompt", "a red circle", "--steps", "2", "--width", "64",
-            "--height", "64", "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "never.png")]
-    assert cli.main(argv) == 130
+    assert cli.main(cli_argv(checkpoint, tmp_path / "never.png")) == 130
     assert entries() == [] and pack_cache._held is None
     monkeypatch.setattr(Engine, "generate", generate)
     assert first_start(checkpoint) is not None and len(entries()) == 1  # the next start (not held) writes it
